@@ -1,0 +1,2 @@
+//! Blocking adapter for asap-proto.
+#![deny(missing_docs)]

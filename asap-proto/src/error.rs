@@ -1,0 +1,200 @@
+//! Decode errors: what was wrong, where, and whose fault it is.
+
+use std::fmt;
+
+/// What kind of problem a [`DecodeError`] reports; maps onto the reference's
+/// pydantic error `type` strings so error bodies stay familiar to Python peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DecodeErrorKind {
+    /// The bytes are not JSON (or not UTF-8).
+    Syntax,
+    /// A required member is absent.
+    Missing,
+    /// A member the model does not define is present.
+    UnknownField,
+    /// A member has the wrong JSON type.
+    WrongType,
+    /// A member has the right type but breaks a rule (URN format, range, ...).
+    InvalidValue,
+    /// The document nests deeper than the decoder allows.
+    TooDeep,
+}
+
+impl DecodeErrorKind {
+    /// The pydantic error `type` the reference reports for this kind of problem.
+    #[must_use]
+    pub fn pydantic_type(self) -> &'static str {
+        match self {
+            Self::Syntax => "json_invalid",
+            Self::Missing => "missing",
+            Self::UnknownField => "extra_forbidden",
+            Self::WrongType => "type_error",
+            Self::InvalidValue => "value_error",
+            Self::TooDeep => "recursion_loop",
+        }
+    }
+}
+
+/// A peer sent bytes that do not decode into the expected ASAP model.
+///
+/// `path` names the offending member (`payload.skill_id`, `params.envelope.sender`);
+/// it is empty when the whole document is at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub struct DecodeError {
+    /// Dotted path of the offending member (`""` for the document itself).
+    pub path: String,
+    /// Classification of the problem.
+    pub kind: DecodeErrorKind,
+    /// Human-readable explanation, without the path.
+    pub message: String,
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl DecodeError {
+    /// Builds an error for `path`.
+    pub fn new(path: impl Into<String>, kind: DecodeErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// Puts `prefix` in front of the path (`sender` becomes `envelope.sender`).
+    #[must_use]
+    pub fn within(mut self, prefix: &str) -> Self {
+        if prefix.is_empty() {
+            return self;
+        }
+        self.path = if self.path.is_empty() {
+            prefix.to_owned()
+        } else if self.path.starts_with('[') {
+            format!("{prefix}{}", self.path)
+        } else {
+            format!("{prefix}.{}", self.path)
+        };
+        self
+    }
+
+    /// The path split into segments, as pydantic's `loc` array (indices stay numbers).
+    #[must_use]
+    pub fn loc(&self) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for seg in self.path.split('.').filter(|s| !s.is_empty()) {
+            // "parts[2]" -> "parts", 2
+            let mut rest = seg;
+            if let Some(i) = rest.find('[') {
+                if i > 0 {
+                    out.push(serde_json::Value::from(&rest[..i]));
+                }
+                rest = &rest[i..];
+                while let Some(stripped) = rest.strip_prefix('[') {
+                    let end = stripped.find(']').unwrap_or(stripped.len());
+                    let idx = &stripped[..end];
+                    match idx.parse::<u64>() {
+                        Ok(n) => out.push(n.into()),
+                        Err(_) => out.push(idx.into()),
+                    }
+                    rest = stripped.get(end + 1..).unwrap_or("");
+                }
+            } else {
+                out.push(rest.into());
+            }
+        }
+        out
+    }
+
+    /// A pydantic-shaped `validation_errors` item: `{"type", "loc", "msg"}`.
+    #[must_use]
+    pub fn to_validation_item(&self) -> serde_json::Value {
+        serde_json::json!({
+            "type": self.kind.pydantic_type(),
+            "loc": self.loc(),
+            "msg": self.message,
+        })
+    }
+
+    /// Converts a serde error raised while decoding from JSON text or a `Value`.
+    pub(crate) fn from_serde(path: String, err: &serde_json::Error) -> Self {
+        let full = err.to_string();
+        // serde_json appends " at line L column C" for text input; keep it only for syntax errors.
+        let (msg, has_pos) = match full.rfind(" at line ") {
+            Some(i) => (&full[..i], true),
+            None => (full.as_str(), false),
+        };
+        use serde_json::error::Category;
+        let kind = match err.classify() {
+            Category::Syntax | Category::Eof | Category::Io => {
+                if msg.contains("recursion limit") {
+                    DecodeErrorKind::TooDeep
+                } else {
+                    DecodeErrorKind::Syntax
+                }
+            }
+            Category::Data => classify_data(msg),
+        };
+        let message = match kind {
+            DecodeErrorKind::Syntax | DecodeErrorKind::TooDeep if has_pos => full.clone(),
+            _ => msg.to_owned(),
+        };
+        Self {
+            path,
+            kind,
+            message,
+        }
+    }
+}
+
+fn classify_data(msg: &str) -> DecodeErrorKind {
+    if msg.starts_with("missing field") {
+        DecodeErrorKind::Missing
+    } else if msg.starts_with("unknown field") {
+        DecodeErrorKind::UnknownField
+    } else if msg.starts_with("invalid type") {
+        DecodeErrorKind::WrongType
+    } else {
+        DecodeErrorKind::InvalidValue
+    }
+}
+
+/// Decodes any wire model from a JSON value, with a path-carrying error.
+pub fn from_value<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+) -> Result<T, DecodeError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = display_path(e.path());
+        DecodeError::from_serde(path, e.inner())
+    })
+}
+
+/// Decodes any wire model from JSON bytes, with a path-carrying error.
+pub fn from_slice<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = display_path(e.path());
+        DecodeError::from_serde(path, e.inner())
+    })?;
+    de.end()
+        .map_err(|e| DecodeError::from_serde(String::new(), &e))?;
+    Ok(value)
+}
+
+fn display_path(p: &serde_path_to_error::Path) -> String {
+    let s = p.to_string();
+    if s == "." {
+        String::new()
+    } else {
+        s
+    }
+}

@@ -1,0 +1,31 @@
+//! # asap-proto
+//!
+//! The sans-I/O core of ASAP v1.1 (Async Simple Agent Protocol): the wire
+//! model, the JSON-RPC binding, and every protocol decision as a deterministic
+//! function of inputs and `now`. No clocks, sockets, files, environment or OS
+//! randomness: adapters (`asap-tokio`, `asap-blocking`, or your own runtime)
+//! supply those.
+//!
+//! ```
+//! use asap_proto::model::Envelope;
+//! let text = br#"{"id":"01KDXZ0000ENVREQ0000000001","asap_version":"0.1",
+//!   "timestamp":"2026-01-01T00:00:00Z","sender":"urn:asap:agent:client",
+//!   "recipient":"urn:asap:agent:echo-server","payload_type":"task.request",
+//!   "payload":{"conversation_id":"c","skill_id":"echo","input":{}},
+//!   "correlation_id":null,"trace_id":null,"requires_ack":false,"extensions":null}"#;
+//! let env = Envelope::from_slice(text).unwrap();
+//! assert_eq!(env.sender, "urn:asap:agent:client");
+//! // Bad input gets a typed error naming the member.
+//! let err = Envelope::from_slice(br#"{"asap_version":1}"#).unwrap_err();
+//! assert_eq!(err.path, "asap_version");
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod jsonrpc;
+pub mod model;
+pub mod pyjson;
+pub mod task;
+
+pub use error::{DecodeError, DecodeErrorKind};

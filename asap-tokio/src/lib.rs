@@ -1,0 +1,2 @@
+//! Tokio adapter for asap-proto.
+#![deny(missing_docs)]
