@@ -1,2 +1,2 @@
-//! Blocking adapter for asap-proto.
+//! Blocking adapter for asap-proto: std threads, SQLite stores, blocking HTTP client.
 #![deny(missing_docs)]
