@@ -26,6 +26,7 @@ pub mod error;
 pub mod jsonrpc;
 pub mod model;
 pub mod pyjson;
+pub mod store;
 pub mod task;
 
 pub use error::{DecodeError, DecodeErrorKind};

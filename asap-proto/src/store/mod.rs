@@ -1,0 +1,58 @@
+//! Persistent task state and usage metering: the storage contracts (spec §17).
+//!
+//! Two traits describe what an agent persists:
+//!
+//! * [`SnapshotStore`]: versioned [`StateSnapshot`](crate::model::StateSnapshot)s
+//!   per task (save, get a version, get the latest, list versions, delete).
+//! * [`MeteringStore`]: [`UsageEvent`]s per agent (record, query a time range,
+//!   aggregate over an hour, day, week, month, or everything).
+//!
+//! This module holds the contracts, the models, the in-memory implementations
+//! ([`MemorySnapshotStore`], [`MemoryMeteringStore`]) and the pure parsing of
+//! the storage configuration ([`StorageConfig`]). Like the rest of the core it
+//! does no I/O and reads no clock: every time value comes in the data or as an
+//! argument. `asap-blocking` implements both traits on SQLite with the
+//! reference's schema; `asap-tokio` runs those stores off the async runtime.
+//!
+//! ```
+//! use asap_proto::model::{StateSnapshot, Timestamp, JsonObject};
+//! use asap_proto::store::{MemorySnapshotStore, SnapshotStore};
+//!
+//! let mut store = MemorySnapshotStore::new();
+//! let snapshot = |version| StateSnapshot {
+//!     id: format!("snap_{version}"),
+//!     task_id: "task_1".into(),
+//!     version,
+//!     data: JsonObject::new(),
+//!     checkpoint: false,
+//!     created_at: "2026-01-01T00:00:00Z".parse::<Timestamp>().unwrap(),
+//! };
+//! store.save(&snapshot(2))?;
+//! store.save(&snapshot(1))?;
+//! assert_eq!(store.list_versions("task_1")?, vec![1, 2]);
+//! assert_eq!(store.get_latest("task_1")?.map(|s| s.version), Some(2));
+//! assert!(store.delete("task_1", 2)?);
+//! assert_eq!(store.get_latest("task_1")?.map(|s| s.version), Some(1));
+//! # Ok::<(), asap_proto::store::StoreError>(())
+//! ```
+//!
+//! Every backend must pass the same contract suite, `store::contract`
+//! (compiled with the `contract-tests` cargo feature).
+
+mod config;
+#[cfg(any(test, feature = "contract-tests"))]
+pub mod contract;
+mod error;
+mod metering;
+mod snapshot;
+
+pub use config::{
+    StorageBackend, StorageConfig, StorageConfigError, DEFAULT_STORAGE_PATH, STORAGE_BACKEND_ENV,
+    STORAGE_PATH_ENV,
+};
+pub use error::StoreError;
+pub use metering::{
+    AggregatePeriod, MemoryMeteringStore, MeteringStore, ParsePeriodError, UsageAggregate,
+    UsageEvent, UsageMetrics, MAX_METRIC_VALUE,
+};
+pub use snapshot::{check_snapshot, MemorySnapshotStore, SnapshotStore};
