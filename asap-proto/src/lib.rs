@@ -22,10 +22,13 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod client;
+pub mod discovery;
 pub mod error;
 pub mod jsonrpc;
 pub mod model;
 pub mod pyjson;
+pub mod reliability;
 pub mod store;
 pub mod task;
 

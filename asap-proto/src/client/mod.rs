@@ -1,0 +1,1 @@
+//! Client (placeholder while the module is built).
