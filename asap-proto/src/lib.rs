@@ -29,6 +29,7 @@ pub mod jsonrpc;
 pub mod model;
 pub mod pyjson;
 pub mod reliability;
+pub mod server;
 pub mod store;
 pub mod task;
 

@@ -1,2 +1,11 @@
-//! Tokio adapter for asap-proto.
+//! # asap-tokio
+//!
+//! Tokio adapter for [`asap_proto`]: an axum [`Router`](axum::Router) you mount
+//! in your own app ([`server::router`]) or run directly ([`server::serve`]), and
+//! the `asap` command-line binary. Protocol decisions live in `asap-proto`;
+//! this crate moves bytes and runs your async handlers.
 #![deny(missing_docs)]
+
+pub mod server;
+
+pub use server::{router, serve, Agent, AgentBuilder, HandlerReply, SkillContext};

@@ -10,6 +10,7 @@ mod lax;
 mod part;
 mod payload;
 mod timestamp;
+mod ulid_generator;
 
 /// A JSON object with member order preserved (wire order matters for byte equality).
 pub type JsonObject = serde_json::Map<String, serde_json::Value>;
@@ -30,3 +31,4 @@ pub use payload::{
     TaskCancel, TaskRequest, TaskResponse, TaskUpdate, UpdateType,
 };
 pub use timestamp::{Timestamp, TimestampError, TzOffset, UnixTime};
+pub use ulid_generator::UlidGenerator;

@@ -1,0 +1,140 @@
+//! Well-known endpoints: the manifest (strong ETag, 304) and the health document.
+
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use ring::digest;
+
+use crate::model::Manifest;
+use crate::pyjson::{self, PyJsonStyle};
+
+/// `Cache-Control` of the manifest, as the reference serves it.
+pub const MANIFEST_CACHE_CONTROL: &str = "public, max-age=300";
+
+/// A manifest prepared for serving: body and ETag computed once.
+#[derive(Debug, Clone)]
+pub struct ManifestDocument {
+    manifest: Manifest,
+    body: Vec<u8>,
+    etag: String,
+}
+
+impl ManifestDocument {
+    /// Serialises `manifest` (compact) and computes the reference's ETag:
+    /// quoted SHA-256 hex of Python `json.dumps(manifest, sort_keys=True)`.
+    #[must_use]
+    pub fn new(manifest: Manifest) -> Self {
+        let value = serde_json::to_value(&manifest).unwrap_or_default();
+        let canonical = pyjson::to_string(
+            &value,
+            PyJsonStyle {
+                sort_keys: true,
+                compact: false,
+            },
+        );
+        let hash = digest::digest(&digest::SHA256, canonical.as_bytes());
+        let mut hex = String::with_capacity(66);
+        hex.push('"');
+        for b in hash.as_ref() {
+            hex.push_str(&format!("{b:02x}"));
+        }
+        hex.push('"');
+        let body = serde_json::to_vec(&manifest).unwrap_or_default();
+        Self {
+            manifest,
+            body,
+            etag: hex,
+        }
+    }
+
+    /// The manifest.
+    #[must_use]
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The quoted strong ETag.
+    #[must_use]
+    pub fn etag(&self) -> &str {
+        &self.etag
+    }
+
+    /// The compact JSON body.
+    #[must_use]
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// Whether an `If-None-Match` value matches (comma list, exact quoted match;
+    /// `*` and weak tags do not match, as in the reference).
+    #[must_use]
+    pub fn matches(&self, if_none_match: &str) -> bool {
+        if_none_match.split(',').any(|t| t.trim() == self.etag)
+    }
+
+    /// The GET response: 200 with body, or 304 when `If-None-Match` matches.
+    #[must_use]
+    pub fn respond(&self, request_headers: &HeaderMap) -> Response<Vec<u8>> {
+        let hit = request_headers
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| self.matches(v));
+        let etag =
+            HeaderValue::from_str(&self.etag).unwrap_or_else(|_| HeaderValue::from_static("\"\""));
+        let mut b = Response::builder()
+            .header(header::ETAG, etag)
+            .header(header::CACHE_CONTROL, MANIFEST_CACHE_CONTROL);
+        if hit {
+            b = b.status(StatusCode::NOT_MODIFIED);
+            return b.body(Vec::new()).unwrap_or_default();
+        }
+        b.status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(self.body.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Load figures an application may report in its health document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Load {
+    /// Tasks running now.
+    pub active_tasks: u64,
+    /// Tasks waiting.
+    pub queue_depth: u64,
+}
+
+/// What the application says about itself when health is asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HealthReport {
+    /// `false` makes the endpoint answer 503 `"unhealthy"`.
+    pub unhealthy: bool,
+    /// Optional load figures (`null` when absent).
+    pub load: Option<Load>,
+}
+
+/// The health document of spec 12.2: 200 `healthy`, or 503 `unhealthy`.
+#[must_use]
+pub fn health_response(
+    manifest: &Manifest,
+    uptime: std::time::Duration,
+    report: HealthReport,
+) -> Response<Vec<u8>> {
+    let uptime = (uptime.as_secs_f64() * 100.0).round() / 100.0;
+    let doc = serde_json::json!({
+        "status": if report.unhealthy { "unhealthy" } else { "healthy" },
+        "agent_id": manifest.id.as_str(),
+        "version": manifest.version,
+        "asap_version": manifest.capabilities.asap_version,
+        "uptime_seconds": uptime,
+        "load": report.load,
+    });
+    Response::builder()
+        .status(if report.unhealthy {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        })
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(serde_json::to_vec(&doc).unwrap_or_default())
+        .unwrap_or_default()
+}

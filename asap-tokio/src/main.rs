@@ -1,0 +1,141 @@
+//! `asap`: run an ASAP agent, or talk to one.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use asap_proto::model::{AgentUrn, Endpoint, Manifest, Skill};
+use asap_proto::reliability::rate_limit::RateLimitSpec;
+use asap_proto::server::{ServerConfig, DEFAULT_RATE_LIMIT};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "asap",
+    version,
+    about = "ASAP v1.1 agent-to-agent protocol: run an agent or talk to one"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an ASAP agent (echo skill by default) over HTTP.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    bind: SocketAddr,
+    /// Manifest JSON file (default: a built-in echo agent manifest).
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// HTTP rate limit per client IP, reference syntax ("10/second;100/minute"), or "none".
+    #[arg(long, env = "ASAP_RATE_LIMIT", default_value = DEFAULT_RATE_LIMIT)]
+    rate_limit: String,
+    /// Maximum request size in bytes (before and after decompression).
+    #[arg(long, env = "ASAP_MAX_REQUEST_SIZE", default_value_t = asap_proto::server::DEFAULT_MAX_REQUEST_SIZE)]
+    max_request_size: usize,
+    /// Reject reused `extensions.nonce` values (opt-in replay protection).
+    #[arg(long)]
+    require_nonce: bool,
+    /// Accept envelopes without a timestamp (the reference's behaviour; opens a replay bypass).
+    #[arg(long)]
+    allow_missing_timestamp: bool,
+    /// Include handler error details in -32603 responses.
+    #[arg(long, env = "ASAP_DEBUG")]
+    debug: bool,
+}
+
+fn default_manifest(bind: SocketAddr) -> Manifest {
+    let mut m = Manifest::new(
+        AgentUrn::new("urn:asap:agent:asap-rs-echo").expect("static URN is valid"),
+        "asap-rs echo agent",
+        env!("CARGO_PKG_VERSION"),
+        "ASAP v1.1 agent in Rust (asap-rs) with the reference echo skill",
+        format!("http://{bind}/asap"),
+    );
+    m.endpoints = Endpoint {
+        asap: format!("http://{bind}/asap"),
+        events: None,
+    };
+    m.capabilities
+        .skills
+        .push(Skill::new("echo", "Echo back the input"));
+    m
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ASAP_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("asap: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let manifest = match &args.manifest {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .map_err(|e| format!("cannot read manifest {}: {e}", path.display()))?;
+            asap_proto::error::from_slice::<Manifest>(&bytes)
+                .map_err(|e| format!("invalid manifest {}: {e}", path.display()))?
+        }
+        None => default_manifest(args.bind),
+    };
+    let spec = RateLimitSpec::parse(&args.rate_limit)
+        .map_err(|e| format!("invalid --rate-limit {:?}: {e}", args.rate_limit))?;
+    let rate_limit = (!spec.is_unlimited()).then_some(spec);
+    let config = ServerConfig {
+        max_request_size: args.max_request_size,
+        rate_limit,
+        require_nonce: args.require_nonce,
+        require_timestamp: !args.allow_missing_timestamp,
+        debug: args.debug,
+        ..ServerConfig::default()
+    };
+    let has_echo = manifest.has_skill("echo");
+    let mut builder = asap_tokio::Agent::builder(manifest.clone()).config(config);
+    if has_echo {
+        builder = builder.echo_skill("echo");
+    }
+    let agent = builder.build();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.bind)
+            .await
+            .map_err(|e| format!("cannot bind {}: {e}", args.bind))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        println!("asap-rs agent {} listening on http://{addr}", manifest.id);
+        println!("  POST http://{addr}/asap                          JSON-RPC asap.send");
+        println!("  GET  http://{addr}/.well-known/asap/manifest.json manifest");
+        println!("  GET  http://{addr}/.well-known/asap/health        health");
+        println!("Press Ctrl-C to stop.");
+        asap_tokio::serve(listener, agent, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        println!("asap-rs agent stopped");
+        Ok(())
+    })
+}

@@ -1,0 +1,599 @@
+//! The HTTP server on loopback: behaviour and robustness against bad input.
+
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use asap_proto::model::{AgentUrn, Manifest, Skill};
+use asap_proto::reliability::rate_limit::RateLimitSpec;
+use asap_proto::server::ServerConfig;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const AGENT: &str = "urn:asap:agent:asap-rs-echo";
+
+fn manifest() -> Manifest {
+    let mut m = Manifest::new(
+        AgentUrn::new(AGENT).unwrap(),
+        "Echo",
+        "1.0.0",
+        "test agent",
+        "http://127.0.0.1/asap",
+    );
+    m.capabilities
+        .skills
+        .push(Skill::new("echo", "Echo back the input"));
+    m
+}
+
+async fn start(config: ServerConfig) -> SocketAddr {
+    let agent = asap_tokio::Agent::builder(manifest())
+        .config(config)
+        .echo_skill("echo")
+        .build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(asap_tokio::serve(listener, agent, std::future::pending()));
+    addr
+}
+
+fn open_config() -> ServerConfig {
+    ServerConfig {
+        rate_limit: None,
+        ..ServerConfig::default()
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    fn code(&self) -> i64 {
+        self.json()["error"]["code"].as_i64().unwrap_or(0)
+    }
+}
+
+/// A minimal keep-alive HTTP/1.1 client, so tests can send anything at all.
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> Self {
+        Self {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Reply {
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        self.stream.write_all(head.as_bytes()).await.unwrap();
+        // A server may answer (413) and close before reading the whole body; the reply still counts.
+        let _ = self.stream.write_all(body).await;
+        self.read_reply().await
+    }
+
+    async fn read_reply(&mut self) -> Reply {
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).to_string();
+                let mut lines = head.split("\r\n");
+                let status: u16 = lines
+                    .next()
+                    .unwrap()
+                    .split(' ')
+                    .nth(1)
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                let headers: Vec<(String, String)> = lines
+                    .filter_map(|l| {
+                        l.split_once(':')
+                            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                    })
+                    .collect();
+                let len: usize = headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .map_or(0, |(_, v)| v.parse().unwrap());
+                while self.buf.len() < end + 4 + len {
+                    self.fill().await;
+                }
+                let body = self.buf[end + 4..end + 4 + len].to_vec();
+                self.buf.drain(..end + 4 + len);
+                return Reply {
+                    status,
+                    headers,
+                    body,
+                };
+            }
+            self.fill().await;
+        }
+    }
+
+    async fn fill(&mut self) {
+        let mut chunk = [0u8; 16384];
+        let n = self.stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "server closed the connection");
+        self.buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn post(addr: SocketAddr, body: &[u8]) -> Reply {
+    Conn::open(addr)
+        .await
+        .request(
+            "POST",
+            "/asap",
+            &[("Content-Type", "application/json")],
+            body,
+        )
+        .await
+}
+
+fn now_iso(offset_secs: i64) -> String {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    asap_proto::model::Timestamp::from_unix(asap_proto::model::UnixTime::from_micros(
+        now + offset_secs * 1_000_000,
+    ))
+    .to_string()
+}
+
+fn envelope() -> Value {
+    json!({
+        "asap_version": "0.1",
+        "timestamp": now_iso(0),
+        "sender": "urn:asap:agent:tester",
+        "recipient": AGENT,
+        "payload_type": "task.request",
+        "payload": {"conversation_id": "conv_t", "skill_id": "echo", "input": {"message": "hi"}},
+    })
+}
+
+fn rpc(env: Value, id: Value) -> Vec<u8> {
+    serde_json::to_vec(
+        &json!({"jsonrpc": "2.0", "method": "asap.send", "params": {"envelope": env}, "id": id}),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn echo_round_trip_with_correlation_and_id_type() {
+    let addr = start(open_config()).await;
+    let mut env = envelope();
+    env["id"] = json!("01KDXZ0000ENVREQ0000000001");
+    let r = post(addr, &rpc(env, json!(7))).await;
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["id"], json!(7));
+    let reply = &v["result"]["envelope"];
+    assert_eq!(reply["payload_type"], "task.response");
+    assert_eq!(reply["correlation_id"], "01KDXZ0000ENVREQ0000000001");
+    assert_eq!(reply["sender"], AGENT);
+    assert_eq!(reply["recipient"], "urn:asap:agent:tester");
+    assert_eq!(reply["payload"]["status"], "completed");
+    assert_eq!(
+        reply["payload"]["result"],
+        json!({"echoed": {"message": "hi"}})
+    );
+    assert!(reply["payload"]["task_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("task_"));
+    let keys: Vec<&str> = reply
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "id",
+            "asap_version",
+            "timestamp",
+            "sender",
+            "recipient",
+            "payload_type",
+            "payload",
+            "correlation_id",
+            "trace_id",
+            "requires_ack",
+            "extensions"
+        ]
+    );
+    let r = post(addr, &rpc(envelope(), json!("abc"))).await;
+    assert_eq!(r.json()["id"], json!("abc"));
+}
+
+#[tokio::test]
+async fn json_rpc_errors_follow_the_spec() {
+    let addr = start(open_config()).await;
+    let r = post(addr, b"{\"jsonrpc\": \"2.0\", \"method\": ").await;
+    assert_eq!((r.status, r.code()), (200, -32700));
+    assert_eq!(r.json()["id"], Value::Null);
+    let r = post(addr, b"{\"a\": \"\xff\"}").await;
+    assert_eq!(r.code(), -32700);
+    assert!(r.json()["error"]["data"]["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("Invalid UTF-8 encoding"));
+    let batch = serde_json::to_vec(&json!([json!({"jsonrpc": "2.0"})])).unwrap();
+    let r = post(addr, &batch).await;
+    assert_eq!(r.code(), -32600);
+    assert_eq!(r.json()["error"]["data"]["received_type"], "list");
+    let r = post(
+        addr,
+        br#"{"jsonrpc":"2.0","method":"asap.nope","params":{},"id":1}"#,
+    )
+    .await;
+    assert_eq!(r.code(), -32601);
+    assert_eq!(r.json()["error"]["data"], json!({"method": "asap.nope"}));
+    let r = post(
+        addr,
+        br#"{"jsonrpc":"2.0","method":"asap.send","params":{},"id":1}"#,
+    )
+    .await;
+    assert_eq!(r.code(), -32602);
+    let mut env = envelope();
+    env["sender"] = json!("not-a-urn");
+    let r = post(addr, &rpc(env, json!("u"))).await;
+    assert_eq!(
+        r.code(),
+        -32602,
+        "bad URN is invalid params, not an internal error"
+    );
+    assert!(r.body.windows(6).any(|w| w == b"sender"));
+    let mut env = envelope();
+    env["payload_type"] = json!("no.such.type");
+    let r = post(addr, &rpc(env, json!(1))).await;
+    assert_eq!(r.code(), -32601);
+    let mut env = envelope();
+    env["timestamp"] = json!(now_iso(-400));
+    let r = post(addr, &rpc(env, json!(1))).await;
+    assert_eq!(r.code(), -32602);
+    assert_eq!(
+        r.json()["error"]["data"]["code"],
+        "asap:protocol/invalid_timestamp"
+    );
+    let mut env = envelope();
+    env["timestamp"] = json!(now_iso(120));
+    assert_eq!(post(addr, &rpc(env, json!(1))).await.code(), -32602);
+    let mut env = envelope();
+    env.as_object_mut().unwrap().remove("timestamp");
+    let r = post(addr, &rpc(env, json!(1))).await;
+    assert_eq!(r.code(), -32602, "missing timestamp is refused by default");
+    let mut env = envelope();
+    env["payload"] = json!({"not": "a task request"});
+    let r = post(addr, &rpc(env, json!(1))).await;
+    assert_eq!(r.code(), -32602);
+    let r = post(
+        addr,
+        br#"{"jsonrpc":"2.0","method":"asap.send","params":{},"id":1.5}"#,
+    )
+    .await;
+    assert_eq!(r.code(), -32602);
+    assert_eq!(r.json()["id"], Value::Null);
+}
+
+#[tokio::test]
+async fn limits_and_encodings() {
+    let addr = start(open_config()).await;
+    // Wrong content type.
+    let r = Conn::open(addr)
+        .await
+        .request(
+            "POST",
+            "/asap",
+            &[("Content-Type", "text/plain")],
+            &rpc(envelope(), json!(1)),
+        )
+        .await;
+    assert_eq!(r.status, 415);
+    // Unsupported encoding.
+    let r = Conn::open(addr)
+        .await
+        .request("POST", "/asap", &[("Content-Encoding", "deflate")], b"{}")
+        .await;
+    assert_eq!(r.status, 415);
+    assert_eq!(
+        r.json(),
+        json!({"detail": "Unsupported Content-Encoding: deflate. Supported: br, gzip"})
+    );
+    // 11 MiB body: refused on Content-Length before reading.
+    let big = vec![b' '; 11 * 1024 * 1024];
+    let r = post(addr, &big).await;
+    assert_eq!(r.status, 413);
+    assert!(r.json()["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("Request size (11534336 bytes)"));
+    // Bad gzip.
+    let r = Conn::open(addr)
+        .await
+        .request(
+            "POST",
+            "/asap",
+            &[("Content-Encoding", "gzip")],
+            b"{\"not\":\"gzip\"}",
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    // gzip accepted.
+    let gz = gzip(&rpc(envelope(), json!("gz")));
+    let r = Conn::open(addr)
+        .await
+        .request(
+            "POST",
+            "/asap",
+            &[
+                ("Content-Encoding", "gzip"),
+                ("Content-Type", "application/json"),
+            ],
+            &gz,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r.json().get("result").is_some());
+    // gzip bomb: 50 MiB of zeros in ~50 KiB.
+    let bomb = gzip(&vec![b'0'; 50 * 1024 * 1024]);
+    assert!(bomb.len() < 200 * 1024);
+    let r = Conn::open(addr)
+        .await
+        .request("POST", "/asap", &[("Content-Encoding", "gzip")], &bomb)
+        .await;
+    assert_eq!(r.status, 413);
+    assert!(r.json()["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("Decompressed request size"));
+    // Deep nesting.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let r = post(addr, deep.as_bytes()).await;
+    assert_eq!(r.code(), -32700);
+    assert!(r.json()["error"]["data"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("nesting depth"));
+}
+
+#[tokio::test]
+async fn brotli_request_from_the_reference_client_shape() {
+    let addr = start(ServerConfig {
+        require_timestamp: false,
+        ..open_config()
+    })
+    .await;
+    let body = include_bytes!("data/echo_request.json.br");
+    let r = Conn::open(addr)
+        .await
+        .request(
+            "POST",
+            "/asap",
+            &[
+                ("Content-Encoding", "br"),
+                ("Content-Type", "application/json"),
+            ],
+            body,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        r.json()["result"]["envelope"]["payload"]["result"]["echoed"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("brotli")
+    );
+}
+
+#[tokio::test]
+async fn well_known_endpoints() {
+    let addr = start(open_config()).await;
+    let mut c = Conn::open(addr).await;
+    let r = c
+        .request("GET", "/.well-known/asap/manifest.json", &[], b"")
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("cache-control"), Some("public, max-age=300"));
+    let etag = r.header("etag").unwrap().to_owned();
+    assert!(etag.starts_with('"') && etag.len() == 66);
+    assert_eq!(r.json()["id"], AGENT);
+    let r = c
+        .request(
+            "GET",
+            "/.well-known/asap/manifest.json",
+            &[("If-None-Match", &format!("\"x\", {etag}"))],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+    let r = c
+        .request(
+            "GET",
+            "/.well-known/asap/manifest.json",
+            &[("If-None-Match", &format!("W/{etag}"))],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let r = c.request("GET", "/.well-known/asap/health", &[], b"").await;
+    assert_eq!(r.status, 200);
+    let h = r.json();
+    assert_eq!(h["status"], "healthy");
+    assert_eq!(h["agent_id"], AGENT);
+    assert!(h["uptime_seconds"].is_number());
+    let r = c.request("GET", "/asap", &[], b"").await;
+    assert_eq!((r.status, r.header("allow")), (405, Some("POST")));
+    assert_eq!(r.json(), json!({"detail": "Method Not Allowed"}));
+    let r = c.request("GET", "/nope", &[], b"").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json(), json!({"detail": "Not Found"}));
+    let r = c.request("GET", "/health", &[], b"").await;
+    assert_eq!(r.json(), json!({"status": "ok"}));
+}
+
+#[tokio::test]
+async fn unhealthy_agent_answers_503() {
+    let agent = asap_tokio::Agent::builder(manifest())
+        .health(|| asap_proto::server::HealthReport {
+            unhealthy: true,
+            load: None,
+        })
+        .build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(asap_tokio::serve(listener, agent, std::future::pending()));
+    let r = Conn::open(addr)
+        .await
+        .request("GET", "/.well-known/asap/health", &[], b"")
+        .await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["status"], "unhealthy");
+}
+
+#[tokio::test]
+async fn rate_limit_answers_429_with_retry_after() {
+    let spec = Some(RateLimitSpec::parse("2/minute").unwrap());
+    let addr = start(ServerConfig {
+        rate_limit: spec,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut c = Conn::open(addr).await;
+    for _ in 0..2 {
+        let r = c
+            .request("POST", "/asap", &[], &rpc(envelope(), json!(1)))
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    let r = c
+        .request("POST", "/asap", &[], &rpc(envelope(), json!(1)))
+        .await;
+    assert_eq!(r.status, 429);
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry));
+    let v = r.json();
+    assert_eq!(v["error"]["code"], 429);
+    assert_eq!(v["id"], Value::Null);
+    assert_eq!(v["error"]["data"]["limit"], "2 per 1 minute");
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["jsonrpc", "id", "error"]);
+}
+
+#[tokio::test]
+async fn nonce_replay_is_refused_when_required() {
+    let addr = start(ServerConfig {
+        require_nonce: true,
+        ..open_config()
+    })
+    .await;
+    let mut env = envelope();
+    env["extensions"] = json!({"nonce": "nonce-123"});
+    assert!(post(addr, &rpc(env.clone(), json!(1)))
+        .await
+        .json()
+        .get("result")
+        .is_some());
+    let r = post(addr, &rpc(env, json!("n-2"))).await;
+    assert_eq!(r.code(), -32602);
+    assert_eq!(
+        r.json()["error"]["data"]["message"],
+        "Duplicate nonce detected: nonce-123"
+    );
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_malformed_requests_then_a_valid_one() {
+    let addr = start(open_config()).await;
+    let bad: Vec<Vec<u8>> = vec![
+        b"{".to_vec(),
+        b"[]".to_vec(),
+        b"\"x\"".to_vec(),
+        br#"{"jsonrpc":"2.0","method":"asap.send","params":{"envelope":{"sender":1}},"id":1}"#
+            .to_vec(),
+        b"\xff\xfe".to_vec(),
+        format!("{}1{}", "{\"a\":".repeat(200), "}".repeat(200)).into_bytes(),
+        br#"{"jsonrpc":"2.0","method":"asap.send","params":[],"id":{}}"#.to_vec(),
+    ];
+    let before = rss_kib();
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let bad = bad.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::open(addr).await;
+            for i in 0..1250 {
+                let body = &bad[(i + t) % bad.len()];
+                let r = c
+                    .request(
+                        "POST",
+                        "/asap",
+                        &[("Content-Type", "application/json")],
+                        body,
+                    )
+                    .await;
+                assert_eq!(r.status, 200);
+                assert!(r.code() < 0, "malformed input must get a JSON-RPC error");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let r = post(addr, &rpc(envelope(), json!("after"))).await;
+    assert_eq!(r.status, 200);
+    assert!(r.json().get("result").is_some());
+    let after = rss_kib();
+    // Generous fixed ceiling: the whole test process, server included.
+    assert!(
+        after < 256 * 1024,
+        "RSS grew to {after} KiB (from {before} KiB)"
+    );
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}

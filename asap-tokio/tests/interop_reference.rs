@@ -1,0 +1,98 @@
+//! Interop with the Python reference: its own checker (`check_server.py`) drives `asap serve`.
+//!
+//! The reference venv comes from `ASAP_INTEROP_VENV` or is installed with the shared
+//! `interop/setup.sh`; if that fails the test fails (it never silently skips).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+fn shared_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("ASAP_SHARED_DIR") {
+        return PathBuf::from(d);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+}
+
+fn interop_python() -> PathBuf {
+    let venv = match std::env::var("ASAP_INTEROP_VENV") {
+        Ok(v) if !v.is_empty() => PathBuf::from(v),
+        _ => {
+            let setup = shared_dir().join("interop/setup.sh");
+            let out = Command::new("bash")
+                .arg(&setup)
+                .stderr(Stdio::inherit())
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", setup.display()));
+            assert!(
+                out.status.success(),
+                "installing the Python reference with {} failed",
+                setup.display()
+            );
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        }
+    };
+    let python = venv.join("bin/python");
+    assert!(
+        python.exists(),
+        "reference venv has no python at {}",
+        python.display()
+    );
+    python
+}
+
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `asap serve` on a free loopback port and returns its base URL.
+fn start_asap(extra: &[&str]) -> (Agent, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_asap"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--rate-limit", "none"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start asap serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines
+        .next()
+        .expect("asap serve printed nothing")
+        .expect("read stdout");
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {first:?}"))
+        .to_owned();
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (Agent(child), url)
+}
+
+#[test]
+fn reference_checker_passes_against_asap_serve() {
+    let python = interop_python();
+    let (_agent, url) = start_asap(&[]);
+    let out = Command::new(&python)
+        .arg(shared_dir().join("interop/check_server.py"))
+        .arg(&url)
+        .args(["--groups", "http,discovery"])
+        .output()
+        .expect("run check_server.py");
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "check_server.py reported failures:\n{text}"
+    );
+    assert!(
+        text.contains(" 0 failed"),
+        "unexpected checker output:\n{text}"
+    );
+}
