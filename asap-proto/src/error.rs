@@ -144,16 +144,77 @@ impl DecodeError {
             }
             Category::Data => classify_data(msg),
         };
-        let message = match kind {
+        let mut path = path;
+        let mut message = match kind {
             DecodeErrorKind::Syntax | DecodeErrorKind::TooDeep if has_pos => full.clone(),
             _ => msg.to_owned(),
         };
+        // serde reports a missing member (and, inside buffered content such as an
+        // internally tagged enum, an unknown one) at the path of the enclosing
+        // object, and container-level validators that blame one member can only
+        // say so in their message (see `blame`): move the member into the path.
+        if !matches!(kind, DecodeErrorKind::Syntax | DecodeErrorKind::TooDeep) {
+            if let Some((field, rest)) = blamed_member(msg) {
+                // serde_path_to_error already names an unknown key, except inside
+                // buffered content; a missing or blamed member is never in the path.
+                let named = kind == DecodeErrorKind::UnknownField
+                    && path.rsplit('.').next().unwrap_or("") == field;
+                if !named {
+                    path = if path.is_empty() {
+                        field.to_owned()
+                    } else {
+                        format!("{path}.{field}")
+                    };
+                }
+                if let Some(rest) = rest {
+                    message = rest.to_owned();
+                }
+            }
+        }
         Self {
             path,
             kind,
             message,
         }
     }
+}
+
+/// Message of a serde custom error, raised by a container-level validator, that
+/// names the member at fault: [`DecodeError`] gets `field` appended to its path
+/// and `msg` as its message. `missing` selects [`DecodeErrorKind::Missing`]
+/// (else [`DecodeErrorKind::InvalidValue`]).
+pub(crate) fn blame(field: &str, missing: bool, msg: impl fmt::Display) -> String {
+    if missing {
+        format!("missing field `{field}`: {msg}")
+    } else {
+        format!("field `{field}`: {msg}")
+    }
+}
+
+/// `(member, custom message)` named by a serde data error message:
+/// "missing field `x`", "unknown field `x`, expected ...", or the [`blame`] forms.
+fn blamed_member(msg: &str) -> Option<(&str, Option<&str>)> {
+    let (rest, custom_allowed) = if let Some(r) = msg.strip_prefix("missing field `") {
+        (r, true)
+    } else if let Some(r) = msg.strip_prefix("unknown field `") {
+        (r, false)
+    } else if let Some(r) = msg.strip_prefix("field `") {
+        (r, true)
+    } else {
+        return None;
+    };
+    let end = rest.find('`')?;
+    let field = &rest[..end];
+    let after = &rest[end + 1..];
+    let custom = if custom_allowed {
+        after.strip_prefix(": ")
+    } else {
+        None
+    };
+    if msg.starts_with("field `") && custom.is_none() {
+        return None;
+    }
+    Some((field, custom))
 }
 
 fn classify_data(msg: &str) -> DecodeErrorKind {
@@ -196,5 +257,46 @@ fn display_path(p: &serde_path_to_error::Path) -> String {
         String::new()
     } else {
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_and_blamed_members_are_in_the_path() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Inner {
+            a: u8,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Outer {
+            inner: Inner,
+        }
+        let err = from_value::<Outer>(serde_json::json!({"inner": {}})).unwrap_err();
+        assert_eq!(
+            (err.path.as_str(), err.kind),
+            ("inner.a", DecodeErrorKind::Missing)
+        );
+        let err = from_value::<Outer>(serde_json::json!({})).unwrap_err();
+        assert_eq!(err.path, "inner");
+
+        assert_eq!(
+            blamed_member(&blame("uri", false, "bad")),
+            Some(("uri", Some("bad")))
+        );
+        assert_eq!(
+            blamed_member(&blame("correlation_id", true, "x")),
+            Some(("correlation_id", Some("x")))
+        );
+        assert_eq!(
+            blamed_member("unknown field `z`, expected `a`"),
+            Some(("z", None))
+        );
+        assert_eq!(blamed_member("field `z` without a message"), None);
+        assert_eq!(blamed_member("invalid type: string"), None);
     }
 }

@@ -452,6 +452,8 @@ fn item(kind: &str, loc: &str, msg: &str) -> Value {
 /// reference's checks in order (object → structure → method). The envelope
 /// inside `params` is decoded separately with [`JsonRpcRequest::take_envelope`].
 ///
+/// As in the reference, a missing `jsonrpc` member defaults to `"2.0"`.
+///
 /// Difference from the reference: an `id` of unusable type (float with a
 /// fraction, object, array) is answered with -32602 naming `id`, not -32603.
 pub fn decode_request(body: Value) -> Result<JsonRpcRequest, ErrorResponse> {
@@ -469,10 +471,9 @@ pub fn decode_request(body: Value) -> Result<JsonRpcRequest, ErrorResponse> {
     let mut bad_id = false;
 
     let jsonrpc = match obj.get("jsonrpc") {
-        None => {
-            errors.push(item("missing", "jsonrpc", "Field required"));
-            None
-        }
+        // The reference's model defaults the member to "2.0" (see
+        // schemas_current/jsonrpc_request.json), so a request without it is accepted.
+        None => Some(JSONRPC_VERSION.to_owned()),
         Some(Value::String(s)) if s == JSONRPC_VERSION => Some(s.clone()),
         Some(_) => {
             errors.push(item("literal_error", "jsonrpc", "Input should be '2.0'"));
@@ -512,7 +513,11 @@ pub fn decode_request(body: Value) -> Result<JsonRpcRequest, ErrorResponse> {
             None
         }
         Some(Value::Null) => {
-            errors.push(item("missing", "id", "Input should be a valid string or integer; notifications (null id) are not supported"));
+            // The reference's shape (one item per member of `str | int`), with a hint.
+            errors.push(json!({"type": "string_type", "loc": ["id", "str"],
+                "msg": "Input should be a valid string; notifications (null id) are not supported"}));
+            errors.push(json!({"type": "int_type", "loc": ["id", "int"],
+                "msg": "Input should be a valid integer"}));
             None
         }
         Some(v) => match RequestId::from_json(v) {
@@ -576,12 +581,89 @@ pub fn decode_request_bytes(bytes: &[u8]) -> Result<JsonRpcRequest, ErrorRespons
 
 /// UTF-8 check then JSON parse, with the reference's -32700 bodies.
 pub fn parse_json(bytes: &[u8]) -> Result<Value, ErrorResponse> {
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        ErrorResponse::invalid_utf8(&format!(
-            "'utf-8' codec can't decode byte 0x{:02x} in position {}: invalid start byte",
-            bytes.get(e.valid_up_to()).copied().unwrap_or(0),
-            e.valid_up_to()
-        ))
-    })?;
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| ErrorResponse::invalid_utf8(&python_utf8_error(bytes, &e)))?;
     serde_json::from_str(text).map_err(|e| ErrorResponse::parse_error(&e.to_string()))
+}
+
+/// Python's `UnicodeDecodeError` text for `bytes.decode("utf-8")`, e.g.
+/// `'utf-8' codec can't decode byte 0xff in position 7: invalid start byte`.
+fn python_utf8_error(bytes: &[u8], e: &std::str::Utf8Error) -> String {
+    let pos = e.valid_up_to();
+    let first = bytes.get(pos).copied().unwrap_or(0);
+    match e.error_len() {
+        // Truncated sequence at the end of the input.
+        None if bytes.len() - pos > 1 => format!(
+            "'utf-8' codec can't decode bytes in position {pos}-{}: unexpected end of data",
+            bytes.len() - 1
+        ),
+        None => format!(
+            "'utf-8' codec can't decode byte 0x{first:02x} in position {pos}: unexpected end of data"
+        ),
+        Some(len) if len > 1 => format!(
+            "'utf-8' codec can't decode bytes in position {pos}-{}: invalid continuation byte",
+            pos + len - 1
+        ),
+        Some(_) => {
+            // A byte that cannot start a sequence (continuation byte, 0xc0/0xc1, 0xf5..)
+            // versus a valid start followed by a bad continuation.
+            let reason = if matches!(first, 0x80..=0xc1 | 0xf5..=0xff) {
+                "invalid start byte"
+            } else {
+                "invalid continuation byte"
+            };
+            format!("'utf-8' codec can't decode byte 0x{first:02x} in position {pos}: {reason}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_errors_read_like_python() {
+        // Texts from CPython's `bytes.decode("utf-8")`.
+        let cases: [(&[u8], &str); 9] = [
+            (
+                b"{\"a\": \"\xff\"}",
+                "byte 0xff in position 7: invalid start byte",
+            ),
+            (
+                b"ab\xe2\x82",
+                "bytes in position 2-3: unexpected end of data",
+            ),
+            (b"\xe2", "byte 0xe2 in position 0: unexpected end of data"),
+            (
+                b"\xe2(\xa1",
+                "byte 0xe2 in position 0: invalid continuation byte",
+            ),
+            (
+                b"\xe2\x82(",
+                "bytes in position 0-1: invalid continuation byte",
+            ),
+            (
+                b"\xed\xa0\x80",
+                "byte 0xed in position 0: invalid continuation byte",
+            ),
+            (
+                b"\xf4\x90\x80\x80",
+                "byte 0xf4 in position 0: invalid continuation byte",
+            ),
+            (b"\xc0\xaf", "byte 0xc0 in position 0: invalid start byte"),
+            (
+                b"\xf0\x9f\x98",
+                "bytes in position 0-2: unexpected end of data",
+            ),
+        ];
+        for (bytes, want) in cases {
+            let err = parse_json(bytes).unwrap_err();
+            let data = err.error.data.unwrap();
+            assert_eq!(
+                data["error"],
+                format!("Invalid UTF-8 encoding: 'utf-8' codec can't decode {want}"),
+                "{bytes:?}"
+            );
+        }
+    }
 }

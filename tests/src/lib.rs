@@ -1,1 +1,3 @@
 //! Shared helpers for the asap-rs integration tests.
+
+pub mod vectors;

@@ -195,8 +195,12 @@ impl TryFrom<AuthSchemeWire> for AuthScheme {
     fn try_from(w: AuthSchemeWire) -> Result<Self, String> {
         for s in &w.schemes {
             if !SUPPORTED_AUTH_SCHEMES.contains(&s.to_ascii_lowercase().as_str()) {
-                return Err(format!(
-                    "Unsupported authentication scheme '{s}'. Supported schemes: basic, bearer"
+                return Err(crate::error::blame(
+                    "schemes",
+                    false,
+                    format_args!(
+                        "Unsupported authentication scheme '{s}'. Supported schemes: basic, bearer"
+                    ),
                 ));
             }
         }

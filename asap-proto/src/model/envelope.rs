@@ -75,9 +75,13 @@ impl TryFrom<EnvelopeWire> for EnvelopeInput {
         if CORRELATED_PAYLOAD_TYPES.contains(&w.payload_type.as_str())
             && w.correlation_id.as_deref().is_none_or(str::is_empty)
         {
-            return Err(format!(
-                "{} must have correlation_id for request tracking",
-                w.payload_type
+            return Err(crate::error::blame(
+                "correlation_id",
+                true,
+                format_args!(
+                    "{} must have correlation_id for request tracking",
+                    w.payload_type
+                ),
             ));
         }
         Ok(Self {

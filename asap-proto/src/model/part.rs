@@ -63,10 +63,11 @@ struct FilePartWire {
 impl TryFrom<FilePartWire> for FilePart {
     type Error = String;
     fn try_from(w: FilePartWire) -> Result<Self, String> {
-        check_file_uri(&w.uri)?;
-        check_mime_type(&w.mime_type)?;
+        use crate::error::blame;
+        check_file_uri(&w.uri).map_err(|e| blame("uri", false, e))?;
+        check_mime_type(&w.mime_type).map_err(|e| blame("mime_type", false, e))?;
         if let Some(data) = &w.inline_data {
-            check_base64(data)?;
+            check_base64(data).map_err(|e| blame("inline_data", false, e))?;
         }
         Ok(Self {
             uri: w.uri,
