@@ -1,2 +1,4 @@
 //! Blocking adapter for asap-proto: std threads, SQLite stores, blocking HTTP client.
 #![deny(missing_docs)]
+
+pub mod store;

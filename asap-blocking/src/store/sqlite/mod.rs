@@ -1,0 +1,165 @@
+//! SQLite stores with the reference's schema (spec §17.3).
+//!
+//! A database file is interchangeable with the Python reference's
+//! `SQLiteSnapshotStore` / `SQLiteMeteringStore`: same tables, same
+//! `CREATE` text, same column encodings (`data` as Python `json.dumps`,
+//! timestamps as Python `isoformat()`, `checkpoint` 0/1, metrics as compact
+//! JSON, event ids `evt_` + uuid4 hex). Both stores can share one file.
+//!
+//! Every connection is opened in WAL mode (readers never block the writer),
+//! with a busy timeout (writers queue instead of failing at once) and
+//! `synchronous=FULL` by default, so a save that returned `Ok` survives a
+//! process crash *and* a power cut; [`Synchronous::Normal`] keeps process-crash
+//! safety and trades the power-cut guarantee for speed. Statements are
+//! prepared once per connection and cached; multi-row writes
+//! ([`SqliteSnapshotStore::save_batch`], [`SqliteMeteringStore::record_batch`])
+//! run in one `BEGIN IMMEDIATE` transaction, all or nothing.
+//!
+//! A store owns one connection and is `Send` but not `Sync`: give each thread
+//! its own store on the same file (SQLite serialises writers), or put one
+//! behind a lock.
+
+mod metering;
+mod snapshot;
+
+use std::path::Path;
+use std::time::Duration;
+
+use asap_proto::store::StoreError;
+use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
+
+pub use metering::SqliteMeteringStore;
+pub use snapshot::SqliteSnapshotStore;
+
+/// The reference's `snapshots` table, byte for byte as it appears in `sqlite_master`
+/// (SQLite drops the `IF NOT EXISTS` when it records the statement).
+pub const SNAPSHOTS_DDL: &str = "CREATE TABLE IF NOT EXISTS snapshots (
+                task_id TEXT NOT NULL,
+                id TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                data TEXT NOT NULL,
+                checkpoint INTEGER NOT NULL,
+                created_at TEXT NOT NULL,
+                PRIMARY KEY (task_id, version)
+            )";
+
+/// The reference's `usage_events` table.
+pub const USAGE_EVENTS_DDL: &str = "CREATE TABLE IF NOT EXISTS usage_events (
+                id TEXT PRIMARY KEY,
+                task_id TEXT NOT NULL,
+                agent_id TEXT NOT NULL,
+                consumer_id TEXT NOT NULL,
+                metrics TEXT NOT NULL,
+                timestamp TEXT NOT NULL
+            )";
+
+/// The reference's index serving metering queries by agent and time.
+pub const USAGE_EVENTS_INDEX_DDL: &str = "CREATE INDEX IF NOT EXISTS idx_usage_agent_timestamp
+            ON usage_events (agent_id, timestamp)
+            ";
+
+/// SQLite's `synchronous` setting in WAL mode: what an acknowledged write survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Synchronous {
+    /// Survives a process crash; the last commits may be lost on a power cut.
+    Normal,
+    /// Survives a process crash and a power cut (the WAL is synced at every commit).
+    #[default]
+    Full,
+}
+
+impl Synchronous {
+    fn pragma_value(self) -> &'static str {
+        match self {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        }
+    }
+}
+
+/// How a SQLite store opens its connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteOptions {
+    /// How long a write waits for another connection's lock before [`StoreError::Busy`].
+    pub busy_timeout: Duration,
+    /// Durability of acknowledged writes.
+    pub synchronous: Synchronous,
+    /// Prepared statements kept per connection.
+    pub statement_cache_capacity: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            busy_timeout: Duration::from_secs(5),
+            synchronous: Synchronous::Full,
+            statement_cache_capacity: 16,
+        }
+    }
+}
+
+/// Maps a rusqlite error to the store's error, telling lock contention from failure.
+pub(crate) fn sql_err(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) =>
+        {
+            StoreError::Busy(e.to_string())
+        }
+        _ => StoreError::Backend(e.to_string()),
+    }
+}
+
+/// Opens `path` (creating it), applies the options, and creates `ddl` if missing.
+pub(crate) fn open_connection(
+    path: &Path,
+    options: &SqliteOptions,
+    ddl: &[&str],
+) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| {
+        StoreError::Backend(format!(
+            "cannot open SQLite database {}: {e}",
+            path.display()
+        ))
+    })?;
+    configure(conn, options, ddl)
+}
+
+/// A private in-memory database (one per connection), for tests.
+pub(crate) fn open_memory_connection(
+    options: &SqliteOptions,
+    ddl: &[&str],
+) -> Result<Connection, StoreError> {
+    configure(Connection::open_in_memory().map_err(sql_err)?, options, ddl)
+}
+
+fn configure(
+    mut conn: Connection,
+    options: &SqliteOptions,
+    ddl: &[&str],
+) -> Result<Connection, StoreError> {
+    conn.busy_timeout(options.busy_timeout).map_err(sql_err)?;
+    // Returns the mode in force: "wal", or "memory" for in-memory databases.
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        .map_err(sql_err)?;
+    if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
+        return Err(StoreError::Backend(format!(
+            "SQLite refused WAL journal mode (got {mode:?}); is the file on a network filesystem?"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", options.synchronous.pragma_value())
+        .map_err(sql_err)?;
+    conn.set_prepared_statement_cache_capacity(options.statement_cache_capacity);
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql_err)?;
+    for stmt in ddl {
+        tx.execute_batch(stmt).map_err(sql_err)?;
+    }
+    tx.commit().map_err(sql_err)?;
+    Ok(conn)
+}
