@@ -1,4 +1,5 @@
 //! Blocking adapter for asap-proto: std threads, SQLite stores, blocking HTTP client.
 #![deny(missing_docs)]
 
+pub mod server;
 pub mod store;

@@ -1,0 +1,339 @@
+//! The ASAP HTTP server on plain threads: handlers are ordinary closures.
+//!
+//! Same decisions as the tokio server (both drive [`asap_proto::server::Server`]);
+//! this module reads bodies with a bound, runs closures on a fixed pool of
+//! worker threads and writes responses.
+//!
+//! ```no_run
+//! use asap_blocking::server::{serve, Agent};
+//! use asap_proto::model::{AgentUrn, Manifest, Skill};
+//! use asap_proto::server::SkillResult;
+//!
+//! let mut manifest = Manifest::new(AgentUrn::new("urn:asap:agent:demo").unwrap(), "Demo", "1.0.0", "demo", "http://127.0.0.1:8000/asap");
+//! manifest.capabilities.skills.push(Skill::new("echo", "Echo back the input"));
+//! let agent = Agent::builder(manifest)
+//!     .skill("echo", |_ctx, req| {
+//!         let mut out = serde_json::Map::new();
+//!         out.insert("echoed".into(), serde_json::Value::Object(req.input));
+//!         Ok(SkillResult::completed(out))
+//!     })
+//!     .build();
+//! let handle = serve("127.0.0.1:8000", agent, 4).unwrap();
+//! println!("serving on {}", handle.local_addr());
+//! handle.join();
+//! ```
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Instant, SystemTime};
+
+use asap_proto::model::{Envelope, Manifest, Payload, PayloadKind, TaskRequest, UnixTime};
+use asap_proto::server::{
+    decode_body, BodyError, Decision, HandlerError, HandlerOutcome, HandlerRef, HandlerTable,
+    HealthReport, Server, ServerConfig, SkillResult,
+};
+pub use asap_proto::server::{HandlerReply, SkillContext};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response};
+
+type SkillFn =
+    Box<dyn Fn(SkillContext, TaskRequest) -> Result<SkillResult, HandlerError> + Send + Sync>;
+type PayloadFn = Box<dyn Fn(Envelope, Payload) -> Result<HandlerReply, HandlerError> + Send + Sync>;
+type HealthFn = Box<dyn Fn() -> HealthReport + Send + Sync>;
+
+/// An agent: manifest, policy, skills and payload handlers. Cheap to clone.
+#[derive(Clone)]
+pub struct Agent {
+    inner: Arc<AgentInner>,
+}
+
+struct AgentInner {
+    core: Mutex<Server>,
+    handlers: HandlerTable<SkillFn, PayloadFn>,
+    health: HealthFn,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("handlers", &self.inner.handlers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`Agent`].
+pub struct AgentBuilder {
+    manifest: Manifest,
+    config: ServerConfig,
+    handlers: HandlerTable<SkillFn, PayloadFn>,
+    health: HealthFn,
+}
+
+impl Agent {
+    /// Starts building an agent serving `manifest`.
+    #[must_use]
+    pub fn builder(manifest: Manifest) -> AgentBuilder {
+        AgentBuilder {
+            manifest,
+            config: ServerConfig::default(),
+            handlers: HandlerTable::default(),
+            health: Box::new(HealthReport::default),
+        }
+    }
+
+    fn core(&self) -> std::sync::MutexGuard<'_, Server> {
+        // The core is left consistent between calls; a poisoned lock only means a
+        // handler thread panicked elsewhere.
+        self.inner
+            .core
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Answers one HTTP request (usable from any blocking HTTP server).
+    pub fn handle(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        client: &str,
+        body: &mut dyn Read,
+    ) -> Response<Vec<u8>> {
+        if !(method == Method::POST && path == "/asap") {
+            let health = (self.inner.health)();
+            return self
+                .core()
+                .handle_get(method, path, headers, Instant::now(), health);
+        }
+        let plan = match self.core().begin_post(headers, client, Instant::now()) {
+            Ok(plan) => plan,
+            Err(resp) => return resp,
+        };
+        let mut raw = Vec::new();
+        if let Err(e) = body.take(plan.max_body as u64 + 1).read_to_end(&mut raw) {
+            return self
+                .core()
+                .body_error(&BodyError::InvalidCompressedData(format!(
+                    "could not read body: {e}"
+                )));
+        }
+        let body = match decode_body(&raw, plan) {
+            Ok(b) => b,
+            Err(e) => return self.core().body_error(&e),
+        };
+        let inv = match self.core().handle_body(&body, wall_now()) {
+            Decision::Respond(r) => return r,
+            Decision::Invoke(inv) => inv,
+        };
+        if let Some(r) = self.core().check_sender_rate(&inv, Instant::now()) {
+            return r;
+        }
+        let run = || -> Result<HandlerOutcome, HandlerError> {
+            match (self.inner.handlers.get(&inv.route), &inv.payload) {
+                (Some(HandlerRef::Skill(f)), Payload::TaskRequest(req)) => f(
+                    SkillContext {
+                        envelope: inv.envelope.clone(),
+                    },
+                    req.clone(),
+                )
+                .map(HandlerOutcome::Skill),
+                (Some(HandlerRef::Payload(f)), p) => {
+                    f(inv.envelope.clone(), p.clone()).map(HandlerOutcome::from)
+                }
+                _ => Err(HandlerError::failed("route has no handler")),
+            }
+        };
+        // A panicking handler answers -32603; the worker thread lives on.
+        let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => HandlerOutcome::Failed(e),
+            Err(_) => HandlerOutcome::Failed(HandlerError::failed("handler panicked")),
+        };
+        self.core().finish(inv, outcome, wall_now())
+    }
+}
+
+impl AgentBuilder {
+    /// Replaces the server policy.
+    #[must_use]
+    pub fn config(mut self, config: ServerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Registers a skill for `task.request` with `skill_id`.
+    #[must_use]
+    pub fn skill<F>(mut self, skill_id: &str, f: F) -> Self
+    where
+        F: Fn(SkillContext, TaskRequest) -> Result<SkillResult, HandlerError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.handlers.add_skill(skill_id, Box::new(f));
+        self
+    }
+
+    /// Registers the reference's echo skill under `skill_id`.
+    #[must_use]
+    pub fn echo_skill(self, skill_id: &str) -> Self {
+        self.skill(skill_id, |_ctx, req| {
+            let mut result = serde_json::Map::new();
+            result.insert("echoed".into(), serde_json::Value::Object(req.input));
+            Ok(SkillResult::completed(result))
+        })
+    }
+
+    /// Registers a handler for a payload kind (all its spellings).
+    #[must_use]
+    pub fn handler<F>(mut self, kind: PayloadKind, f: F) -> Self
+    where
+        F: Fn(Envelope, Payload) -> Result<HandlerReply, HandlerError> + Send + Sync + 'static,
+    {
+        self.handlers.add_kind(kind, Box::new(f));
+        self
+    }
+
+    /// Registers a handler for a custom `payload_type` (exact spelling).
+    #[must_use]
+    pub fn custom_handler<F>(mut self, payload_type: &str, f: F) -> Self
+    where
+        F: Fn(Envelope, Payload) -> Result<HandlerReply, HandlerError> + Send + Sync + 'static,
+    {
+        self.handlers.add_custom(payload_type, Box::new(f));
+        self
+    }
+
+    /// Supplies the health verdict served at `/.well-known/asap/health`.
+    #[must_use]
+    pub fn health<F: Fn() -> HealthReport + Send + Sync + 'static>(mut self, f: F) -> Self {
+        self.health = Box::new(f);
+        self
+    }
+
+    /// Finishes the agent.
+    #[must_use]
+    pub fn build(self) -> Agent {
+        let mut core = Server::new(self.manifest, self.config, Instant::now(), seed());
+        core.set_routes(self.handlers.routes());
+        Agent {
+            inner: Arc::new(AgentInner {
+                core: Mutex::new(core),
+                handlers: self.handlers,
+                health: self.health,
+            }),
+        }
+    }
+}
+
+fn seed() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::getrandom(&mut b).is_err() {
+        return SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    }
+    u64::from_le_bytes(b)
+}
+
+fn wall_now() -> UnixTime {
+    UnixTime::from_system_time(SystemTime::now())
+}
+
+/// A running blocking server.
+pub struct ServerHandle {
+    server: Arc<tiny_http::Server>,
+    addr: SocketAddr,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerHandle {
+    /// The bound address.
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets workers finish their current request, and waits for them.
+    pub fn shutdown(self) {
+        for _ in &self.workers {
+            self.server.unblock();
+        }
+        for w in self.workers {
+            let _ = w.join();
+        }
+    }
+
+    /// Blocks until the server stops.
+    pub fn join(self) {
+        for w in self.workers {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Serves `agent` on `addr` with `workers` threads.
+pub fn serve(
+    addr: impl std::net::ToSocketAddrs,
+    agent: Agent,
+    workers: usize,
+) -> std::io::Result<ServerHandle> {
+    let server = tiny_http::Server::http(addr).map_err(std::io::Error::other)?;
+    let addr = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| std::io::Error::other("server is not bound to an IP address"))?;
+    let server = Arc::new(server);
+    let workers = (0..workers.max(1))
+        .map(|_| {
+            let server = Arc::clone(&server);
+            let agent = agent.clone();
+            std::thread::spawn(move || {
+                while let Ok(req) = server.recv() {
+                    respond(&agent, req);
+                }
+            })
+        })
+        .collect();
+    Ok(ServerHandle {
+        server,
+        addr,
+        workers,
+    })
+}
+
+fn respond(agent: &Agent, mut req: tiny_http::Request) {
+    let method = Method::from_bytes(req.method().as_str().as_bytes()).unwrap_or(Method::GET);
+    let path = req.url().split('?').next().unwrap_or("/").to_owned();
+    let mut headers = HeaderMap::new();
+    for h in req.headers() {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.field.as_str().as_bytes()),
+            HeaderValue::from_bytes(h.value.as_bytes()),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    let client = req
+        .remote_addr()
+        .map_or_else(|| "127.0.0.1".to_owned(), |a| a.ip().to_string());
+    let response = agent.handle(&method, &path, &headers, &client, req.as_reader());
+    let (parts, body) = response.into_parts();
+    let mut out = tiny_http::Response::from_data(body).with_status_code(parts.status.as_u16());
+    for (name, value) in &parts.headers {
+        if let Ok(h) = tiny_http::Header::from_bytes(name.as_str().as_bytes(), value.as_bytes()) {
+            out.add_header(h);
+        }
+    }
+    // The client may have gone away; nothing to do about it.
+    let _ = req.respond(out);
+}

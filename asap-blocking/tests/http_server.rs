@@ -1,0 +1,139 @@
+//! The blocking server on loopback: same decisions as the tokio server, closures as handlers.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::SystemTime;
+
+use asap_blocking::server::{serve, Agent, HandlerReply};
+use asap_proto::model::{
+    AgentUrn, Manifest, Payload, PayloadKind, Skill, TaskResponse, Timestamp, UnixTime,
+};
+use asap_proto::server::{HandlerError, ServerConfig};
+use asap_proto::task::TaskStatus;
+use serde_json::{json, Value};
+
+const AGENT: &str = "urn:asap:agent:blocking-echo";
+
+fn start() -> (asap_blocking::server::ServerHandle, SocketAddr) {
+    let mut m = Manifest::new(
+        AgentUrn::new(AGENT).unwrap(),
+        "Echo",
+        "1.0.0",
+        "test",
+        "http://127.0.0.1/asap",
+    );
+    m.capabilities
+        .skills
+        .push(Skill::new("echo", "Echo back the input"));
+    let agent = Agent::builder(m)
+        .config(ServerConfig {
+            rate_limit: None,
+            ..ServerConfig::default()
+        })
+        .echo_skill("echo")
+        .skill("boom", |_, _| Err(HandlerError::failed("secret detail")))
+        .handler(PayloadKind::TaskCancel, |_env, p| {
+            let Payload::TaskCancel(c) = p else {
+                return Err(HandlerError::failed("not a cancel"));
+            };
+            Ok(HandlerReply::Payload(Payload::TaskResponse(TaskResponse {
+                task_id: c.task_id,
+                status: TaskStatus::Cancelled,
+                result: None,
+                final_state: None,
+                metrics: None,
+            })))
+        })
+        .build();
+    let handle = serve("127.0.0.1:0", agent, 2).unwrap();
+    let addr = handle.local_addr();
+    (handle, addr)
+}
+
+fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let status = String::from_utf8_lossy(&out[..end])
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    (status, out[end + 4..].to_vec())
+}
+
+fn rpc(payload_type: &str, payload: Value) -> Vec<u8> {
+    let now = UnixTime::from_system_time(SystemTime::now());
+    serde_json::to_vec(
+        &json!({"jsonrpc": "2.0", "method": "asap.send", "id": "b-1", "params": {"envelope": {
+        "asap_version": "0.1", "timestamp": Timestamp::from_unix(now).to_string(),
+        "sender": "urn:asap:agent:tester", "recipient": AGENT,
+        "payload_type": payload_type, "payload": payload}}}),
+    )
+    .unwrap()
+}
+
+#[test]
+fn closures_answer_like_the_async_server() {
+    let (handle, addr) = start();
+    let (status, body) = request(
+        addr,
+        "POST",
+        "/asap",
+        &rpc(
+            "task.request",
+            json!({"conversation_id": "c", "skill_id": "echo", "input": {"x": 1}}),
+        ),
+    );
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        v["result"]["envelope"]["payload"]["result"],
+        json!({"echoed": {"x": 1}})
+    );
+    assert_eq!(v["id"], "b-1");
+
+    let (_, body) = request(
+        addr,
+        "POST",
+        "/asap",
+        &rpc("TaskCancel", json!({"task_id": "t-9"})),
+    );
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["result"]["envelope"]["payload"]["status"], "cancelled");
+
+    let (_, body) = request(
+        addr,
+        "POST",
+        "/asap",
+        &rpc(
+            "task.request",
+            json!({"conversation_id": "c", "skill_id": "boom", "input": {}}),
+        ),
+    );
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], -32603);
+    assert_eq!(
+        v["error"]["data"],
+        json!({"error": "Internal server error"}),
+        "details stay out of responses"
+    );
+
+    let (status, body) = request(addr, "POST", "/asap", b"{nope");
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["error"]["code"],
+        -32700
+    );
+
+    let (status, body) = request(addr, "GET", "/.well-known/asap/manifest.json", b"");
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["id"], AGENT);
+    let (status, _) = request(addr, "GET", "/asap", b"");
+    assert_eq!(status, 405);
+    handle.shutdown();
+}
