@@ -1,1 +1,102 @@
-//! Client (placeholder while the module is built).
+//! The HTTP client core: building `asap.send` requests exactly as the
+//! reference client sends them, interpreting responses, and retrying.
+//!
+//! Nothing here performs I/O. An adapter (`asap-tokio`, `asap-blocking`, or
+//! your own) owns the HTTP library, the clock, randomness and one
+//! [`CircuitBreaker`](crate::reliability::CircuitBreaker) per agent, and
+//! drives a [`SendCall`]:
+//!
+//! ```text
+//! let mut core = ClientCore::new(base_url, ClientConfig::default())?;   // once per agent
+//! // per send():
+//! breaker.try_acquire(now)?;                                     // open → SendError::CircuitOpen
+//! let prepared = core.prepare_send(&envelope, Ulid::new(wall_now, rng.gen()));
+//! let mut call = SendCall::new(prepared, RetryPolicy::default(), rng.gen());
+//! let outcome = loop {
+//!     match call.poll_output(clock.now()) {
+//!         Some(SendOutput::Transmit(req)) => match http.execute(req) {   // add Authorization here if needed
+//!             Ok(resp)  => call.handle_response(resp, clock.now()),
+//!             Err(e)    => call.handle_transport_error(kind_of(e), clock.now()),
+//!         },
+//!         Some(SendOutput::Timeout(t)) => { sleep_until(t); call.handle_timeout(clock.now()); }
+//!         Some(SendOutput::Done(o)) => break o,
+//!         None => unreachable!(),                                // only while a request is in flight
+//!     }
+//! };
+//! match outcome.breaker_verdict() {
+//!     BreakerVerdict::Success => breaker.record_success(clock.now()),
+//!     BreakerVerdict::Failure => breaker.record_failure(clock.now()),
+//!     BreakerVerdict::None => {}
+//! }
+//! outcome.result                                                 // Result<Envelope, SendError>
+//! ```
+//!
+//! A runnable version with a fake network is on [`SendCall`]. Single-shot
+//! users can skip `SendCall`: `prepared.http_request()` and
+//! [`interpret_send_response`].
+//!
+//! Differences from the reference client, on purpose: no request
+//! compression (the server accepts identity; `Accept-Encoding: identity`),
+//! the HTTP-date form of `Retry-After` is measured against the response's
+//! `Date` header, and a `Retry-After` above [`RetryPolicy::max_retry_after`](crate::reliability::RetryPolicy::max_retry_after)
+//! ends the call instead of sleeping for it.
+
+mod request;
+mod response;
+mod send;
+
+#[allow(unused_imports)] // used by discovery
+pub(crate) use request::get_request;
+pub use request::{
+    BaseUrl, ClientConfig, ClientCore, HttpPolicy, PreparedSend, ASAP_PATH, HEALTH_PATH,
+    IDEMPOTENCY_KEY_HEADER, MANIFEST_PATH,
+};
+pub use response::{decode_send_result, interpret_send_response, SendError};
+pub use send::{BreakerVerdict, SendCall, SendOutcome, SendOutput};
+
+/// Whose fault a failure is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fault {
+    /// This side: configuration, misuse, or a request the peer rightly refused.
+    Local,
+    /// The peer: it misbehaved, failed, or refused for its own reasons.
+    Peer,
+    /// Neither could be reached: connection, timeout, dropped exchange.
+    Network,
+}
+
+/// How an exchange failed below HTTP, as reported by the adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportErrorKind {
+    /// The connection could not be established (retried).
+    #[error("connection failed")]
+    Connect,
+    /// The request timed out (retried).
+    #[error("timed out")]
+    Timeout,
+    /// Anything else, e.g. the connection dropped mid-response (not retried:
+    /// the agent may have processed the request).
+    #[error("connection lost")]
+    Other,
+}
+
+/// Local misuse of the client core (always [`Fault::Local`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The base URL is not usable.
+    #[error("invalid base URL {url:?}: {reason}")]
+    InvalidBaseUrl {
+        /// The URL given.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// Plain `http://` to a non-loopback host without opting in.
+    #[error("refusing plain http:// to a non-loopback host ({url}); use https:// or HttpPolicy::AllowInsecure")]
+    InsecureUrl {
+        /// The URL given.
+        url: String,
+    },
+}

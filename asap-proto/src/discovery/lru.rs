@@ -26,10 +26,6 @@ impl<V> LruMap<V> {
         self.map.len()
     }
 
-    pub(crate) fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     fn next_tick(&mut self) -> u64 {
         self.tick = self.tick.wrapping_add(1);
         self.tick
@@ -122,7 +118,6 @@ mod tests {
         m.retain(|_, v| *v != 3);
         assert_eq!(m.len(), 0);
         assert_eq!(m.pop_oldest(), None);
-        assert_eq!(m.capacity(), 2);
         m.insert("x".into(), 1);
         m.clear();
         assert_eq!(m.len(), 0);

@@ -1,0 +1,377 @@
+//! Building `asap.send` requests exactly as the reference client does.
+
+use http::header::{HeaderName, HeaderValue, ACCEPT, ACCEPT_ENCODING, CONTENT_TYPE, USER_AGENT};
+use serde_json::{Map, Value};
+
+use super::ClientError;
+use crate::jsonrpc::{RequestId, JSONRPC_VERSION, METHOD_SEND};
+use crate::model::{Envelope, Ulid};
+use crate::pyjson::{self, PyJsonStyle};
+
+/// `X-Idempotency-Key`, sent with the same ULID as `params.idempotency_key`.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "x-idempotency-key";
+/// Path of the JSON-RPC endpoint below the base URL.
+pub const ASAP_PATH: &str = "/asap";
+/// Path of the manifest below the base URL.
+pub const MANIFEST_PATH: &str = "/.well-known/asap/manifest.json";
+/// Path of the health document below the base URL.
+pub const HEALTH_PATH: &str = "/.well-known/asap/health";
+
+/// Whether plain `http://` is acceptable for a base URL (spec 14).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HttpPolicy {
+    /// `https` everywhere, `http` only for loopback hosts (`localhost`,
+    /// `127.0.0.0/8`, `::1`) — the reference's `require_https=True`.
+    #[default]
+    LoopbackOnly,
+    /// `http` allowed for any host (the caller opted in).
+    AllowInsecure,
+}
+
+/// A validated agent base URL (`https://agent.example.com`, `http://127.0.0.1:8000/prefix`),
+/// stored without trailing `/` so the well-known paths can be appended.
+///
+/// ```
+/// use asap_proto::client::{BaseUrl, HttpPolicy};
+/// let b = BaseUrl::parse("http://localhost:8000/", HttpPolicy::LoopbackOnly).unwrap();
+/// assert_eq!(b.asap_url(), "http://localhost:8000/asap");
+/// assert!(BaseUrl::parse("http://example.com", HttpPolicy::LoopbackOnly).is_err());
+/// assert!(BaseUrl::parse("http://example.com", HttpPolicy::AllowInsecure).is_ok());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BaseUrl {
+    text: String,
+    https: bool,
+    host: String,
+}
+
+impl BaseUrl {
+    /// Validates `url`: scheme `http`/`https`, a host, no query or fragment,
+    /// and the [`HttpPolicy`] rule for `http`.
+    pub fn parse(url: &str, policy: HttpPolicy) -> Result<Self, ClientError> {
+        let invalid = |reason: &str| ClientError::InvalidBaseUrl {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let text = url.trim().trim_end_matches('/');
+        let uri: http::Uri = text
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| invalid(&e.to_string()))?;
+        let https = match uri.scheme_str() {
+            Some(s) if s.eq_ignore_ascii_case("https") => true,
+            Some(s) if s.eq_ignore_ascii_case("http") => false,
+            Some(_) => return Err(invalid("the scheme must be http or https")),
+            None => return Err(invalid("a scheme (https://) is required")),
+        };
+        let host = uri
+            .host()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| invalid("a host is required"))?
+            .to_ascii_lowercase();
+        if uri.query().is_some() {
+            return Err(invalid("a base URL cannot have a query"));
+        }
+        let base = Self {
+            text: text.to_owned(),
+            https,
+            host,
+        };
+        if !https && policy == HttpPolicy::LoopbackOnly && !base.is_loopback() {
+            return Err(ClientError::InsecureUrl {
+                url: url.to_owned(),
+            });
+        }
+        Ok(base)
+    }
+
+    /// The URL without trailing `/`.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether the scheme is `https`.
+    #[must_use]
+    pub fn is_https(&self) -> bool {
+        self.https
+    }
+
+    /// The host, lower-cased (IPv6 in brackets).
+    #[must_use]
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Whether the host is a loopback name or address.
+    #[must_use]
+    pub fn is_loopback(&self) -> bool {
+        let h = self.host.trim_start_matches('[').trim_end_matches(']');
+        h == "localhost"
+            || h.parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// `{base}/asap`.
+    #[must_use]
+    pub fn asap_url(&self) -> String {
+        format!("{}{ASAP_PATH}", self.text)
+    }
+
+    /// `{base}/.well-known/asap/manifest.json`.
+    #[must_use]
+    pub fn manifest_url(&self) -> String {
+        format!("{}{MANIFEST_PATH}", self.text)
+    }
+
+    /// `{base}/.well-known/asap/health`.
+    #[must_use]
+    pub fn health_url(&self) -> String {
+        format!("{}{HEALTH_PATH}", self.text)
+    }
+}
+
+impl std::fmt::Display for BaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Client settings that shape requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Rule for `http://` base URLs. Default: loopback only.
+    pub http_policy: HttpPolicy,
+    /// `Accept-Encoding` sent with `asap.send`. Default `identity`: this core
+    /// does not decompress (the reference server never compresses responses;
+    /// the reference client sends `br, gzip, identity`).
+    pub accept_encoding: String,
+    /// `User-Agent`, or `None` to leave it to the HTTP library. Default `asap-rs/<version>`.
+    pub user_agent: Option<String>,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            http_policy: HttpPolicy::LoopbackOnly,
+            accept_encoding: "identity".to_owned(),
+            user_agent: Some(concat!("asap-rs/", env!("CARGO_PKG_VERSION")).to_owned()),
+        }
+    }
+}
+
+/// One `asap.send` request, serialised once and resent byte-for-byte on
+/// every retry (same envelope id, JSON-RPC id and idempotency key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedSend {
+    request_id: RequestId,
+    idempotency_key: String,
+    envelope_id: String,
+    url: String,
+    body: Vec<u8>,
+    headers: http::HeaderMap,
+}
+
+impl PreparedSend {
+    /// The JSON-RPC id (`req-<n>`).
+    #[must_use]
+    pub fn request_id(&self) -> &RequestId {
+        &self.request_id
+    }
+    /// The idempotency key (header and `params.idempotency_key`).
+    #[must_use]
+    pub fn idempotency_key(&self) -> &str {
+        &self.idempotency_key
+    }
+    /// The id of the envelope being sent.
+    #[must_use]
+    pub fn envelope_id(&self) -> &str {
+        &self.envelope_id
+    }
+    /// The endpoint URL (`{base}/asap`).
+    #[must_use]
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+    /// The request body (Python `json.dumps` style, as the reference client writes it).
+    #[must_use]
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// The HTTP request to perform. The adapter adds transport headers
+    /// (`Host`, `Content-Length`) and, if configured, `Authorization`.
+    #[must_use]
+    pub fn http_request(&self) -> http::Request<Vec<u8>> {
+        let mut req = http::Request::new(self.body.clone());
+        *req.method_mut() = http::Method::POST;
+        // The URL was validated by `BaseUrl`; a failure here would leave the default `/`.
+        if let Ok(uri) = self.url.parse() {
+            *req.uri_mut() = uri;
+        }
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// Builds requests for one agent: the per-client `req-<n>` counter and the
+/// headers the reference client sends.
+///
+/// ```
+/// use asap_proto::client::{ClientConfig, ClientCore};
+/// use asap_proto::model::{AgentUrn, Envelope, Payload, TaskRequest, Timestamp, Ulid, UnixTime};
+/// let mut core = ClientCore::new("http://127.0.0.1:8000", ClientConfig::default()).unwrap();
+/// let env = Envelope::new(
+///     "01KDXZ0000ENVREQ0000000001".into(),
+///     Timestamp::from_unix(UnixTime::from_secs(1_767_225_600)),
+///     AgentUrn::new("urn:asap:agent:client").unwrap(),
+///     AgentUrn::new("urn:asap:agent:echo-server").unwrap(),
+///     Payload::TaskRequest(TaskRequest::new("c", "echo", Default::default())),
+/// );
+/// let key = Ulid::new(UnixTime::from_secs(1_767_225_600), 7); // caller's time + randomness
+/// let prepared = core.prepare_send(&env, key);
+/// let req = prepared.http_request();
+/// assert_eq!(req.uri(), "http://127.0.0.1:8000/asap");
+/// assert_eq!(req.headers()["x-idempotency-key"], key.to_string().as_str());
+/// assert!(req.body().starts_with(br#"{"jsonrpc": "2.0", "method": "asap.send""#));
+/// assert_eq!(prepared.request_id().clone(), "req-1".into());
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientCore {
+    base: BaseUrl,
+    config: ClientConfig,
+    sent: u64,
+}
+
+impl ClientCore {
+    /// A core for the agent at `base_url`.
+    pub fn new(base_url: &str, config: ClientConfig) -> Result<Self, ClientError> {
+        let base = BaseUrl::parse(base_url, config.http_policy)?;
+        Ok(Self {
+            base,
+            config,
+            sent: 0,
+        })
+    }
+
+    /// The agent's base URL.
+    #[must_use]
+    pub fn base_url(&self) -> &BaseUrl {
+        &self.base
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// Serialises an `asap.send` for `envelope` with the next `req-<n>` id and
+    /// the caller's fresh `idempotency_key` (a ULID from the caller's clock and
+    /// randomness, as the reference generates one per `send()`).
+    pub fn prepare_send(&mut self, envelope: &Envelope, idempotency_key: Ulid) -> PreparedSend {
+        self.sent = self.sent.saturating_add(1);
+        let request_id = RequestId::Str(format!("req-{}", self.sent));
+        let key = idempotency_key.to_string();
+        let mut params = Map::new();
+        params.insert(
+            "envelope".into(),
+            serde_json::to_value(envelope).unwrap_or(Value::Null),
+        );
+        params.insert("idempotency_key".into(), Value::String(key.clone()));
+        let mut top = Map::new();
+        top.insert("jsonrpc".into(), JSONRPC_VERSION.into());
+        top.insert("method".into(), METHOD_SEND.into());
+        top.insert("params".into(), Value::Object(params));
+        top.insert(
+            "id".into(),
+            serde_json::to_value(&request_id).unwrap_or(Value::Null),
+        );
+        let body = pyjson::to_string(&Value::Object(top), PyJsonStyle::default()).into_bytes();
+
+        let mut headers = http::HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Ok(v) = HeaderValue::from_str(&key) {
+            headers.insert(HeaderName::from_static(IDEMPOTENCY_KEY_HEADER), v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&self.config.accept_encoding) {
+            headers.insert(ACCEPT_ENCODING, v);
+        }
+        headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
+        if let Some(ua) = self
+            .config
+            .user_agent
+            .as_deref()
+            .and_then(|u| HeaderValue::from_str(u).ok())
+        {
+            headers.insert(USER_AGENT, ua);
+        }
+        PreparedSend {
+            request_id,
+            idempotency_key: key,
+            envelope_id: envelope.id.clone(),
+            url: self.base.asap_url(),
+            body,
+            headers,
+        }
+    }
+}
+
+/// A `GET` for a well-known document, with `Accept: application/json` and
+/// `If-None-Match` when an ETag is known.
+pub(crate) fn get_request(url: &str, etag: Option<&str>) -> Result<http::Request<Vec<u8>>, String> {
+    let mut builder = http::Request::get(url).header(ACCEPT, "application/json");
+    if let Some(tag) = etag {
+        builder = builder.header(http::header::IF_NONE_MATCH, tag);
+    }
+    builder.body(Vec::new()).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_url_rules() {
+        for ok in [
+            "https://agent.example.com",
+            "https://agent.example.com/",
+            "http://localhost:8000",
+            "http://127.0.0.1",
+            "http://127.8.9.1:1/x/",
+            "http://[::1]:8000",
+            "HTTPS://Agent.Example.com/prefix",
+        ] {
+            let b = BaseUrl::parse(ok, HttpPolicy::LoopbackOnly).unwrap();
+            assert!(!b.as_str().ends_with('/'), "{ok}");
+        }
+        for bad in [
+            "",
+            "agent.example.com",
+            "ftp://agent.example.com",
+            "https://",
+            "https://a.example/?q=1",
+            "http://10.0.0.1",
+            "http://example.com",
+            "ws://localhost",
+        ] {
+            assert!(
+                BaseUrl::parse(bad, HttpPolicy::LoopbackOnly).is_err(),
+                "{bad:?}"
+            );
+        }
+        let err = BaseUrl::parse("http://example.com", HttpPolicy::LoopbackOnly).unwrap_err();
+        assert!(matches!(err, ClientError::InsecureUrl { .. }));
+        let b = BaseUrl::parse("http://[::1]:8000/p/", HttpPolicy::LoopbackOnly).unwrap();
+        assert_eq!(
+            b.manifest_url(),
+            "http://[::1]:8000/p/.well-known/asap/manifest.json"
+        );
+        assert_eq!(
+            b.health_url(),
+            "http://[::1]:8000/p/.well-known/asap/health"
+        );
+        assert_eq!(b.to_string(), "http://[::1]:8000/p");
+        assert!(!b.is_https());
+        assert_eq!(b.host(), "[::1]");
+    }
+}
