@@ -29,7 +29,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime};
 
+use crate::store::Stores;
 use asap_proto::model::{Envelope, Manifest, Payload, PayloadKind, TaskRequest, UnixTime};
+use asap_proto::server::state::{answer_state_query, apply_state_restore, task_records};
 use asap_proto::server::{
     decode_body, BodyError, Decision, HandlerError, HandlerOutcome, HandlerRef, HandlerTable,
     HealthReport, Server, ServerConfig, SkillResult,
@@ -52,6 +54,7 @@ struct AgentInner {
     core: Mutex<Server>,
     handlers: HandlerTable<SkillFn, PayloadFn>,
     health: HealthFn,
+    stores: Option<Arc<Mutex<Stores>>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -68,6 +71,7 @@ pub struct AgentBuilder {
     config: ServerConfig,
     handlers: HandlerTable<SkillFn, PayloadFn>,
     health: HealthFn,
+    stores: Option<Arc<Mutex<Stores>>>,
 }
 
 impl Agent {
@@ -79,6 +83,7 @@ impl Agent {
             config: ServerConfig::default(),
             handlers: HandlerTable::default(),
             health: Box::new(HealthReport::default),
+            stores: None,
         }
     }
 
@@ -145,11 +150,29 @@ impl Agent {
             }
         };
         // A panicking handler answers -32603; the worker thread lives on.
-        let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        let mut outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
             Ok(Ok(o)) => o,
             Ok(Err(e)) => HandlerOutcome::Failed(e),
             Err(_) => HandlerOutcome::Failed(HandlerError::failed("handler panicked")),
         };
+        if let (HandlerOutcome::Skill(result), Some(stores), Some(task_id)) =
+            (&outcome, &self.inner.stores, &inv.task_id)
+        {
+            // Persist before answering: an acknowledged task is on disk.
+            let now = wall_now();
+            let snapshot_id = format!("snap_{}", self.core().new_id(now));
+            let records = task_records(task_id, snapshot_id, &inv, result, inv.accepted_at, now);
+            let mut stores = lock_stores(stores);
+            if let Err(e) = stores
+                .snapshots
+                .save(&records.snapshot)
+                .and_then(|()| stores.metering.record(&records.usage))
+            {
+                outcome = HandlerOutcome::Failed(HandlerError::failed(format!(
+                    "could not persist task state: {e}"
+                )));
+            }
+        }
         self.core().finish(inv, outcome, wall_now())
     }
 }
@@ -212,6 +235,37 @@ impl AgentBuilder {
         self
     }
 
+    /// Persists task state in `stores`: every skill run is recorded (snapshot +
+    /// usage event) before it is answered, and `state.query` / `state.restore`
+    /// are answered from the snapshot store.
+    #[must_use]
+    pub fn stores(mut self, stores: Stores) -> Self {
+        let shared = Arc::new(Mutex::new(stores));
+        let q = Arc::clone(&shared);
+        self = self.handler(PayloadKind::StateQuery, move |_env, p| match p {
+            Payload::StateQuery(query) => {
+                answer_state_query(lock_stores(&q).snapshots.as_ref(), &query)
+                    .map(HandlerReply::Payload)
+            }
+            _ => Err(HandlerError::failed("expected a state.query payload")),
+        });
+        let r = Arc::clone(&shared);
+        self = self.handler(PayloadKind::StateRestore, move |_env, p| match p {
+            Payload::StateRestore(restore) => {
+                let now = wall_now();
+                let id = format!(
+                    "snap_{}",
+                    asap_proto::model::Ulid::new(now, u128::from(seed()))
+                );
+                apply_state_restore(lock_stores(&r).snapshots.as_mut(), &restore, id, now)
+                    .map(HandlerReply::Payload)
+            }
+            _ => Err(HandlerError::failed("expected a state.restore payload")),
+        });
+        self.stores = Some(shared);
+        self
+    }
+
     /// Finishes the agent.
     #[must_use]
     pub fn build(self) -> Agent {
@@ -222,9 +276,14 @@ impl AgentBuilder {
                 core: Mutex::new(core),
                 handlers: self.handlers,
                 health: self.health,
+                stores: self.stores,
             }),
         }
     }
+}
+
+fn lock_stores(m: &Mutex<Stores>) -> std::sync::MutexGuard<'_, Stores> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn seed() -> u64 {

@@ -137,3 +137,109 @@ fn closures_answer_like_the_async_server() {
     assert_eq!(status, 405);
     handle.shutdown();
 }
+
+#[test]
+fn skill_runs_are_persisted_and_state_can_be_queried_and_restored() {
+    use asap_proto::store::{StorageBackend, StorageConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let config = StorageConfig {
+        backend: StorageBackend::Sqlite,
+        path: dir.path().join("state.db"),
+    };
+    let stores = asap_blocking::store::open_stores(&config).unwrap();
+    let mut m = Manifest::new(
+        AgentUrn::new(AGENT).unwrap(),
+        "Echo",
+        "1.0.0",
+        "test",
+        "http://127.0.0.1/asap",
+    );
+    m.capabilities
+        .skills
+        .push(Skill::new("echo", "Echo back the input"));
+    let agent = Agent::builder(m)
+        .config(ServerConfig {
+            rate_limit: None,
+            ..ServerConfig::default()
+        })
+        .echo_skill("echo")
+        .stores(stores)
+        .build();
+    let handle = serve("127.0.0.1:0", agent, 2).unwrap();
+    let addr = handle.local_addr();
+
+    let (_, body) = request(
+        addr,
+        "POST",
+        "/asap",
+        &rpc(
+            "task.request",
+            json!({"conversation_id": "c", "skill_id": "echo", "input": {"step": 1}}),
+        ),
+    );
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    let task_id = v["result"]["envelope"]["payload"]["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let (_, body) = request(
+        addr,
+        "POST",
+        "/asap",
+        &rpc("state.query", json!({"task_id": task_id})),
+    );
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    let snap = &v["result"]["envelope"]["payload"]["result"]["snapshot"];
+    assert_eq!(snap["version"], 1);
+    assert_eq!(snap["data"]["task"]["status"], "completed");
+    assert_eq!(
+        snap["data"]["status_history"],
+        json!(["submitted", "working", "completed"])
+    );
+    assert_eq!(snap["data"]["input"], json!({"step": 1}));
+    let snapshot_id = snap["id"].as_str().unwrap().to_owned();
+
+    let (_, body) = request(
+        addr,
+        "POST",
+        "/asap",
+        &rpc(
+            "StateRestore",
+            json!({"task_id": task_id, "snapshot_id": snapshot_id}),
+        ),
+    );
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        v["result"]["envelope"]["payload"]["result"]["snapshot"]["version"],
+        2
+    );
+
+    let (_, body) = request(
+        addr,
+        "POST",
+        "/asap",
+        &rpc("state.query", json!({"task_id": "task_unknown"})),
+    );
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], -32602);
+    assert_eq!(v["error"]["data"]["code"], "asap:task/not_found");
+    handle.shutdown();
+
+    // The state outlives the process: reopen the file.
+    let stores = asap_blocking::store::open_stores(&config).unwrap();
+    assert_eq!(
+        stores.snapshots.list_versions(&task_id).unwrap(),
+        vec![1, 2]
+    );
+    let events = stores
+        .metering
+        .query(
+            AGENT,
+            UnixTime::EPOCH,
+            UnixTime::from_secs(i64::from(i32::MAX)),
+        )
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].task_id, task_id);
+}

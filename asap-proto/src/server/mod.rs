@@ -42,6 +42,7 @@
 //! ```
 
 mod replay;
+pub mod state;
 mod wellknown;
 
 use std::collections::HashSet;
@@ -296,6 +297,10 @@ pub struct Invocation {
     pub payload: Payload,
     /// Which handler.
     pub route: Route,
+    /// The task id a skill run gets (`task_<ULID>`); `None` for other routes.
+    pub task_id: Option<String>,
+    /// When the envelope was accepted (wall clock).
+    pub accepted_at: UnixTime,
 }
 
 /// What a skill produced.
@@ -706,11 +711,15 @@ impl Server {
                 )))
             }
         };
+        let task_id =
+            matches!(route, Route::Skill(_)).then(|| format!("task_{}", self.ids.next(now)));
         Ok(Invocation {
             request_id: request.id,
             envelope,
             payload,
             route,
+            task_id,
+            accepted_at: now,
         })
     }
 
@@ -745,7 +754,10 @@ impl Server {
     ) -> Response<Vec<u8>> {
         let payload = match outcome {
             HandlerOutcome::Skill(r) => Payload::TaskResponse(TaskResponse {
-                task_id: format!("task_{}", self.ids.next(now)),
+                task_id: inv
+                    .task_id
+                    .clone()
+                    .unwrap_or_else(|| format!("task_{}", self.ids.next(now))),
                 status: r.status,
                 result: r.result,
                 final_state: r.final_state,
@@ -775,9 +787,17 @@ impl Server {
         )
     }
 
-    /// -32603 for a handler failure; details only when `debug` is on.
+    /// The error response for a handler failure: an ASAP protocol error
+    /// (`asap:task/not_found`, `asap:protocol/invalid_state`, ...) is -32602 with
+    /// the error object in `data`, as the protocol documentation maps it (the
+    /// reference answers -32603); anything else is -32603, details only in debug mode.
     #[must_use]
     pub fn internal_error(&self, id: Option<RequestId>, err: &HandlerError) -> ErrorResponse {
+        if let HandlerError::Asap(e) = err {
+            if e.code.starts_with("asap:task/") || e.code.starts_with("asap:protocol/") {
+                return ErrorResponse::invalid_params_asap(&e.message, e, id);
+            }
+        }
         let detail = self.config.debug.then(|| match err {
             HandlerError::Asap(e) => {
                 json!({"error": e.message, "type": e.code, "details": e.details})
