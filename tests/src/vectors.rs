@@ -79,7 +79,7 @@ pub const OWNERS: &[(&str, Owner)] = &[
     ),
     (
         "jsonrpc/rate_limit_429.json",
-        Owner::LaterIssue("HTTP server (rate limit)"),
+        Owner::Test("discovery_client_vectors::rate_limit_429_from_the_limiter"),
     ),
     (
         "jsonrpc/size_limit_413.json",
@@ -215,7 +215,7 @@ pub const OWNERS: &[(&str, Owner)] = &[
     ),
     (
         "schemas_current/health_status.json",
-        Owner::LaterIssue("discovery (health)"),
+        Owner::Test("discovery_client_vectors::discovery_schemas"),
     ),
     (
         "schemas_current/introspection_token_info.json",
@@ -223,7 +223,7 @@ pub const OWNERS: &[(&str, Owner)] = &[
     ),
     (
         "schemas_current/lite_registry.json",
-        Owner::LaterIssue("discovery (lite registry)"),
+        Owner::Test("discovery_client_vectors::discovery_schemas"),
     ),
     (
         "schemas_current/oauth2_token.json",
@@ -235,7 +235,7 @@ pub const OWNERS: &[(&str, Owner)] = &[
     ),
     (
         "schemas_current/registry_entry.json",
-        Owner::LaterIssue("discovery (lite registry)"),
+        Owner::Test("discovery_client_vectors::discovery_schemas"),
     ),
     (
         "schemas_current/usage_aggregate.json",
@@ -251,11 +251,15 @@ pub const OWNERS: &[(&str, Owner)] = &[
     ),
     (
         "client/",
-        Owner::LaterIssue("HTTP client (retry, circuit breaker)"),
+        Owner::Test("discovery_client_vectors::{circuit_breaker_trace, retry_behaviour}"),
     ),
     (
         "discovery/",
-        Owner::LaterIssue("discovery (well-known, health, lite registry)"),
+        Owner::Test("discovery_client_vectors::* (every file in the folder but k8s_probes.json)"),
+    ),
+    (
+        "discovery/k8s_probes.json",
+        Owner::LaterIssue("HTTP server (GET /health, /ready probes)"),
     ),
     (
         "storage/",
