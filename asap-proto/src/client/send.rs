@@ -427,4 +427,61 @@ mod tests {
         assert!(call.poll_transmit(now).is_some());
         assert_eq!(call.prepared().envelope_id(), "01KDXZ0000ENVREQ0000000001");
     }
+
+    proptest::proptest! {
+        /// Whatever the peer answers and whenever the driver wakes up: the
+        /// deadline is always after the last `now`, attempts never exceed the
+        /// policy, every attempt carries the same bytes, and the call ends.
+        #[test]
+        fn call_invariants(
+            max_attempts in 1u32..6,
+            seed: u64,
+            answers in proptest::collection::vec((0usize..8, 0u64..5000), 1..12),
+        ) {
+            let policy = RetryPolicy { max_attempts, ..RetryPolicy::default() };
+            let mut call = SendCall::new(prepared(), policy, seed);
+            let mut now = base();
+            let mut first: Option<Vec<u8>> = None;
+            let mut answers = answers.into_iter();
+            let mut done = false;
+            for _ in 0..64 {
+                match call.poll_output(now) {
+                    Some(SendOutput::Transmit(req)) => {
+                        let body = req.body().clone();
+                        proptest::prop_assert_eq!(first.get_or_insert_with(|| body.clone()), &body);
+                        let (kind, late) = answers.next().unwrap_or((0, 0));
+                        now += Duration::from_millis(late);
+                        match kind {
+                            0 => call.handle_response(status(500, &[]), now),
+                            1 => call.handle_response(status(429, &[("retry-after", "2")]), now),
+                            2 => call.handle_response(status(429, &[]), now),
+                            3 => call.handle_transport_error(TransportErrorKind::Timeout, now),
+                            4 => call.handle_transport_error(TransportErrorKind::Connect, now),
+                            5 => call.handle_response(status(404, &[]), now),
+                            6 => call.handle_transport_error(TransportErrorKind::Other, now),
+                            _ => call.handle_response(status(200, &[]), now),
+                        }
+                        if let Some(t) = call.poll_timeout() {
+                            proptest::prop_assert!(t > now);
+                        }
+                    }
+                    Some(SendOutput::Timeout(t)) => {
+                        proptest::prop_assert!(t > now);
+                        // Wake up late (or exactly on time).
+                        now = t + Duration::from_millis(seed % 7);
+                        call.handle_timeout(now);
+                        proptest::prop_assert!(call.poll_timeout().is_none_or(|d| d > now));
+                    }
+                    Some(SendOutput::Done(o)) => {
+                        proptest::prop_assert!(o.attempts >= 1 && o.attempts <= max_attempts);
+                        done = true;
+                        break;
+                    }
+                    None => proptest::prop_assert!(false, "stalled"),
+                }
+                proptest::prop_assert!(call.attempts() <= max_attempts);
+            }
+            proptest::prop_assert!(done);
+        }
+    }
 }
