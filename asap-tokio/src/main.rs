@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use asap_proto::model::{AgentUrn, Endpoint, Manifest, Skill};
 use asap_proto::reliability::rate_limit::RateLimitSpec;
 use asap_proto::server::{ServerConfig, DEFAULT_RATE_LIMIT};
+use asap_proto::store::StorageBackend;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -39,6 +40,10 @@ struct ServeArgs {
     /// Maximum request size in bytes (before and after decompression).
     #[arg(long, env = "ASAP_MAX_REQUEST_SIZE", default_value_t = asap_proto::server::DEFAULT_MAX_REQUEST_SIZE)]
     max_request_size: usize,
+    /// SQLite state database (task snapshots, usage). Default: `ASAP_STORAGE_PATH`, else
+    /// ./asap_state.db. `ASAP_STORAGE_BACKEND=memory` keeps state in memory instead.
+    #[arg(long)]
+    db: Option<PathBuf>,
     /// Reject reused `extensions.nonce` values (opt-in replay protection).
     #[arg(long)]
     require_nonce: bool,
@@ -110,8 +115,21 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         debug: args.debug,
         ..ServerConfig::default()
     };
+    let mut storage = asap_blocking::store::storage_config_from_env(StorageBackend::Sqlite)
+        .map_err(|e| e.to_string())?;
+    if let Some(db) = &args.db {
+        storage.backend = StorageBackend::Sqlite;
+        storage.path = db.clone();
+    }
+    let stores = asap_blocking::store::open_stores(&storage).map_err(|e| e.to_string())?;
+    let state = match storage.backend {
+        StorageBackend::Sqlite => format!("SQLite {}", storage.path.display()),
+        StorageBackend::Memory => "in memory (lost on exit)".to_owned(),
+    };
     let has_echo = manifest.has_skill("echo");
-    let mut builder = asap_tokio::Agent::builder(manifest.clone()).config(config);
+    let mut builder = asap_tokio::Agent::builder(manifest.clone())
+        .config(config)
+        .stores(stores);
     if has_echo {
         builder = builder.echo_skill("echo");
     }
@@ -129,6 +147,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         println!("  POST http://{addr}/asap                          JSON-RPC asap.send");
         println!("  GET  http://{addr}/.well-known/asap/manifest.json manifest");
         println!("  GET  http://{addr}/.well-known/asap/health        health");
+        println!("  task state: {state}");
         println!("Press Ctrl-C to stop.");
         asap_tokio::serve(listener, agent, async {
             let _ = tokio::signal::ctrl_c().await;

@@ -35,7 +35,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
+use asap_blocking::store::Stores;
 use asap_proto::model::{Envelope, Manifest, Payload, PayloadKind, TaskRequest, UnixTime};
+use asap_proto::server::state::{answer_state_query, apply_state_restore, task_records};
 use asap_proto::server::{
     Decision, HandlerError, HandlerOutcome, HandlerRef, HandlerTable, HealthReport, Invocation,
     Server, ServerConfig, SkillResult,
@@ -67,6 +69,25 @@ struct AgentInner {
     core: Mutex<Server>,
     handlers: HandlerTable<SkillFn, PayloadFn>,
     health: HealthFn,
+    stores: Option<SharedStores>,
+}
+
+/// The SQLite (or memory) stores, used from `spawn_blocking` so the runtime never waits on disk.
+type SharedStores = Arc<Mutex<Stores>>;
+
+fn lock_stores(m: &Mutex<Stores>) -> std::sync::MutexGuard<'_, Stores> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs `f` on the stores on the blocking pool.
+async fn with_stores<T: Send + 'static>(
+    stores: &SharedStores,
+    f: impl FnOnce(&mut Stores) -> Result<T, HandlerError> + Send + 'static,
+) -> Result<T, HandlerError> {
+    let stores = Arc::clone(stores);
+    tokio::task::spawn_blocking(move || f(&mut lock_stores(&stores)))
+        .await
+        .unwrap_or_else(|_| Err(HandlerError::failed("state store task panicked")))
 }
 
 impl std::fmt::Debug for Agent {
@@ -83,6 +104,7 @@ pub struct AgentBuilder {
     config: ServerConfig,
     handlers: HandlerTable<SkillFn, PayloadFn>,
     health: HealthFn,
+    stores: Option<SharedStores>,
 }
 
 impl Agent {
@@ -94,6 +116,7 @@ impl Agent {
             config: ServerConfig::default(),
             handlers: HandlerTable::default(),
             health: Arc::new(HealthReport::default),
+            stores: None,
         }
     }
 
@@ -171,6 +194,51 @@ impl AgentBuilder {
         self
     }
 
+    /// Persists task state in `stores` (memory or SQLite, see
+    /// `asap_blocking::store::open_stores`): every skill run is recorded (task
+    /// transitions, snapshot, usage event) before it is answered, and
+    /// `state.query` / `state.restore` are answered from the snapshot store.
+    /// Store calls run on tokio's blocking pool.
+    #[must_use]
+    pub fn stores(mut self, stores: Stores) -> Self {
+        let shared: SharedStores = Arc::new(Mutex::new(stores));
+        let q = Arc::clone(&shared);
+        self = self.handler(PayloadKind::StateQuery, move |_env, p| {
+            let q = Arc::clone(&q);
+            async move {
+                let Payload::StateQuery(query) = p else {
+                    return Err(HandlerError::failed("expected a state.query payload"));
+                };
+                with_stores(&q, move |s| {
+                    answer_state_query(s.snapshots.as_ref(), &query)
+                })
+                .await
+                .map(HandlerReply::Payload)
+            }
+        });
+        let r = Arc::clone(&shared);
+        self = self.handler(PayloadKind::StateRestore, move |_env, p| {
+            let r = Arc::clone(&r);
+            async move {
+                let Payload::StateRestore(restore) = p else {
+                    return Err(HandlerError::failed("expected a state.restore payload"));
+                };
+                let now = wall_now();
+                let id = format!(
+                    "snap_{}",
+                    asap_proto::model::Ulid::new(now, u128::from(random_seed()))
+                );
+                with_stores(&r, move |s| {
+                    apply_state_restore(s.snapshots.as_mut(), &restore, id, now)
+                })
+                .await
+                .map(HandlerReply::Payload)
+            }
+        });
+        self.stores = Some(shared);
+        self
+    }
+
     /// Finishes the agent.
     #[must_use]
     pub fn build(self) -> Agent {
@@ -181,6 +249,7 @@ impl AgentBuilder {
                 core: Mutex::new(core),
                 handlers: self.handlers,
                 health: self.health,
+                stores: self.stores,
             }),
         }
     }
@@ -325,7 +394,25 @@ async fn handle_post(agent: &Agent, req: Request<Body>) -> Response<Vec<u8>> {
     if let Some(resp) = lock(&agent.inner.core).check_sender_rate(&inv, Instant::now()) {
         return outcome(resp, "rate_limited");
     }
-    let result = run_handler(agent, &inv).await;
+    let mut result = run_handler(agent, &inv).await;
+    if let (HandlerOutcome::Skill(skill), Some(stores), Some(task_id)) =
+        (&result, &agent.inner.stores, &inv.task_id)
+    {
+        // Persist before answering: an acknowledged task is on disk.
+        let now = wall_now();
+        let snapshot_id = format!("snap_{}", lock(&agent.inner.core).new_id(now));
+        let records = task_records(task_id, snapshot_id, &inv, skill, inv.accepted_at, now);
+        let saved = with_stores(stores, move |s| {
+            s.snapshots
+                .save(&records.snapshot)
+                .and_then(|()| s.metering.record(&records.usage))
+                .map_err(|e| HandlerError::failed(format!("could not persist task state: {e}")))
+        })
+        .await;
+        if let Err(e) = saved {
+            result = HandlerOutcome::Failed(e);
+        }
+    }
     let ok = !matches!(result, HandlerOutcome::Failed(_));
     if let HandlerOutcome::Failed(err) = &result {
         tracing::warn!(error = %err, "handler failed");

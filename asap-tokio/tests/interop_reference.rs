@@ -41,7 +41,7 @@ fn interop_python() -> PathBuf {
     python
 }
 
-struct Agent(Child);
+struct Agent(Child, tempfile::TempDir);
 
 impl Drop for Agent {
     fn drop(&mut self) {
@@ -52,8 +52,18 @@ impl Drop for Agent {
 
 /// Starts `asap serve` on a free loopback port and returns its base URL.
 fn start_asap(extra: &[&str]) -> (Agent, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("state.db");
     let mut child = Command::new(env!("CARGO_BIN_EXE_asap"))
-        .args(["serve", "--bind", "127.0.0.1:0", "--rate-limit", "none"])
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--rate-limit",
+            "none",
+            "--db",
+        ])
+        .arg(&db)
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -72,7 +82,7 @@ fn start_asap(extra: &[&str]) -> (Agent, String) {
         .to_owned();
     // Keep draining stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    (Agent(child), url)
+    (Agent(child, dir), url)
 }
 
 #[test]
