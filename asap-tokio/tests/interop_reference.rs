@@ -41,7 +41,8 @@ fn interop_python() -> PathBuf {
     python
 }
 
-struct Agent(Child, tempfile::TempDir);
+/// The running agent; its state directory lives (and is removed) with it.
+struct Agent(Child, #[allow(dead_code)] tempfile::TempDir);
 
 impl Drop for Agent {
     fn drop(&mut self) {
