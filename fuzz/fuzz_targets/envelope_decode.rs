@@ -29,11 +29,17 @@ fn check_envelope(env: &Envelope) {
     // Python-style text carries the same envelope.
     let value = serde_json::to_value(env).expect("encodes to a value");
     let py = pyjson::to_string(&value, PyJsonStyle::default());
-    assert_eq!(&Envelope::from_slice(py.as_bytes()).expect("python text decodes"), env);
+    assert_eq!(
+        &Envelope::from_slice(py.as_bytes()).expect("python text decodes"),
+        env
+    );
 
     // A typed payload re-encodes to an object that decodes to the same payload.
     if let Ok(payload) = env.payload() {
-        assert_eq!(payload.kind(), PayloadKind::from_payload_type(&env.payload_type));
+        assert_eq!(
+            payload.kind(),
+            PayloadKind::from_payload_type(&env.payload_type)
+        );
         let object = payload.to_object();
         let back = Payload::decode(&env.payload_type, object).expect("typed payload re-decodes");
         assert_eq!(back, payload);

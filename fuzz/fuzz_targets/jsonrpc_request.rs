@@ -8,7 +8,10 @@ use asap_proto::model::{Envelope, Timestamp, UnixTime};
 use libfuzzer_sys::fuzz_target;
 
 fn check_error(resp: &ErrorResponse, allowed: &[i64]) {
-    assert!(allowed.contains(&resp.error.code), "unexpected code {resp:?}");
+    assert!(
+        allowed.contains(&resp.error.code),
+        "unexpected code {resp:?}"
+    );
     assert_eq!(resp.error.message, codes::message(resp.error.code));
     let bytes = resp.to_vec();
     let back: ErrorResponse = serde_json::from_slice(&bytes).expect("error body is JSON");
