@@ -49,5 +49,22 @@ for name, case in errors.items():
 exchange = json.loads((vectors / "jsonrpc/client_task_request_exchange.json").read_text())
 put("jsonrpc_request", exchange["request"]["body_text"].encode())
 
-for target in ("envelope_decode", "jsonrpc_request"):
+# manifest_registry: manifest, registry and health documents, plus the header and
+# limit strings the discovery/reliability parsers read.
+manifest = json.loads((vectors / "discovery/manifest_endpoint.json").read_text())["response_200"]
+put("manifest_registry", manifest["body_text"].encode())
+m = dict(manifest["body_json"], auth={"schemes": ["bearer"], "oauth2": None}, ttl_seconds=1)
+m["capabilities"] = dict(m["capabilities"], asap_version="1!2.0a1.post3.dev4+local.7")
+put("manifest_registry", compact(m))
+registry = json.loads((vectors / "discovery/lite_registry.json").read_text())
+put("manifest_registry", compact(registry["input"]))
+put("manifest_registry", compact(dict(registry["input"], updated_at=1767225600)))
+health = json.loads((vectors / "discovery/health_endpoint.json").read_text())
+put("manifest_registry", health["response"]["body_text"].encode())
+put("manifest_registry", compact(health["unhealthy_example_via_helper"][0]))
+for text in ("public, max-age=300", "10/second;100/minute", "5 per 2 hours|1/day", "none",
+             "Sun, 06 Nov 1994 08:49:37 GMT", "1.0.0rc1.post2.dev3+abc.5"):
+    put("manifest_registry", text.encode())
+
+for target in ("envelope_decode", "jsonrpc_request", "manifest_registry"):
     print(target, len(list((here / "corpus" / target).iterdir())), "seeds")
