@@ -32,7 +32,8 @@ fuzz_target!(|data: &[u8]| {
         }
 
         // A registry entry generated from it round-trips.
-        let entry = generate_registry_entry(&manifest, [("http", manifest.endpoints.asap.as_str())]);
+        let entry =
+            generate_registry_entry(&manifest, [("http", manifest.endpoints.asap.as_str())]);
         let text = serde_json::to_vec(&entry).expect("entry encodes");
         let back: asap_proto::discovery::RegistryEntry =
             asap_proto::error::from_slice(&text).expect("generated entry decodes");
@@ -46,10 +47,15 @@ fuzz_target!(|data: &[u8]| {
             .header("cache-control", "max-age=60")
             .body(data.to_vec())
             .expect("response");
-        let stored = cache.handle_response("http://agent", &resp, t0).expect("valid manifest stored");
+        let stored = cache
+            .handle_response("http://agent", &resp, t0)
+            .expect("valid manifest stored");
         assert_eq!(*stored, manifest);
         let ttl = Duration::from_secs(60.min(manifest.ttl_seconds));
-        assert!(matches!(cache.lookup("http://agent", t0 + ttl).expect("lookup"), Lookup::Fetch(_)));
+        assert!(matches!(
+            cache.lookup("http://agent", t0 + ttl).expect("lookup"),
+            Lookup::Fetch(_)
+        ));
     }
 
     if let Ok(registry) = LiteRegistry::from_slice(data) {
@@ -60,7 +66,10 @@ fuzz_target!(|data: &[u8]| {
         for entry in &registry.agents {
             assert!(registry.find_by_id(entry.id.as_str()).is_some());
             for skill in &entry.skills {
-                assert!(registry.find_by_skill(skill).iter().any(|e| e.id == entry.id));
+                assert!(registry
+                    .find_by_skill(skill)
+                    .iter()
+                    .any(|e| e.id == entry.id));
             }
         }
     }
