@@ -45,7 +45,6 @@ mod request;
 mod response;
 mod send;
 
-#[allow(unused_imports)] // used by discovery
 pub(crate) use request::get_request;
 pub use request::{
     BaseUrl, ClientConfig, ClientCore, HttpPolicy, PreparedSend, ASAP_PATH, HEALTH_PATH,
