@@ -239,11 +239,11 @@ pub const OWNERS: &[(&str, Owner)] = &[
     ),
     (
         "schemas_current/usage_aggregate.json",
-        Owner::LaterIssue("storage (metering)"),
+        Owner::Test("asap-blocking/tests/sqlite_vectors::models_follow_the_reference_schemas"),
     ),
     (
         "schemas_current/usage_event.json",
-        Owner::LaterIssue("storage (metering)"),
+        Owner::Test("asap-blocking/tests/sqlite_vectors::models_follow_the_reference_schemas"),
     ),
     (
         "auth/",
@@ -263,7 +263,9 @@ pub const OWNERS: &[(&str, Owner)] = &[
     ),
     (
         "storage/",
-        Owner::LaterIssue("storage (SQLite snapshot store, metering)"),
+        Owner::Test(
+            "asap-blocking/tests/sqlite_vectors (schema, reads/writes the reference's rows)",
+        ),
     ),
     (
         "webhook/",
