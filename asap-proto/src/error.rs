@@ -192,11 +192,15 @@ pub(crate) fn blame(field: &str, missing: bool, msg: impl fmt::Display) -> Strin
 }
 
 /// `(member, custom message)` named by a serde data error message:
-/// "missing field `x`", "unknown field `x`, expected ...", or the [`blame`] forms.
+/// "missing field `x`", "unknown field `x`, expected ...", "duplicate field `x`",
+/// or the [`blame`] forms.
 fn blamed_member(msg: &str) -> Option<(&str, Option<&str>)> {
     let (rest, custom_allowed) = if let Some(r) = msg.strip_prefix("missing field `") {
         (r, true)
-    } else if let Some(r) = msg.strip_prefix("unknown field `") {
+    } else if let Some(r) = msg
+        .strip_prefix("unknown field `")
+        .or_else(|| msg.strip_prefix("duplicate field `"))
+    {
         (r, false)
     } else if let Some(r) = msg.strip_prefix("field `") {
         (r, true)
@@ -283,6 +287,11 @@ mod tests {
         );
         let err = from_value::<Outer>(serde_json::json!({})).unwrap_err();
         assert_eq!(err.path, "inner");
+        let err = from_slice::<Outer>(br#"{"inner": {"a": 1, "a": 2}}"#).unwrap_err();
+        assert_eq!(
+            (err.path.as_str(), err.kind),
+            ("inner.a", DecodeErrorKind::InvalidValue)
+        );
 
         assert_eq!(
             blamed_member(&blame("uri", false, "bad")),
@@ -295,6 +304,10 @@ mod tests {
         assert_eq!(
             blamed_member("unknown field `z`, expected `a`"),
             Some(("z", None))
+        );
+        assert_eq!(
+            blamed_member("duplicate field `sender`"),
+            Some(("sender", None))
         );
         assert_eq!(blamed_member("field `z` without a message"), None);
         assert_eq!(blamed_member("invalid type: string"), None);
