@@ -71,11 +71,13 @@ pub const OWNERS: &[(&str, Owner)] = &[
     ),
     (
         "jsonrpc/handler_asap_error.json",
-        Owner::LaterIssue("HTTP server (handler errors)"),
+        Owner::Test(
+            "server_pipeline::handler_failures_are_sanitised_and_asap_errors_name_themselves",
+        ),
     ),
     (
         "jsonrpc/nonce_replay.json",
-        Owner::LaterIssue("HTTP server (nonce guard)"),
+        Owner::Test("server_pipeline::nonce_replay_is_byte_identical"),
     ),
     (
         "jsonrpc/rate_limit_429.json",
@@ -83,15 +85,15 @@ pub const OWNERS: &[(&str, Owner)] = &[
     ),
     (
         "jsonrpc/size_limit_413.json",
-        Owner::LaterIssue("HTTP server (size limit)"),
+        Owner::Test("server_pipeline::rate_limit_and_size_limit_bodies_match"),
     ),
     (
         "jsonrpc/success_int_id.json",
-        Owner::LaterIssue("HTTP server (success path)"),
+        Owner::Test("server_pipeline::success_with_integer_id_matches_the_reference_shape"),
     ),
     (
         "jsonrpc/trace_context.json",
-        Owner::LaterIssue("HTTP server (trace context)"),
+        Owner::Test("server_pipeline::trace_context_is_continued_or_started_like_the_reference"),
     ),
     (
         "schemas_current/_index.json",
@@ -259,7 +261,7 @@ pub const OWNERS: &[(&str, Owner)] = &[
     ),
     (
         "discovery/k8s_probes.json",
-        Owner::LaterIssue("HTTP server (GET /health, /ready probes)"),
+        Owner::Test("server_pipeline::health_and_probe_documents_match"),
     ),
     (
         "storage/",
@@ -374,4 +376,37 @@ pub fn data_keys(v: &Value) -> Vec<String> {
     v.as_object()
         .map(|m| m.keys().filter(|k| !k.starts_with('_')).cloned().collect())
         .unwrap_or_default()
+}
+
+/// String `request_body`s the generator sent as raw bytes (`raw=True` in
+/// gen_vectors.py); their characters are the bytes, Latin-1 decoded
+/// (`"\u00ff"` is the invalid UTF-8 byte 0xff). The vector itself cannot tell
+/// a raw body from a JSON string body, so every string case is classified here.
+const RAW_TEXT_BODIES: &[&str] = &[
+    "parse_error",
+    "parse_error_bad_utf8",
+    "invalid_request_float_id_becomes_internal_error",
+    "bool_id_coerced_to_int",
+    "invalid_params_params_null",
+    "bad_gzip_body",
+];
+/// String `request_body`s sent as a JSON string value.
+const JSON_STRING_BODIES: &[&str] = &["invalid_request_not_object"];
+
+/// The request body bytes of a `jsonrpc/errors.json` case.
+pub fn request_body_bytes(name: &str, body: &Value) -> Vec<u8> {
+    match body {
+        Value::String(s) if RAW_TEXT_BODIES.contains(&name) => s
+            .chars()
+            .map(|c| u8::try_from(u32::from(c)).expect("Latin-1 text"))
+            .collect(),
+        Value::String(_) => {
+            assert!(
+                JSON_STRING_BODIES.contains(&name),
+                "string body of {name}: add it to RAW_TEXT_BODIES or JSON_STRING_BODIES"
+            );
+            serde_json::to_vec(body).unwrap()
+        }
+        other => serde_json::to_vec(other).unwrap(),
+    }
 }

@@ -44,39 +44,6 @@ const SERVER_CASES: &[(&str, &str)] = &[
     ),
 ];
 
-/// String `request_body`s the generator sent as raw bytes (`raw=True` in
-/// gen_vectors.py); their characters are the bytes, Latin-1 decoded
-/// (`"\u00ff"` is the invalid UTF-8 byte 0xff). The vector itself cannot tell
-/// a raw body from a JSON string body, so every string case is classified here.
-const RAW_TEXT_BODIES: &[&str] = &[
-    "parse_error",
-    "parse_error_bad_utf8",
-    "invalid_request_float_id_becomes_internal_error",
-    "bool_id_coerced_to_int",
-    "invalid_params_params_null",
-    "bad_gzip_body",
-];
-/// String `request_body`s sent as a JSON string value.
-const JSON_STRING_BODIES: &[&str] = &["invalid_request_not_object"];
-
-/// The request body bytes of a case.
-fn body_bytes(name: &str, body: &Value) -> Vec<u8> {
-    match body {
-        Value::String(s) if RAW_TEXT_BODIES.contains(&name) => s
-            .chars()
-            .map(|c| u8::try_from(u32::from(c)).expect("Latin-1 text"))
-            .collect(),
-        Value::String(_) => {
-            assert!(
-                JSON_STRING_BODIES.contains(&name),
-                "string body of {name}: add it to RAW_TEXT_BODIES or JSON_STRING_BODIES"
-            );
-            serde_json::to_vec(body).unwrap()
-        }
-        other => serde_json::to_vec(other).unwrap(),
-    }
-}
-
 /// Runs the core pipeline; `Ok` when the envelope decoded.
 fn run(bytes: &[u8]) -> Result<(JsonRpcRequest, Envelope), ErrorResponse> {
     let value = jsonrpc::parse_json(bytes)?;
@@ -158,7 +125,9 @@ fn error_cases() {
     for name in vectors::data_keys(&vector) {
         let case = &vector[name.as_str()];
         let name = name.as_str();
-        let bytes = case.get("request_body").map(|b| body_bytes(name, b));
+        let bytes = case
+            .get("request_body")
+            .map(|b| asap_tests::vectors::request_body_bytes(name, b));
         let result = bytes.as_deref().map(run);
         let err = || -> ErrorResponse {
             match result.clone() {

@@ -52,9 +52,7 @@ use http::{header, HeaderMap, Response, StatusCode};
 use serde_json::{json, Value};
 
 pub use replay::{NonceStore, ReplayWindow, MAX_ENVELOPE_AGE, MAX_FUTURE_TOLERANCE, NONCE_TTL};
-pub use wellknown::{
-    health_response, HealthReport, Load, ManifestDocument, MANIFEST_CACHE_CONTROL,
-};
+pub use wellknown::{health_response, HealthReport, ManifestDocument, MANIFEST_CACHE_CONTROL};
 
 use crate::jsonrpc::{self, AsapError, ErrorResponse, RequestId, SuccessResponse};
 use crate::model::{
@@ -99,6 +97,10 @@ pub struct ServerConfig {
     pub require_json_content_type: bool,
     /// Put handler error details in -32603 responses (never in production).
     pub debug: bool,
+    /// Give replies `extensions.trace_id`/`span_id` (and `trace_id` when empty) of the
+    /// request's server-side span, as the reference's tracing does, unless the request
+    /// carried its own W3C context (32-hex `trace_id` + 16-hex `extensions.span_id`).
+    pub trace_extensions: bool,
 }
 
 impl Default for ServerConfig {
@@ -116,6 +118,7 @@ impl Default for ServerConfig {
             max_rate_limit_keys: 10_000,
             require_json_content_type: true,
             debug: false,
+            trace_extensions: true,
         }
     }
 }
@@ -775,12 +778,21 @@ impl Server {
             }
         };
         let id = self.ids.next_string(now);
-        let reply = inv.envelope.reply(
+        let mut reply = inv.envelope.reply(
             id,
             Timestamp::from_unix(now),
             self.manifest().id.clone(),
             payload,
         );
+        if self.config.trace_extensions && !has_remote_trace_context(&inv.envelope) {
+            let trace = format!("{:016x}{:016x}", self.ids.next_u64(), self.ids.next_u64());
+            let span = format!("{:016x}", self.ids.next_u64());
+            let mut ext = JsonObject::new();
+            ext.insert("trace_id".into(), trace.clone().into());
+            ext.insert("span_id".into(), span.into());
+            reply.extensions = Some(ext);
+            reply.trace_id.get_or_insert(trace);
+        }
         json_response(
             StatusCode::OK,
             SuccessResponse::new(reply, inv.request_id).to_vec(),
@@ -806,6 +818,25 @@ impl Server {
         });
         ErrorResponse::internal(id, detail)
     }
+}
+
+fn is_lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && s.bytes().any(|b| b != b'0')
+}
+
+/// Whether the envelope carries a W3C trace context (32-hex `trace_id` and
+/// 16-hex `extensions.span_id`) that the reply continues without new extensions.
+#[must_use]
+pub fn has_remote_trace_context(env: &Envelope) -> bool {
+    let span = env
+        .extensions
+        .as_ref()
+        .and_then(|e| e.get("span_id"))
+        .and_then(Value::as_str);
+    matches!((env.trace_id.as_deref(), span), (Some(t), Some(s)) if is_lower_hex(t, 32) && is_lower_hex(s, 16))
 }
 
 /// The reference's 429: JSON-RPC-shaped body with code 429 and `Retry-After`.

@@ -3,6 +3,7 @@
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use ring::digest;
 
+use crate::discovery::{HealthLoad, HealthStatus};
 use crate::model::Manifest;
 use crate::pyjson::{self, PyJsonStyle};
 
@@ -94,22 +95,13 @@ impl ManifestDocument {
     }
 }
 
-/// Load figures an application may report in its health document.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub struct Load {
-    /// Tasks running now.
-    pub active_tasks: u64,
-    /// Tasks waiting.
-    pub queue_depth: u64,
-}
-
 /// What the application says about itself when health is asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct HealthReport {
     /// `false` makes the endpoint answer 503 `"unhealthy"`.
     pub unhealthy: bool,
     /// Optional load figures (`null` when absent).
-    pub load: Option<Load>,
+    pub load: Option<HealthLoad>,
 }
 
 /// The health document of spec 12.2: 200 `healthy`, or 503 `unhealthy`.
@@ -119,15 +111,7 @@ pub fn health_response(
     uptime: std::time::Duration,
     report: HealthReport,
 ) -> Response<Vec<u8>> {
-    let uptime = (uptime.as_secs_f64() * 100.0).round() / 100.0;
-    let doc = serde_json::json!({
-        "status": if report.unhealthy { "unhealthy" } else { "healthy" },
-        "agent_id": manifest.id.as_str(),
-        "version": manifest.version,
-        "asap_version": manifest.capabilities.asap_version,
-        "uptime_seconds": uptime,
-        "load": report.load,
-    });
+    let doc = HealthStatus::for_manifest(manifest, !report.unhealthy, uptime, report.load);
     Response::builder()
         .status(if report.unhealthy {
             StatusCode::SERVICE_UNAVAILABLE

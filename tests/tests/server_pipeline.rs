@@ -1,0 +1,626 @@
+//! The `POST /asap` pipeline of `asap_proto::server` against the reference's
+//! recorded HTTP exchanges: the same bad input gets the same answer.
+
+use std::time::{Duration, Instant};
+
+use asap_proto::model::{Manifest, Timestamp, UnixTime};
+use asap_proto::reliability::rate_limit::RateLimitSpec;
+use asap_proto::server::{
+    decode_body, Decision, HandlerOutcome, HealthReport, ManifestDocument, Route, Server,
+    ServerConfig, SkillResult,
+};
+use asap_tests::vectors::load;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::{json, Value};
+
+/// Just after the vectors were recorded (their "now" timestamps are 2026-11-24T03:21:06.68Z).
+fn vector_now() -> UnixTime {
+    "2026-11-24T03:21:07Z".parse::<Timestamp>().unwrap().unix()
+}
+
+fn echo_manifest() -> Manifest {
+    let body = load("discovery/manifest_endpoint.json")["response_200"]["body_json"].clone();
+    serde_json::from_value(body).unwrap()
+}
+
+fn server(config: ServerConfig) -> Server {
+    let mut s = Server::new(echo_manifest(), config, Instant::now(), 1);
+    s.routes_mut().add_skill("echo");
+    s
+}
+
+fn open() -> ServerConfig {
+    ServerConfig {
+        rate_limit: None,
+        ..ServerConfig::default()
+    }
+}
+
+fn headers(v: &Value) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    let pairs: Vec<(String, String)> = match v {
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_owned()))
+            .collect(),
+        Value::Array(a) => a
+            .iter()
+            .map(|p| {
+                (
+                    p[0].as_str().unwrap().to_owned(),
+                    p[1].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    for (k, v) in pairs {
+        h.append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(&v).unwrap(),
+        );
+    }
+    h
+}
+
+/// Runs one request through the whole core pipeline; a skill invocation runs the echo skill.
+fn exchange(
+    server: &mut Server,
+    hdrs: &HeaderMap,
+    body: &[u8],
+    now: UnixTime,
+) -> http::Response<Vec<u8>> {
+    let plan = match server.begin_post(hdrs, "127.0.0.1", Instant::now()) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let body = match decode_body(body, plan) {
+        Ok(b) => b,
+        Err(e) => return server.body_error(&e),
+    };
+    match server.handle_body(&body, now) {
+        Decision::Respond(r) => r,
+        Decision::Invoke(inv) => {
+            let outcome = HandlerOutcome::Skill(SkillResult::echo(&inv));
+            server.finish(inv, outcome, now)
+        }
+    }
+}
+
+/// Where asap-rs answers differently on purpose (README, "Compatibility with the reference").
+fn deliberate(name: &str) -> Option<(u16, Option<i64>)> {
+    match name {
+        // -32602 naming the field instead of the reference's -32603.
+        "invalid_request_float_id_becomes_internal_error"
+        | "invalid_envelope_bad_urn_becomes_internal_error"
+        | "invalid_envelope_response_without_correlation_id"
+        | "handler_payload_invalid_internal_error" => Some((200, Some(-32602))),
+        // Both spellings of a payload type reach the registered skill.
+        "registered_but_pascal_case" => Some((200, None)),
+        _ => None,
+    }
+}
+
+#[test]
+fn every_error_case_of_the_reference_gets_the_same_answer() {
+    let cases = load("jsonrpc/errors.json");
+    let mut seen = 0;
+    for (name, case) in cases.as_object().unwrap() {
+        if name.starts_with('_') {
+            continue;
+        }
+        seen += 1;
+        let mut s = server(open());
+        let hdrs = headers(&case["request_headers"]);
+        let body = if name == "gzip_request_accepted" {
+            // The recorded body is dynamic; send a fresh gzip-compressed echo request.
+            let rpc = json!({"jsonrpc": "2.0", "method": "asap.send", "id": "gz", "params": {"envelope": {
+                "asap_version": "0.1", "timestamp": "2026-11-24T03:21:06Z", "sender": "urn:asap:agent:client",
+                "recipient": "urn:asap:agent:echo-server", "payload_type": "task.request",
+                "payload": {"conversation_id": "c", "skill_id": "echo", "input": {"message": "Hello, ASAP!"}}}}});
+            gzip(&serde_json::to_vec(&rpc).unwrap())
+        } else {
+            asap_tests::vectors::request_body_bytes(name, &case["request_body"])
+        };
+        let resp = exchange(&mut s, &hdrs, &body, vector_now());
+        let expected = &case["response"];
+        let got: Value = serde_json::from_slice(resp.body()).unwrap_or(Value::Null);
+        if let Some((status, code)) = deliberate(name) {
+            assert_eq!(resp.status().as_u16(), status, "{name}");
+            assert_eq!(got["error"]["code"].as_i64(), code, "{name}: {got}");
+            continue;
+        }
+        assert_eq!(
+            resp.status().as_u16(),
+            expected["status"].as_u64().unwrap() as u16,
+            "{name}: {got}"
+        );
+        let want = &expected["body_json"];
+        if name == "gzip_request_accepted" {
+            assert_eq!(
+                got["result"]["envelope"]["payload"]["result"],
+                json!({"echoed": {"message": "Hello, ASAP!"}})
+            );
+            continue;
+        }
+        if want.get("detail").is_some() {
+            // HTTP-level errors: 415 identical; 400 names the gzip problem like the reference.
+            assert_eq!(got.get("detail").is_some(), true, "{name}");
+            if name == "unsupported_content_encoding" {
+                assert_eq!(
+                    resp.body(),
+                    expected["body_text"].as_str().unwrap().as_bytes(),
+                    "{name}"
+                );
+            }
+            continue;
+        }
+        assert_eq!(got["error"]["code"], want["error"]["code"], "{name}: {got}");
+        assert_eq!(got["error"]["message"], want["error"]["message"], "{name}");
+        assert_eq!(got["id"], want["id"], "{name}");
+        let data = &want["error"]["data"];
+        if name == "parse_error" {
+            // The parser's own words differ (serde_json vs Python's json); the prefix is the reference's.
+            assert!(
+                got["error"]["data"]["error"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("Invalid JSON: "),
+                "{got}"
+            );
+            continue;
+        }
+        assert_eq!(
+            got["error"]["data"]["error"], data["error"],
+            "{name}: {got}"
+        );
+        match name.as_str() {
+            "method_not_found"
+            | "unknown_payload_type"
+            | "invalid_params_missing_envelope"
+            | "invalid_params_envelope_not_object"
+            | "bool_id_coerced_to_int"
+            | "invalid_request_array_batch"
+            | "invalid_request_not_object" => {
+                assert_eq!(
+                    resp.body(),
+                    expected["body_text"].as_str().unwrap().as_bytes(),
+                    "{name}: byte-identical"
+                );
+            }
+            "invalid_timestamp_too_old" | "invalid_timestamp_future" => {
+                assert_eq!(got["error"]["data"]["code"], data["code"]);
+                for key in data["details"].as_object().unwrap().keys() {
+                    assert!(
+                        got["error"]["data"]["details"].get(key).is_some(),
+                        "{name}: details.{key}"
+                    );
+                }
+                assert_eq!(
+                    got["error"]["data"]["details"]["timestamp"], data["details"]["timestamp"],
+                    "{name}"
+                );
+            }
+            _ => {
+                let locs = |v: &Value| -> Vec<Value> {
+                    v["error"]["data"]["validation_errors"]
+                        .as_array()
+                        .map(|a| a.iter().map(|e| e["loc"].clone()).collect())
+                        .unwrap_or_default()
+                };
+                assert_eq!(locs(&got), locs(want), "{name}: the same members are named");
+            }
+        }
+    }
+    assert_eq!(seen, 27, "every case of jsonrpc/errors.json is exercised");
+}
+
+#[test]
+fn success_with_integer_id_matches_the_reference_shape() {
+    let v = load("jsonrpc/success_int_id.json");
+    let mut s = server(open());
+    let resp = exchange(
+        &mut s,
+        &HeaderMap::new(),
+        &serde_json::to_vec(&v["request"]).unwrap(),
+        vector_now(),
+    );
+    let got: Value = serde_json::from_slice(resp.body()).unwrap();
+    let want = &v["response"]["body_json"];
+    assert_eq!(got["id"], json!(7));
+    let (g, w) = (&got["result"]["envelope"], &want["result"]["envelope"]);
+    let keys = |x: &Value| x.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(g), keys(w));
+    for k in [
+        "asap_version",
+        "sender",
+        "recipient",
+        "payload_type",
+        "correlation_id",
+        "requires_ack",
+    ] {
+        assert_eq!(g[k], w[k], "{k}");
+    }
+    assert_eq!(keys(&g["payload"]), keys(&w["payload"]));
+    assert_eq!(g["payload"]["result"], w["payload"]["result"]);
+    assert_eq!(g["payload"]["status"], "completed");
+    assert!(g["payload"]["task_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("task_"));
+    assert!(g["id"]
+        .as_str()
+        .unwrap()
+        .parse::<asap_proto::model::Ulid>()
+        .is_ok());
+}
+
+#[test]
+fn nonce_replay_is_byte_identical() {
+    let v = load("jsonrpc/nonce_replay.json");
+    let mut s = server(ServerConfig {
+        require_nonce: true,
+        ..open()
+    });
+    let rpc = |id: &str| json!({"jsonrpc": "2.0", "method": "asap.send", "params": {"envelope": v["request_envelope"]}, "id": id});
+    let first = exchange(
+        &mut s,
+        &HeaderMap::new(),
+        &serde_json::to_vec(&rpc("n-1")).unwrap(),
+        vector_now(),
+    );
+    assert!(serde_json::from_slice::<Value>(first.body())
+        .unwrap()
+        .get("result")
+        .is_some());
+    let replay = exchange(
+        &mut s,
+        &HeaderMap::new(),
+        &serde_json::to_vec(&rpc("n-2")).unwrap(),
+        vector_now(),
+    );
+    assert_eq!(
+        replay.body(),
+        v["replay_response"]["body_text"]
+            .as_str()
+            .unwrap()
+            .as_bytes()
+    );
+    if let Some(nn) = v.get("non_string_nonce_response") {
+        let mut env = v["request_envelope"].clone();
+        env["extensions"] = json!({"nonce": 12345});
+        let body = json!({"jsonrpc": "2.0", "method": "asap.send", "params": {"envelope": env}, "id": "n-3"});
+        let got: Value = serde_json::from_slice(
+            exchange(
+                &mut s,
+                &HeaderMap::new(),
+                &serde_json::to_vec(&body).unwrap(),
+                vector_now(),
+            )
+            .body(),
+        )
+        .unwrap();
+        assert_eq!(got["error"]["code"], nn["body_json"]["error"]["code"]);
+        assert_eq!(got["error"]["data"]["code"], "asap:protocol/invalid_nonce");
+    }
+}
+
+#[test]
+fn rate_limit_and_size_limit_bodies_match() {
+    let v = load("jsonrpc/rate_limit_429.json");
+    let spec = RateLimitSpec::parse("2/minute").unwrap();
+    let mut s = server(ServerConfig {
+        rate_limit: Some(spec),
+        ..ServerConfig::default()
+    });
+    let t0 = Instant::now();
+    assert!(s.begin_post(&HeaderMap::new(), "10.0.0.1", t0).is_ok());
+    assert!(s.begin_post(&HeaderMap::new(), "10.0.0.1", t0).is_ok());
+    let r = s
+        .begin_post(&HeaderMap::new(), "10.0.0.1", t0 + Duration::from_secs(1))
+        .unwrap_err();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "59");
+    assert_eq!(
+        r.body(),
+        v["response"]["body_text"].as_str().unwrap().as_bytes()
+    );
+    // Another client is not affected.
+    assert!(s.begin_post(&HeaderMap::new(), "10.0.0.2", t0).is_ok());
+
+    let v = load("jsonrpc/size_limit_413.json");
+    let s = server(ServerConfig {
+        max_request_size: 1024,
+        ..open()
+    });
+    let mut h = HeaderMap::new();
+    h.insert(
+        "content-length",
+        HeaderValue::from(v["request_content_length"].as_u64().unwrap()),
+    );
+    let mut s = s;
+    let r = s.begin_post(&h, "127.0.0.1", Instant::now()).unwrap_err();
+    assert_eq!(r.status(), 413);
+    assert_eq!(
+        r.body(),
+        v["response"]["body_text"].as_str().unwrap().as_bytes()
+    );
+}
+
+#[test]
+fn manifest_etag_and_body_are_the_references() {
+    let v = load("discovery/manifest_endpoint.json");
+    let doc = ManifestDocument::new(echo_manifest());
+    assert_eq!(doc.etag(), v["etag_computed"].as_str().unwrap());
+    assert_eq!(
+        doc.body(),
+        v["response_200"]["body_text"].as_str().unwrap().as_bytes()
+    );
+    let s = server(open());
+    let get = |inm: Option<&str>| {
+        let mut h = HeaderMap::new();
+        if let Some(x) = inm {
+            h.insert("if-none-match", HeaderValue::from_str(x).unwrap());
+        }
+        s.handle_get(
+            &http::Method::GET,
+            "/.well-known/asap/manifest.json",
+            &h,
+            Instant::now(),
+            HealthReport::default(),
+        )
+    };
+    let etag = doc.etag().to_owned();
+    assert_eq!(get(None).status(), 200);
+    assert_eq!(get(None).headers()["cache-control"], "public, max-age=300");
+    assert_eq!(get(Some(&etag)).status(), 304);
+    assert!(get(Some(&etag)).body().is_empty());
+    assert_eq!(get(Some(&format!("\"other\", {etag}"))).status(), 304);
+    assert_eq!(get(Some(&format!("W/{etag}"))).status(), 200);
+    assert_eq!(get(Some("*")).status(), 200);
+}
+
+#[test]
+fn health_and_probe_documents_match() {
+    let v = load("discovery/health_endpoint.json");
+    let s = server(open());
+    let r = s.handle_get(
+        &http::Method::GET,
+        "/.well-known/asap/health",
+        &HeaderMap::new(),
+        Instant::now(),
+        HealthReport::default(),
+    );
+    let got: Value = serde_json::from_slice(r.body()).unwrap();
+    let want = &v["response"]["body_json"];
+    let keys = |x: &Value| x.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&got), keys(want));
+    for k in ["status", "agent_id", "version", "asap_version", "load"] {
+        assert_eq!(got[k], want[k], "{k}");
+    }
+    let r = s.handle_get(
+        &http::Method::GET,
+        "/.well-known/asap/health",
+        &HeaderMap::new(),
+        Instant::now(),
+        HealthReport {
+            unhealthy: true,
+            load: Some(asap_proto::discovery::HealthLoad {
+                active_tasks: 2,
+                queue_depth: 5,
+            }),
+        },
+    );
+    assert_eq!(
+        r.status().as_u16(),
+        v["unhealthy_status_code"].as_u64().unwrap() as u16
+    );
+    let got: Value = serde_json::from_slice(r.body()).unwrap();
+    let want = &v["unhealthy_example_via_helper"][0];
+    assert_eq!(got["status"], want["status"]);
+    assert_eq!(got["load"], want["load"]);
+
+    let v = load("discovery/k8s_probes.json");
+    for (path, key) in [("/health", "GET /health"), ("/ready", "GET /ready")] {
+        let r = s.handle_get(
+            &http::Method::GET,
+            path,
+            &HeaderMap::new(),
+            Instant::now(),
+            HealthReport::default(),
+        );
+        assert_eq!(r.body(), v[key]["body_text"].as_str().unwrap().as_bytes());
+    }
+    let r = s.handle_get(
+        &http::Method::GET,
+        "/asap",
+        &HeaderMap::new(),
+        Instant::now(),
+        HealthReport::default(),
+    );
+    let want = &v["GET /asap (method not allowed)"];
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "POST");
+    assert_eq!(r.body(), want["body_text"].as_str().unwrap().as_bytes());
+}
+
+fn at(secs_offset: f64) -> String {
+    let base = vector_now().as_micros();
+    Timestamp::from_unix(UnixTime::from_micros(base + (secs_offset * 1e6) as i64)).to_string()
+}
+
+fn with_timestamp(ts: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"jsonrpc": "2.0", "method": "asap.send", "id": 1, "params": {"envelope": {
+        "asap_version": "0.1", "timestamp": ts, "sender": "urn:asap:agent:client", "recipient": "urn:asap:agent:echo-server",
+        "payload_type": "task.request", "payload": {"conversation_id": "c", "skill_id": "echo", "input": {}}}}}))
+    .unwrap()
+}
+
+fn accepted(s: &mut Server, body: &[u8]) -> bool {
+    matches!(s.handle_body(body, vector_now()), Decision::Invoke(_))
+}
+
+#[test]
+fn replay_window_boundaries_are_inclusive() {
+    let mut s = server(open());
+    assert!(
+        accepted(&mut s, &with_timestamp(&at(-300.0))),
+        "exactly 300 s old passes"
+    );
+    assert!(!accepted(&mut s, &with_timestamp(&at(-300.000_001))));
+    assert!(
+        accepted(&mut s, &with_timestamp(&at(30.0))),
+        "exactly 30 s ahead passes"
+    );
+    assert!(!accepted(&mut s, &with_timestamp(&at(30.000_001))));
+    // Naive timestamps are taken as UTC.
+    let naive = at(-10.0).trim_end_matches('Z').to_owned();
+    assert!(accepted(&mut s, &with_timestamp(&naive)));
+}
+
+#[test]
+fn missing_timestamp_is_refused_unless_allowed() {
+    let body = br#"{"jsonrpc":"2.0","method":"asap.send","id":1,"params":{"envelope":{"asap_version":"0.1",
+        "sender":"urn:asap:agent:client","recipient":"urn:asap:agent:echo-server","payload_type":"task.request",
+        "payload":{"conversation_id":"c","skill_id":"echo","input":{}}}}}"#;
+    let mut strict = server(open());
+    let Decision::Respond(r) = strict.handle_body(body, vector_now()) else {
+        panic!("accepted")
+    };
+    let v: Value = serde_json::from_slice(r.body()).unwrap();
+    assert_eq!(v["error"]["code"], -32602);
+    assert_eq!(
+        v["error"]["data"]["code"],
+        "asap:protocol/invalid_timestamp"
+    );
+    let mut lax = server(ServerConfig {
+        require_timestamp: false,
+        ..open()
+    });
+    let Decision::Invoke(inv) = lax.handle_body(body, vector_now()) else {
+        panic!("refused")
+    };
+    assert_eq!(inv.envelope.timestamp.unix(), vector_now());
+    assert_eq!(inv.envelope.id.len(), 26, "missing id gets a ULID");
+    assert!(matches!(inv.route, Route::Skill(_)));
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    // A stored (uncompressed) deflate stream wrapped in gzip: enough to exercise decoding
+    // without a compressor dependency in this crate.
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+    for (i, chunk) in data.chunks(65_535).enumerate() {
+        let last = (i + 1) * 65_535 >= data.len();
+        out.push(u8::from(last));
+        let len = chunk.len() as u16;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(chunk);
+    }
+    out.extend_from_slice(&crc32(data).to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn trace_context_is_continued_or_started_like_the_reference() {
+    let v = load("jsonrpc/trace_context.json");
+    for case in ["with_valid_context", "without_valid_context"] {
+        let mut s = server(open());
+        let rpc = json!({"jsonrpc": "2.0", "method": "asap.send", "id": 1, "params": {"envelope": v[case]["request_envelope"]}});
+        let resp = exchange(
+            &mut s,
+            &HeaderMap::new(),
+            &serde_json::to_vec(&rpc).unwrap(),
+            vector_now(),
+        );
+        let got: Value = serde_json::from_slice(resp.body()).unwrap();
+        let (g, w) = (&got["result"]["envelope"], &v[case]["response_envelope"]);
+        assert_eq!(g["trace_id"], w["trace_id"], "{case}");
+        if w["extensions"].is_null() {
+            assert_eq!(g["extensions"], Value::Null, "{case}");
+        } else {
+            let ext = g["extensions"].as_object().unwrap();
+            assert_eq!(
+                ext.keys().collect::<Vec<_>>(),
+                w["extensions"]
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .collect::<Vec<_>>()
+            );
+            assert_eq!(ext["trace_id"].as_str().unwrap().len(), 32);
+            assert_eq!(ext["span_id"].as_str().unwrap().len(), 16);
+        }
+    }
+}
+
+#[test]
+fn handler_failures_are_sanitised_and_asap_errors_name_themselves() {
+    use asap_proto::jsonrpc::AsapError;
+    use asap_proto::server::HandlerError;
+    let v = load("jsonrpc/handler_asap_error.json");
+    let body = |id: &str| {
+        serde_json::to_vec(&json!({"jsonrpc": "2.0", "method": "asap.send", "id": id, "params": {"envelope": {
+            "asap_version": "0.1", "timestamp": "2026-11-24T03:21:06Z", "sender": "urn:asap:agent:client",
+            "recipient": "urn:asap:agent:echo-server", "payload_type": "task.request",
+            "payload": {"conversation_id": "c", "skill_id": "echo", "input": {}}}}}))
+        .unwrap()
+    };
+    let run = |s: &mut Server, err: HandlerError| {
+        let Decision::Invoke(inv) = s.handle_body(&body("h-1"), vector_now()) else {
+            panic!("refused")
+        };
+        s.finish(inv, HandlerOutcome::Failed(err), vector_now())
+    };
+    // Any failure other than an ASAP protocol error: the reference's sanitised -32603, byte for byte.
+    let r = run(
+        &mut server(open()),
+        HandlerError::failed("database password is hunter2"),
+    );
+    assert_eq!(
+        r.body(),
+        v["response"]["body_text"].as_str().unwrap().as_bytes()
+    );
+    // Debug mode shows the detail, with the reference's keys.
+    let r = run(
+        &mut server(ServerConfig {
+            debug: true,
+            ..open()
+        }),
+        HandlerError::failed("Task not found: task_missing"),
+    );
+    let got: Value = serde_json::from_slice(r.body()).unwrap();
+    assert_eq!(
+        got["error"]["data"]["error"],
+        v["debug_mode_response_error_and_type"]["error"]
+    );
+    assert!(got["error"]["data"].get("type").is_some());
+    // Deliberate difference: an ASAP task/protocol error is -32602 carrying the error object.
+    let r = run(
+        &mut server(open()),
+        HandlerError::Asap(AsapError::task_not_found("task_missing")),
+    );
+    let got: Value = serde_json::from_slice(r.body()).unwrap();
+    assert_eq!(got["error"]["code"], -32602);
+    assert_eq!(got["error"]["data"]["code"], "asap:task/not_found");
+    assert_eq!(
+        got["error"]["data"]["details"],
+        json!({"task_id": "task_missing"})
+    );
+}
