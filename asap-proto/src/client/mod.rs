@@ -44,6 +44,7 @@
 mod request;
 mod response;
 mod send;
+mod state;
 
 pub(crate) use request::get_request;
 pub use request::{
@@ -52,6 +53,7 @@ pub use request::{
 };
 pub use response::{decode_send_result, interpret_send_response, SendError};
 pub use send::{BreakerVerdict, SendCall, SendOutcome, SendOutput};
+pub use state::{CallError, ClientState, ClientStateConfig, ClientStats, SendTicket};
 
 /// Whose fault a failure is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
