@@ -30,5 +30,9 @@ pub use payload::{
     MessageAck, MessageRole, MessageSend, Payload, PayloadKind, StateQuery, StateRestore,
     TaskCancel, TaskRequest, TaskResponse, TaskUpdate, UpdateType,
 };
+/// Calendar arithmetic shared with the metering periods.
+pub(crate) mod timestamp_calendar {
+    pub(crate) use super::timestamp::{civil_from_days, days_from_civil};
+}
 pub use timestamp::{Timestamp, TimestampError, TzOffset, UnixTime};
 pub use ulid_generator::UlidGenerator;
