@@ -20,21 +20,25 @@
 //! # Why a dedicated thread rather than `spawn_blocking`
 //!
 //! Both keep blocking work off the runtime. `benches/async_store.rs` in
-//! `asap-blocking` measures them on the real SQLite store (2-core machine,
-//! `synchronous=NORMAL`, 1 KiB snapshots):
+//! `asap-blocking` measures them on the real SQLite store (`synchronous=NORMAL`,
+//! 1 KiB snapshots; ranges over four runs on a shared 2-core machine, load
+//! average 2 to 6, so read them as ratios):
 //!
 //! | | `spawn_blocking` + `Mutex` | dedicated thread |
 //! |---|---|---|
-//! | `get_latest`, 1 caller | 47 µs | 24 µs |
-//! | `save`, 1 caller | 106 µs | 38 µs |
-//! | `get_latest`, 64 concurrent callers | 30 k/s | 113 k/s |
+//! | `get_latest`, 1 caller | 15–34 µs | 9–24 µs |
+//! | `save`, 1 caller | 42–68 µs | 62–83 µs |
+//! | `get_latest`, 64 concurrent callers | 34–65 k/s | 112–134 k/s |
 //!
-//! The thread wins on latency (one channel hop to a thread that is already
-//! running, against a hop into the blocking pool and back) and by ~4× under
-//! load, where `spawn_blocking` parks many pool threads on the one connection's
-//! mutex. It also keeps one connection with a warm prepared-statement cache,
-//! serialises writes the way SQLite does anyway (one writer at a time), gives
-//! callers async backpressure through the bounded queue, and leaves tokio's
+//! Under concurrency the thread wins by 2 to 4×: `spawn_blocking` wakes many
+//! pool threads that then queue on the one connection's mutex, while the
+//! worker thread serves its queue back to back. A lone cheap
+//! read is also faster (one hop to a thread that is already running). A lone
+//! `save` is a draw: its cost is SQLite's, and the difference flips with the
+//! order the bench runs the strategies in (disk state), so it is noise. The
+//! thread also keeps one connection with a warm prepared-statement cache,
+//! serialises writes as SQLite does anyway (one writer at a time), gives
+//! callers async backpressure through its bounded queue, and leaves tokio's
 //! blocking pool to other work.
 //!
 //! # Call protocol
