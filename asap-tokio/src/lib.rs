@@ -7,5 +7,6 @@
 #![deny(missing_docs)]
 
 pub mod server;
+pub mod store;
 
 pub use server::{router, serve, Agent, AgentBuilder, HandlerReply, SkillContext};

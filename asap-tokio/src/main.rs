@@ -7,6 +7,7 @@ use asap_proto::model::{AgentUrn, Endpoint, Manifest, Skill};
 use asap_proto::reliability::rate_limit::RateLimitSpec;
 use asap_proto::server::{ServerConfig, DEFAULT_RATE_LIMIT};
 use asap_proto::store::StorageBackend;
+use asap_tokio::store::TaskRecorder;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -129,7 +130,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let has_echo = manifest.has_skill("echo");
     let mut builder = asap_tokio::Agent::builder(manifest.clone())
         .config(config)
-        .stores(stores);
+        .stores(
+            TaskRecorder::spawn(stores)
+                .map_err(|e| format!("cannot start the task-state thread: {e}"))?,
+        );
     if has_echo {
         builder = builder.echo_skill("echo");
     }

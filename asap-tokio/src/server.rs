@@ -35,6 +35,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
+use crate::store::TaskRecorder;
 use asap_blocking::store::Stores;
 use asap_proto::model::{Envelope, Manifest, Payload, PayloadKind, TaskRequest, UnixTime};
 use asap_proto::server::state::{answer_state_query, apply_state_restore, task_records};
@@ -69,25 +70,19 @@ struct AgentInner {
     core: Mutex<Server>,
     handlers: HandlerTable<SkillFn, PayloadFn>,
     health: HealthFn,
-    stores: Option<SharedStores>,
+    stores: Option<TaskRecorder>,
 }
 
-/// The SQLite (or memory) stores, used from `spawn_blocking` so the runtime never waits on disk.
-type SharedStores = Arc<Mutex<Stores>>;
-
-fn lock_stores(m: &Mutex<Stores>) -> std::sync::MutexGuard<'_, Stores> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Runs `f` on the stores on the blocking pool.
+/// Runs a store operation on the recorder's thread, as a handler result.
 async fn with_stores<T: Send + 'static>(
-    stores: &SharedStores,
+    recorder: &TaskRecorder,
     f: impl FnOnce(&mut Stores) -> Result<T, HandlerError> + Send + 'static,
 ) -> Result<T, HandlerError> {
-    let stores = Arc::clone(stores);
-    tokio::task::spawn_blocking(move || f(&mut lock_stores(&stores)))
-        .await
-        .unwrap_or_else(|_| Err(HandlerError::failed("state store task panicked")))
+    recorder.call(f).await.unwrap_or_else(|e| {
+        Err(HandlerError::failed(format!(
+            "state store unavailable: {e}"
+        )))
+    })
 }
 
 impl std::fmt::Debug for Agent {
@@ -104,7 +99,7 @@ pub struct AgentBuilder {
     config: ServerConfig,
     handlers: HandlerTable<SkillFn, PayloadFn>,
     health: HealthFn,
-    stores: Option<SharedStores>,
+    stores: Option<TaskRecorder>,
 }
 
 impl Agent {
@@ -194,17 +189,28 @@ impl AgentBuilder {
         self
     }
 
-    /// Persists task state in `stores` (memory or SQLite, see
-    /// `asap_blocking::store::open_stores`): every skill run is recorded (task
-    /// transitions, snapshot, usage event) before it is answered, and
-    /// `state.query` / `state.restore` are answered from the snapshot store.
-    /// Store calls run on tokio's blocking pool.
+    /// Persists task state through `recorder` (memory or SQLite stores moved to
+    /// their thread with [`TaskRecorder::spawn`]): every skill run is recorded
+    /// (task transitions, snapshot, usage event, group-committed) before it is
+    /// answered, and `state.query` / `state.restore` are answered from the
+    /// snapshot store.
+    ///
+    /// ```no_run
+    /// # fn demo(manifest: asap_proto::model::Manifest) -> Result<(), Box<dyn std::error::Error>> {
+    /// use asap_proto::store::{StorageBackend, StorageConfig};
+    /// let config = StorageConfig::from_values_or(StorageBackend::Sqlite, None, None)?;
+    /// let stores = asap_blocking::store::open_stores(&config)?;
+    /// let agent = asap_tokio::Agent::builder(manifest)
+    ///     .echo_skill("echo")
+    ///     .stores(asap_tokio::store::TaskRecorder::spawn(stores)?)
+    ///     .build();
+    /// # let _ = agent; Ok(()) }
+    /// ```
     #[must_use]
-    pub fn stores(mut self, stores: Stores) -> Self {
-        let shared: SharedStores = Arc::new(Mutex::new(stores));
-        let q = Arc::clone(&shared);
+    pub fn stores(mut self, recorder: TaskRecorder) -> Self {
+        let q = recorder.clone();
         self = self.handler(PayloadKind::StateQuery, move |_env, p| {
-            let q = Arc::clone(&q);
+            let q = q.clone();
             async move {
                 let Payload::StateQuery(query) = p else {
                     return Err(HandlerError::failed("expected a state.query payload"));
@@ -216,9 +222,9 @@ impl AgentBuilder {
                 .map(HandlerReply::Payload)
             }
         });
-        let r = Arc::clone(&shared);
+        let r = recorder.clone();
         self = self.handler(PayloadKind::StateRestore, move |_env, p| {
-            let r = Arc::clone(&r);
+            let r = r.clone();
             async move {
                 let Payload::StateRestore(restore) = p else {
                     return Err(HandlerError::failed("expected a state.restore payload"));
@@ -235,7 +241,7 @@ impl AgentBuilder {
                 .map(HandlerReply::Payload)
             }
         });
-        self.stores = Some(shared);
+        self.stores = Some(recorder);
         self
     }
 
@@ -402,13 +408,10 @@ async fn handle_post(agent: &Agent, req: Request<Body>) -> Response<Vec<u8>> {
         let now = wall_now();
         let snapshot_id = format!("snap_{}", lock(&agent.inner.core).new_id(now));
         let records = task_records(task_id, snapshot_id, &inv, skill, inv.accepted_at, now);
-        let saved = with_stores(stores, move |s| {
-            s.snapshots
-                .save(&records.snapshot)
-                .and_then(|()| s.metering.record(&records.usage))
-                .map_err(|e| HandlerError::failed(format!("could not persist task state: {e}")))
-        })
-        .await;
+        let saved = stores
+            .record(records)
+            .await
+            .map_err(|e| HandlerError::failed(format!("could not persist task state: {e}")));
         if let Err(e) = saved {
             result = HandlerOutcome::Failed(e);
         }

@@ -58,6 +58,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use asap_blocking::store::Stores;
 use asap_proto::model::{StateSnapshot, UnixTime};
+use asap_proto::server::state::TaskRecords;
 use asap_proto::store::{
     AggregatePeriod, MeteringStore, SnapshotStore, StoreError, UsageAggregate, UsageEvent,
 };
@@ -234,6 +235,109 @@ impl AsyncStores {
             snapshots: StoreWorker::spawn("asap-snapshots", stores.snapshots)?,
             metering: StoreWorker::spawn("asap-metering", stores.metering)?,
         })
+    }
+}
+
+/// Most task records committed together by a [`TaskRecorder`].
+pub const MAX_GROUP_COMMIT: usize = 256;
+
+enum RecorderJob {
+    Record(TaskRecords, oneshot::Sender<Result<(), StoreError>>),
+    Run(Box<dyn FnOnce(&mut Stores) + Send>),
+}
+
+/// The agent's task-state writer: one thread owning both stores that
+/// **group-commits** the records of concurrent skill runs.
+///
+/// Each finished run must be durable before it is answered; with
+/// `synchronous=FULL` every SQLite commit is an fsync, so one commit per task
+/// caps an agent at the disk's sync rate (hundreds per second here). The
+/// recorder takes every record waiting in its queue (up to
+/// [`MAX_GROUP_COMMIT`]), writes them with one `save_batch` and one
+/// `record_batch` (two syncs for the whole group), and only then answers each
+/// caller: the same durability, at a cost shared by everyone who waited.
+/// Other operations ([`call`](Self::call)) run between groups, in order.
+#[derive(Clone)]
+pub struct TaskRecorder {
+    tx: mpsc::Sender<RecorderJob>,
+}
+
+impl std::fmt::Debug for TaskRecorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskRecorder").finish_non_exhaustive()
+    }
+}
+
+impl TaskRecorder {
+    /// Moves `stores` to a new thread `asap-task-state`.
+    pub fn spawn(mut stores: Stores) -> io::Result<Self> {
+        let (tx, mut rx) = mpsc::channel::<RecorderJob>(DEFAULT_QUEUE);
+        std::thread::Builder::new()
+            .name("asap-task-state".to_owned())
+            .spawn(move || {
+                let mut pending: Option<RecorderJob> = None;
+                loop {
+                    let Some(job) = pending.take().or_else(|| rx.blocking_recv()) else {
+                        break;
+                    };
+                    match job {
+                        RecorderJob::Run(f) => {
+                            let _ = catch_unwind(AssertUnwindSafe(|| f(&mut stores)));
+                        }
+                        RecorderJob::Record(first, reply) => {
+                            let mut group = vec![(first, reply)];
+                            while group.len() < MAX_GROUP_COMMIT {
+                                match rx.try_recv() {
+                                    Ok(RecorderJob::Record(r, reply)) => group.push((r, reply)),
+                                    Ok(other) => {
+                                        pending = Some(other);
+                                        break;
+                                    }
+                                    Err(_) => break,
+                                }
+                            }
+                            let snapshots: Vec<StateSnapshot> =
+                                group.iter().map(|(r, _)| r.snapshot.clone()).collect();
+                            let events: Vec<UsageEvent> =
+                                group.iter().map(|(r, _)| r.usage.clone()).collect();
+                            let result = catch_unwind(AssertUnwindSafe(|| {
+                                stores
+                                    .snapshots
+                                    .save_batch(&snapshots)
+                                    .and_then(|()| stores.metering.record_batch(&events))
+                            }))
+                            .unwrap_or_else(|_| Err(closed()));
+                            for (_, reply) in group {
+                                let _ = reply.send(result.clone());
+                            }
+                        }
+                    }
+                }
+            })?;
+        Ok(Self { tx })
+    }
+
+    /// Persists one run's snapshot and usage event; returns once they are committed.
+    pub async fn record(&self, records: TaskRecords) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(RecorderJob::Record(records, reply))
+            .await
+            .map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+
+    /// Runs `f` on the stores' thread (queries, restores) and returns its result.
+    pub async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Stores) -> R + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = RecorderJob::Run(Box::new(move |s| {
+            let _ = reply.send(f(s));
+        }));
+        self.tx.send(job).await.map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())
     }
 }
 

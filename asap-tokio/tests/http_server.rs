@@ -599,3 +599,55 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     e.write_all(data).unwrap();
     e.finish().unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_skill_runs_are_group_committed_and_queryable() {
+    use asap_proto::store::{StorageBackend, StorageConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let config = StorageConfig {
+        backend: StorageBackend::Sqlite,
+        path: dir.path().join("state.db"),
+    };
+    let stores = asap_blocking::store::open_stores(&config).unwrap();
+    let agent = asap_tokio::Agent::builder(manifest())
+        .config(open_config())
+        .echo_skill("echo")
+        .stores(asap_tokio::store::TaskRecorder::spawn(stores).unwrap())
+        .build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(asap_tokio::serve(listener, agent, std::future::pending()));
+
+    let mut runs = Vec::new();
+    for i in 0..40 {
+        runs.push(tokio::spawn(async move {
+            let mut env = envelope();
+            env["payload"]["input"] = json!({"n": i});
+            let r = post(addr, &rpc(env, json!(i))).await;
+            r.json()["result"]["envelope"]["payload"]["task_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }));
+    }
+    let mut task_ids = Vec::new();
+    for r in runs {
+        task_ids.push(r.await.unwrap());
+    }
+    for id in &task_ids {
+        let mut env = envelope();
+        env["payload_type"] = json!("state.query");
+        env["payload"] = json!({"task_id": id});
+        let v = post(addr, &rpc(env, json!("q"))).await.json();
+        assert_eq!(
+            v["result"]["envelope"]["payload"]["result"]["snapshot"]["data"]["task"]["status"],
+            "completed",
+            "{v}"
+        );
+    }
+    // Every acknowledged run is in the file, seen by a fresh connection.
+    let stores = asap_blocking::store::open_stores(&config).unwrap();
+    for id in &task_ids {
+        assert_eq!(stores.snapshots.list_versions(id).unwrap(), vec![1]);
+    }
+}

@@ -240,6 +240,15 @@ pub trait MeteringStore {
         period: AggregatePeriod,
         at: UnixTime,
     ) -> Result<UsageAggregate, StoreError>;
+
+    /// Records every event; nothing is recorded if one is invalid. Backends that
+    /// can commit them together do so (SQLite: one transaction, one sync).
+    fn record_batch(&mut self, events: &[UsageEvent]) -> Result<(), StoreError> {
+        for e in events {
+            e.normalized()?;
+        }
+        events.iter().try_for_each(|e| self.record(e))
+    }
 }
 
 impl<M: MeteringStore + ?Sized> MeteringStore for Box<M> {
@@ -261,6 +270,9 @@ impl<M: MeteringStore + ?Sized> MeteringStore for Box<M> {
         at: UnixTime,
     ) -> Result<UsageAggregate, StoreError> {
         (**self).aggregate(agent_id, period, at)
+    }
+    fn record_batch(&mut self, events: &[UsageEvent]) -> Result<(), StoreError> {
+        (**self).record_batch(events)
     }
 }
 

@@ -39,6 +39,14 @@ pub trait SnapshotStore {
 
     /// Deletes every version of `task_id`; `true` iff at least one existed.
     fn delete_all(&mut self, task_id: &str) -> Result<bool, StoreError>;
+
+    /// Saves every snapshot; nothing is written if one is invalid. Backends that
+    /// can commit them together do so (SQLite: one transaction, one sync), which is
+    /// what lets an agent group-commit concurrent tasks.
+    fn save_batch(&mut self, snapshots: &[StateSnapshot]) -> Result<(), StoreError> {
+        snapshots.iter().try_for_each(check_snapshot)?;
+        snapshots.iter().try_for_each(|s| self.save(s))
+    }
 }
 
 impl<S: SnapshotStore + ?Sized> SnapshotStore for Box<S> {
@@ -59,6 +67,9 @@ impl<S: SnapshotStore + ?Sized> SnapshotStore for Box<S> {
     }
     fn delete_all(&mut self, task_id: &str) -> Result<bool, StoreError> {
         (**self).delete_all(task_id)
+    }
+    fn save_batch(&mut self, snapshots: &[StateSnapshot]) -> Result<(), StoreError> {
+        (**self).save_batch(snapshots)
     }
 }
 

@@ -173,6 +173,11 @@ fn to_u64(v: i64, what: &str) -> Result<u64, StoreError> {
 }
 
 impl MeteringStore for SqliteMeteringStore {
+    fn record_batch(&mut self, events: &[UsageEvent]) -> Result<(), StoreError> {
+        // The inherent method: one `BEGIN IMMEDIATE` transaction.
+        SqliteMeteringStore::record_batch(self, events)
+    }
+
     fn record(&mut self, event: &UsageEvent) -> Result<(), StoreError> {
         let event = event.normalized()?;
         let mut stmt = self.conn.prepare_cached(INSERT).map_err(sql_err)?;

@@ -169,6 +169,11 @@ fn decode(
 }
 
 impl SnapshotStore for SqliteSnapshotStore {
+    fn save_batch(&mut self, snapshots: &[StateSnapshot]) -> Result<(), StoreError> {
+        // The inherent method: one `BEGIN IMMEDIATE` transaction.
+        SqliteSnapshotStore::save_batch(self, snapshots)
+    }
+
     fn save(&mut self, snapshot: &StateSnapshot) -> Result<(), StoreError> {
         check_snapshot(snapshot)?;
         let mut stmt = self.conn.prepare_cached(INSERT).map_err(sql_err)?;
