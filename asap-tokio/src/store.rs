@@ -242,7 +242,7 @@ impl AsyncStores {
 pub const MAX_GROUP_COMMIT: usize = 256;
 
 enum RecorderJob {
-    Record(TaskRecords, oneshot::Sender<Result<(), StoreError>>),
+    Record(Box<TaskRecords>, oneshot::Sender<Result<(), StoreError>>),
     Run(Box<dyn FnOnce(&mut Stores) + Send>),
 }
 
