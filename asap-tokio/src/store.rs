@@ -321,7 +321,7 @@ impl TaskRecorder {
     pub async fn record(&self, records: TaskRecords) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(RecorderJob::Record(records, reply))
+            .send(RecorderJob::Record(Box::new(records), reply))
             .await
             .map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?
