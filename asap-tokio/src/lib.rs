@@ -6,6 +6,7 @@
 //! this crate moves bytes and runs your async handlers.
 #![deny(missing_docs)]
 
+pub mod client;
 pub mod server;
 pub mod store;
 
