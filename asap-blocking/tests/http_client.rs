@@ -272,7 +272,10 @@ fn discover_sends_if_none_match_and_errors_are_typed() {
         ),
         (
             304,
-            vec![("etag", "\"v1\"".into()), ("cache-control", "max-age=5".into())],
+            vec![
+                ("etag", "\"v1\"".into()),
+                ("cache-control", "max-age=5".into()),
+            ],
             Vec::new(),
         ),
         (404, vec![], b"gone".to_vec()),

@@ -1,5 +1,7 @@
 //! `asap`: run an ASAP agent, or talk to one.
 
+mod cli_client;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -14,7 +16,8 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "asap",
     version,
-    about = "ASAP v1.1 agent-to-agent protocol: run an agent or talk to one"
+    about = "ASAP v1.1 agent-to-agent protocol: run an agent or talk to one",
+    after_help = cli_client::EXIT_CODES_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -25,6 +28,14 @@ struct Cli {
 enum Command {
     /// Run an ASAP agent (echo skill by default) over HTTP.
     Serve(ServeArgs),
+    /// Send a task.request to an agent and print its answer.
+    Send(cli_client::SendArgs),
+    /// Fetch and validate an agent's manifest.
+    Discover(cli_client::DiscoverArgs),
+    /// Check an agent's health endpoint (unhealthy exits 1).
+    Health(cli_client::HealthArgs),
+    /// List a Lite Registry's agents, or those offering --skill.
+    Registry(cli_client::RegistryArgs),
 }
 
 #[derive(clap::Args)]
@@ -85,6 +96,10 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Send(args) => return cli_client::send(args),
+        Command::Discover(args) => return cli_client::discover(args),
+        Command::Health(args) => return cli_client::health(args),
+        Command::Registry(args) => return cli_client::registry(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,255 @@
+//! `asap send | discover | health | registry` against in-process agents on
+//! loopback: output, `--json`, and the documented exit codes.
+
+use std::process::{Command, Output};
+
+use asap_proto::model::{AgentUrn, Manifest, Skill};
+use asap_proto::server::{HealthReport, ServerConfig};
+use serde_json::Value;
+
+const AGENT: &str = "urn:asap:agent:cli-echo";
+
+async fn start(unhealthy: bool) -> String {
+    let mut m = Manifest::new(
+        AgentUrn::new(AGENT).unwrap(),
+        "CLI Echo",
+        "1.2.3",
+        "test agent",
+        "http://127.0.0.1/asap",
+    );
+    m.capabilities
+        .skills
+        .push(Skill::new("echo", "Echo back the input"));
+    let agent = asap_tokio::Agent::builder(m)
+        .config(ServerConfig {
+            rate_limit: None,
+            ..ServerConfig::default()
+        })
+        .echo_skill("echo")
+        .health(move || HealthReport {
+            unhealthy,
+            load: None,
+        })
+        .build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(asap_tokio::serve(listener, agent, std::future::pending()));
+    format!("http://{addr}")
+}
+
+async fn registry_server() -> String {
+    let body = r#"{"version":"1.0","updated_at":"2026-01-01T00:00:00Z","agents":[
+        {"id":"urn:asap:agent:a","name":"A","description":"a","endpoints":{"http":"http://127.0.0.1:1/asap"},"skills":["echo"],"asap_version":"0.1"},
+        {"id":"urn:asap:agent:b","name":"B","description":"b","endpoints":{"http":"http://127.0.0.1:2/asap"},"skills":["sum"],"asap_version":"0.1"}]}"#;
+    let app = axum::Router::new().route(
+        "/registry.json",
+        axum::routing::get(move || async move { body }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/registry.json")
+}
+
+/// Runs the `asap` binary off the runtime's worker threads.
+async fn asap(args: &[&str]) -> Output {
+    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_asap"))
+            .args(&args)
+            .env("ASAP_LOG", "off")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn json(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}{}",
+            stdout(o),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_prints_the_answer_and_exits_0() {
+    let url = start(false).await;
+    let o = asap(&[
+        "send",
+        &url,
+        "--skill",
+        "echo",
+        "--input",
+        r#"{"msg":"hi"}"#,
+    ])
+    .await;
+    assert_eq!(code(&o), 0, "{o:?}");
+    let text = stdout(&o);
+    assert!(
+        text.starts_with(&format!("task.response from {AGENT}")),
+        "{text}"
+    );
+    assert!(text.contains(": completed"), "{text}");
+    assert!(text.contains("\"msg\": \"hi\""), "{text}");
+
+    let o = asap(&[
+        "send",
+        &url,
+        "--skill",
+        "echo",
+        "--input",
+        r#"{"n":1}"#,
+        "--json",
+        "--sender",
+        "urn:asap:agent:script",
+        "--recipient",
+        AGENT,
+    ])
+    .await;
+    assert_eq!(code(&o), 0, "{o:?}");
+    let env = json(&o);
+    assert_eq!(env["payload_type"], "task.response");
+    assert_eq!(env["sender"], AGENT);
+    assert_eq!(env["recipient"], "urn:asap:agent:script");
+    assert_eq!(env["payload"]["result"]["echoed"]["n"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_failures_map_to_exit_codes() {
+    let url = start(false).await;
+    // The agent says no (JSON-RPC error): 1.
+    let o = asap(&["send", &url, "--skill", "nope", "--json"]).await;
+    assert_eq!(code(&o), 1, "{o:?}");
+    let e = json(&o);
+    assert_eq!(e["error"]["kind"], "remote");
+    assert!(e["error"]["code"].as_i64().is_some(), "{e}");
+    // Usage: 2.
+    for bad in [
+        vec!["send", url.as_str(), "--skill", "echo", "--input", "[1]"],
+        vec!["send", url.as_str(), "--skill", "echo", "--input", "{"],
+        vec!["send", url.as_str(), "--skill", "echo", "--sender", "bob"],
+        vec![
+            "send",
+            "http://agent.example.com",
+            "--skill",
+            "echo",
+            "--recipient",
+            AGENT,
+        ],
+        vec!["send", url.as_str()],
+        vec!["nonsense"],
+    ] {
+        let o = asap(&bad).await;
+        assert_eq!(code(&o), 2, "{bad:?}: {o:?}");
+    }
+    let o = asap(&["discover", "http://agent.example.com"]).await;
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--allow-insecure-http"));
+    // Nobody listening: 3 (no retries asked, so no backoff wait).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = format!("http://127.0.0.1:{port}");
+    let o = asap(&[
+        "send",
+        &dead,
+        "--skill",
+        "echo",
+        "--recipient",
+        AGENT,
+        "--attempts",
+        "1",
+        "--json",
+    ])
+    .await;
+    assert_eq!(code(&o), 3, "{o:?}");
+    assert_eq!(json(&o)["error"]["fault"], "network");
+    let o = asap(&["health", &dead]).await;
+    assert_eq!(code(&o), 3, "{o:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn discover_and_health() {
+    let url = start(false).await;
+    let o = asap(&["discover", &url]).await;
+    assert_eq!(code(&o), 0, "{o:?}");
+    let text = stdout(&o);
+    assert!(
+        text.starts_with(&format!("{AGENT}  CLI Echo 1.2.3")),
+        "{text}"
+    );
+    assert!(text.contains("echo  Echo back the input"), "{text}");
+    let o = asap(&["discover", &url, "--json"]).await;
+    assert_eq!(json(&o)["id"], AGENT);
+
+    let o = asap(&["health", &url]).await;
+    assert_eq!(code(&o), 0, "{o:?}");
+    assert!(stdout(&o).starts_with(&format!("healthy  {AGENT} 1.2.3")));
+    let sick = start(true).await;
+    let o = asap(&["health", &sick, "--json"]).await;
+    assert_eq!(code(&o), 1, "unhealthy exits 1: {o:?}");
+    let doc = json(&o);
+    assert_eq!(doc["healthy"], false);
+    assert_eq!(doc["health"]["status"], "unhealthy");
+    let o = asap(&["health", &sick]).await;
+    assert!(stdout(&o).starts_with("UNHEALTHY"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_lists_and_filters() {
+    let reg = registry_server().await;
+    let o = asap(&["registry", "--url", &reg]).await;
+    assert_eq!(code(&o), 0, "{o:?}");
+    let text = stdout(&o);
+    assert!(text.contains("2 of 2 agents"), "{text}");
+    assert!(
+        text.contains("urn:asap:agent:b  B  [sum]  http://127.0.0.1:2/asap"),
+        "{text}"
+    );
+    let o = asap(&["registry", "--url", &reg, "--skill", "sum", "--json"]).await;
+    assert_eq!(code(&o), 0, "{o:?}");
+    let found = json(&o);
+    assert_eq!(found.as_array().unwrap().len(), 1);
+    assert_eq!(found[0]["id"], "urn:asap:agent:b");
+    let o = asap(&["registry", "--url", &reg, "--skill", "translate", "--json"]).await;
+    assert_eq!(code(&o), 1, "{o:?}");
+    assert_eq!(json(&o)["error"]["kind"], "not_found");
+    // Not a registry: the peer's fault, 1.
+    let url = start(false).await;
+    let o = asap(&[
+        "registry",
+        "--url",
+        &format!("{url}/.well-known/asap/manifest.json"),
+    ])
+    .await;
+    assert_eq!(code(&o), 1, "{o:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn help_documents_exit_codes() {
+    let o = asap(&["--help"]).await;
+    let text = stdout(&o);
+    for s in [
+        "send",
+        "discover",
+        "health",
+        "registry",
+        "Exit codes",
+        "3  transport failure",
+    ] {
+        assert!(text.contains(s), "{s}: {text}");
+    }
+}
