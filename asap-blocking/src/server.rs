@@ -163,11 +163,10 @@ impl Agent {
             let snapshot_id = format!("snap_{}", self.core().new_id(now));
             let records = task_records(task_id, snapshot_id, &inv, result, inv.accepted_at, now);
             let mut stores = lock_stores(stores);
-            if let Err(e) = stores
-                .snapshots
-                .save(&records.snapshot)
-                .and_then(|()| stores.metering.record(&records.usage))
-            {
+            if let Err(e) = stores.record_tasks(
+                std::slice::from_ref(&records.snapshot),
+                std::slice::from_ref(&records.usage),
+            ) {
                 outcome = HandlerOutcome::Failed(HandlerError::failed(format!(
                     "could not persist task state: {e}"
                 )));

@@ -56,6 +56,11 @@ struct ServeArgs {
     /// ./asap_state.db. `ASAP_STORAGE_BACKEND=memory` keeps state in memory instead.
     #[arg(long)]
     db: Option<PathBuf>,
+    /// When an acknowledged task is durable: `normal` survives a crash of the agent
+    /// (SQLite WAL, synced at checkpoints); `full` also survives power loss (fsync per
+    /// group commit, so throughput follows the disk's sync rate).
+    #[arg(long, value_enum, default_value_t = SyncMode::Normal)]
+    sync: SyncMode,
     /// Reject reused `extensions.nonce` values (opt-in replay protection).
     #[arg(long)]
     require_nonce: bool,
@@ -65,6 +70,12 @@ struct ServeArgs {
     /// Include handler error details in -32603 responses.
     #[arg(long, env = "ASAP_DEBUG")]
     debug: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SyncMode {
+    Normal,
+    Full,
 }
 
 fn default_manifest(bind: SocketAddr) -> Manifest {
@@ -137,9 +148,24 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         storage.backend = StorageBackend::Sqlite;
         storage.path = db.clone();
     }
-    let stores = asap_blocking::store::open_stores(&storage).map_err(|e| e.to_string())?;
+    let options = asap_blocking::store::SqliteOptions {
+        synchronous: match args.sync {
+            SyncMode::Normal => asap_blocking::store::Synchronous::Normal,
+            SyncMode::Full => asap_blocking::store::Synchronous::Full,
+        },
+        ..Default::default()
+    };
+    let stores =
+        asap_blocking::store::open_stores_with(&storage, &options).map_err(|e| e.to_string())?;
     let state = match storage.backend {
-        StorageBackend::Sqlite => format!("SQLite {}", storage.path.display()),
+        StorageBackend::Sqlite => format!(
+            "SQLite {} (sync {})",
+            storage.path.display(),
+            match args.sync {
+                SyncMode::Normal => "normal: survives agent crashes",
+                SyncMode::Full => "full: survives power loss",
+            }
+        ),
         StorageBackend::Memory => "in memory (lost on exit)".to_owned(),
     };
     let has_echo = manifest.has_skill("echo");

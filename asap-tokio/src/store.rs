@@ -254,7 +254,7 @@ enum RecorderJob {
 /// caps an agent at the disk's sync rate (hundreds per second here). The
 /// recorder takes every record waiting in its queue (up to
 /// [`MAX_GROUP_COMMIT`]), writes them with one `save_batch` and one
-/// `record_batch` (two syncs for the whole group), and only then answers each
+/// `record_batch` ([`Stores::record_tasks`]: one transaction on SQLite), and only then answers each
 /// caller: the same durability, at a cost shared by everyone who waited.
 /// Other operations ([`call`](Self::call)) run between groups, in order.
 #[derive(Clone)]
@@ -296,18 +296,22 @@ impl TaskRecorder {
                                     Err(_) => break,
                                 }
                             }
-                            let snapshots: Vec<StateSnapshot> =
-                                group.iter().map(|(r, _)| r.snapshot.clone()).collect();
-                            let events: Vec<UsageEvent> =
-                                group.iter().map(|(r, _)| r.usage.clone()).collect();
+                            let mut snapshots: Vec<StateSnapshot> = Vec::with_capacity(group.len());
+                            let mut events: Vec<UsageEvent> = Vec::with_capacity(group.len());
+                            let mut replies = Vec::with_capacity(group.len());
+                            for (r, reply) in group {
+                                let TaskRecords {
+                                    snapshot, usage, ..
+                                } = *r;
+                                snapshots.push(snapshot);
+                                events.push(usage);
+                                replies.push(reply);
+                            }
                             let result = catch_unwind(AssertUnwindSafe(|| {
-                                stores
-                                    .snapshots
-                                    .save_batch(&snapshots)
-                                    .and_then(|()| stores.metering.record_batch(&events))
+                                stores.record_tasks(&snapshots, &events)
                             }))
                             .unwrap_or_else(|_| Err(closed()));
-                            for (_, reply) in group {
+                            for reply in replies {
                                 let _ = reply.send(result.clone());
                             }
                         }

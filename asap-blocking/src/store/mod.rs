@@ -17,14 +17,16 @@ mod sqlite;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use asap_proto::model::StateSnapshot;
 use asap_proto::store::{
     MemoryMeteringStore, MemorySnapshotStore, MeteringStore, SnapshotStore, StorageBackend,
-    StorageConfig, StorageConfigError, StoreError, STORAGE_BACKEND_ENV, STORAGE_PATH_ENV,
+    StorageConfig, StorageConfigError, StoreError, UsageEvent, STORAGE_BACKEND_ENV,
+    STORAGE_PATH_ENV,
 };
 
 pub use sqlite::{
-    SqliteMeteringStore, SqliteOptions, SqliteSnapshotStore, Synchronous, SNAPSHOTS_DDL,
-    USAGE_EVENTS_DDL, USAGE_EVENTS_INDEX_DDL,
+    SharedConnection, SqliteMeteringStore, SqliteOptions, SqliteSnapshotStore, Synchronous,
+    SNAPSHOTS_DDL, USAGE_EVENTS_DDL, USAGE_EVENTS_INDEX_DDL,
 };
 
 /// The configured snapshot and metering stores, ready to use.
@@ -35,6 +37,41 @@ pub struct Stores {
     pub metering: Box<dyn MeteringStore + Send>,
     /// The configuration they were opened with.
     pub config: StorageConfig,
+    /// The one connection both SQLite stores share (for [`Stores::record_tasks`]).
+    shared: Option<sqlite::SharedConnection>,
+}
+
+impl Stores {
+    /// Stores built from any two backends (no shared transaction between them).
+    pub fn new(
+        snapshots: Box<dyn SnapshotStore + Send>,
+        metering: Box<dyn MeteringStore + Send>,
+        config: StorageConfig,
+    ) -> Self {
+        Self {
+            snapshots,
+            metering,
+            config,
+            shared: None,
+        }
+    }
+
+    /// Persists the snapshots and usage events of finished tasks: for SQLite in
+    /// one transaction (one commit, so an agent can group-commit concurrent
+    /// tasks at one sync per group), otherwise as two batches.
+    pub fn record_tasks(
+        &mut self,
+        snapshots: &[StateSnapshot],
+        events: &[UsageEvent],
+    ) -> Result<(), StoreError> {
+        match &self.shared {
+            Some(conn) => sqlite::record_tasks(conn, snapshots, events),
+            None => self
+                .snapshots
+                .save_batch(snapshots)
+                .and_then(|()| self.metering.record_batch(events)),
+        }
+    }
 }
 
 impl std::fmt::Debug for Stores {
@@ -100,32 +137,28 @@ pub fn open_stores_with(
     config: &StorageConfig,
     options: &SqliteOptions,
 ) -> Result<Stores, OpenStoresError> {
-    let (snapshots, metering): (Box<dyn SnapshotStore + Send>, Box<dyn MeteringStore + Send>) =
-        match config.backend {
-            StorageBackend::Memory => (
-                Box::new(MemorySnapshotStore::new()),
-                Box::new(MemoryMeteringStore::new()),
-            ),
-            StorageBackend::Sqlite => {
-                let open_err = |source| OpenStoresError::Open {
-                    path: config.path.clone(),
-                    source,
-                };
-                (
-                    Box::new(
-                        SqliteSnapshotStore::open_with(&config.path, options).map_err(open_err)?,
-                    ),
-                    Box::new(
-                        SqliteMeteringStore::open_with(&config.path, options).map_err(open_err)?,
-                    ),
-                )
-            }
-        };
-    Ok(Stores {
-        snapshots,
-        metering,
-        config: config.clone(),
-    })
+    match config.backend {
+        StorageBackend::Memory => Ok(Stores::new(
+            Box::new(MemorySnapshotStore::new()),
+            Box::new(MemoryMeteringStore::new()),
+            config.clone(),
+        )),
+        StorageBackend::Sqlite => {
+            let (snapshots, metering, conn) =
+                sqlite::open_shared(&config.path, options).map_err(|source| {
+                    OpenStoresError::Open {
+                        path: config.path.clone(),
+                        source,
+                    }
+                })?;
+            Ok(Stores {
+                snapshots: Box::new(snapshots),
+                metering: Box::new(metering),
+                config: config.clone(),
+                shared: Some(conn),
+            })
+        }
+    }
 }
 
 /// Reads the environment ([`storage_config_from_env`]) and opens the stores it names.

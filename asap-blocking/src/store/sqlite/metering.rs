@@ -6,14 +6,14 @@ use asap_proto::model::{Timestamp, UnixTime};
 use asap_proto::store::{
     AggregatePeriod, MeteringStore, StoreError, UsageAggregate, UsageEvent, UsageMetrics,
 };
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{params, TransactionBehavior};
 
 use super::{
-    open_connection, open_memory_connection, sql_err, SqliteOptions, USAGE_EVENTS_DDL,
-    USAGE_EVENTS_INDEX_DDL,
+    open_connection, open_memory_connection, sql_err, SharedConnection, SqliteOptions,
+    USAGE_EVENTS_DDL, USAGE_EVENTS_INDEX_DDL,
 };
 
-const INSERT: &str = "INSERT INTO usage_events \
+pub(crate) const INSERT: &str = "INSERT INTO usage_events \
      (id, task_id, agent_id, consumer_id, metrics, timestamp) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 // `rowid` breaks timestamp ties in recording order; the index (agent_id,
 // timestamp) carries rowid, so this is still an index range scan.
@@ -37,7 +37,7 @@ const AGGREGATE_TOTAL_WHERE: &str = " WHERE agent_id = ?1";
 /// form. Aggregation runs in SQL over the `(agent_id, timestamp)` index.
 #[derive(Debug)]
 pub struct SqliteMeteringStore {
-    conn: Connection,
+    conn: SharedConnection,
     path: Option<PathBuf>,
     aggregate_range: String,
     aggregate_total: String,
@@ -53,7 +53,10 @@ impl SqliteMeteringStore {
     pub fn open_with(path: impl AsRef<Path>, options: &SqliteOptions) -> Result<Self, StoreError> {
         let path = path.as_ref();
         let conn = open_connection(path, options, &[USAGE_EVENTS_DDL, USAGE_EVENTS_INDEX_DDL])?;
-        Ok(Self::with_connection(conn, Some(path.to_owned())))
+        Ok(Self::with_connection(
+            SharedConnection::new(conn),
+            Some(path.to_owned()),
+        ))
     }
 
     /// A private in-memory database, gone when the store is dropped.
@@ -62,10 +65,11 @@ impl SqliteMeteringStore {
             &SqliteOptions::default(),
             &[USAGE_EVENTS_DDL, USAGE_EVENTS_INDEX_DDL],
         )?;
-        Ok(Self::with_connection(conn, None))
+        Ok(Self::with_connection(SharedConnection::new(conn), None))
     }
 
-    fn with_connection(conn: Connection, path: Option<PathBuf>) -> Self {
+    /// A store on a connection shared with the snapshot store of the same file.
+    pub(crate) fn with_connection(conn: SharedConnection, path: Option<PathBuf>) -> Self {
         Self {
             conn,
             path,
@@ -86,8 +90,8 @@ impl SqliteMeteringStore {
             .iter()
             .map(UsageEvent::normalized)
             .collect::<Result<Vec<_>, _>>()?;
-        let tx = self
-            .conn
+        let mut conn = self.conn.lock();
+        let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql_err)?;
         {
@@ -125,7 +129,10 @@ fn iso(t: UnixTime) -> String {
     Timestamp::from_unix(t).to_python_isoformat()
 }
 
-fn insert(stmt: &mut rusqlite::CachedStatement<'_>, e: &UsageEvent) -> Result<(), StoreError> {
+pub(crate) fn insert(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    e: &UsageEvent,
+) -> Result<(), StoreError> {
     let metrics = serde_json::to_string(&e.metrics)
         .map_err(|err| StoreError::Backend(format!("cannot encode metrics: {err}")))?;
     stmt.execute(params![
@@ -180,7 +187,8 @@ impl MeteringStore for SqliteMeteringStore {
 
     fn record(&mut self, event: &UsageEvent) -> Result<(), StoreError> {
         let event = event.normalized()?;
-        let mut stmt = self.conn.prepare_cached(INSERT).map_err(sql_err)?;
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare_cached(INSERT).map_err(sql_err)?;
         insert(&mut stmt, &event)
     }
 
@@ -193,7 +201,8 @@ impl MeteringStore for SqliteMeteringStore {
         if start > end {
             return Ok(Vec::new());
         }
-        let mut stmt = self.conn.prepare_cached(QUERY).map_err(sql_err)?;
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare_cached(QUERY).map_err(sql_err)?;
         let rows = stmt
             .query_map(params![agent_id, iso(start), iso(end)], |r| {
                 Ok((
@@ -227,13 +236,12 @@ impl MeteringStore for SqliteMeteringStore {
         let read = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(i64, i64, i64, i64)> {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         };
+        let conn = self.conn.lock();
         let (count, tokens, duration, calls) = match period.bounds(at) {
-            Some((start, end)) => self
-                .conn
+            Some((start, end)) => conn
                 .prepare_cached(&self.aggregate_range)
                 .and_then(|mut s| s.query_row(params![agent_id, iso(start), iso(end)], read)),
-            None => self
-                .conn
+            None => conn
                 .prepare_cached(&self.aggregate_total)
                 .and_then(|mut s| s.query_row(params![agent_id], read)),
         }

@@ -5,11 +5,14 @@ use std::path::{Path, PathBuf};
 use asap_proto::model::{JsonObject, StateSnapshot, Timestamp};
 use asap_proto::pyjson::{self, PyJsonStyle};
 use asap_proto::store::{check_snapshot, SnapshotStore, StoreError};
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
-use super::{open_connection, open_memory_connection, sql_err, SqliteOptions, SNAPSHOTS_DDL};
+use super::{
+    open_connection, open_memory_connection, sql_err, SharedConnection, SqliteOptions,
+    SNAPSHOTS_DDL,
+};
 
-const INSERT: &str = "INSERT OR REPLACE INTO snapshots \
+pub(crate) const INSERT: &str = "INSERT OR REPLACE INTO snapshots \
      (task_id, id, version, data, checkpoint, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 const SELECT_VERSION: &str = "SELECT task_id, id, version, data, checkpoint, created_at \
      FROM snapshots WHERE task_id = ?1 AND version = ?2";
@@ -33,7 +36,7 @@ const DELETE_TASK: &str = "DELETE FROM snapshots WHERE task_id = ?1";
 /// ```
 #[derive(Debug)]
 pub struct SqliteSnapshotStore {
-    conn: Connection,
+    conn: SharedConnection,
     path: Option<PathBuf>,
 }
 
@@ -50,7 +53,7 @@ impl SqliteSnapshotStore {
     pub fn open_with(path: impl AsRef<Path>, options: &SqliteOptions) -> Result<Self, StoreError> {
         let path = path.as_ref();
         Ok(Self {
-            conn: open_connection(path, options, &[SNAPSHOTS_DDL])?,
+            conn: SharedConnection::new(open_connection(path, options, &[SNAPSHOTS_DDL])?),
             path: Some(path.to_owned()),
         })
     }
@@ -58,9 +61,17 @@ impl SqliteSnapshotStore {
     /// A private in-memory database, gone when the store is dropped.
     pub fn open_in_memory() -> Result<Self, StoreError> {
         Ok(Self {
-            conn: open_memory_connection(&SqliteOptions::default(), &[SNAPSHOTS_DDL])?,
+            conn: SharedConnection::new(open_memory_connection(
+                &SqliteOptions::default(),
+                &[SNAPSHOTS_DDL],
+            )?),
             path: None,
         })
+    }
+
+    /// A store on a connection shared with the metering store of the same file.
+    pub(crate) fn with_connection(conn: SharedConnection, path: Option<PathBuf>) -> Self {
+        Self { conn, path }
     }
 
     /// The database file (`None` for an in-memory database).
@@ -74,8 +85,8 @@ impl SqliteSnapshotStore {
         for s in snapshots {
             check_snapshot(s)?;
         }
-        let tx = self
-            .conn
+        let mut conn = self.conn.lock();
+        let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql_err)?;
         {
@@ -93,7 +104,8 @@ impl SqliteSnapshotStore {
         task_id: &str,
         version: Option<i64>,
     ) -> Result<Option<StateSnapshot>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(sql).map_err(sql_err)?;
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare_cached(sql).map_err(sql_err)?;
         let read = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Row> {
             Ok((
                 r.get(0)?,
@@ -114,7 +126,10 @@ impl SqliteSnapshotStore {
     }
 }
 
-fn insert(stmt: &mut rusqlite::CachedStatement<'_>, s: &StateSnapshot) -> Result<(), StoreError> {
+pub(crate) fn insert(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    s: &StateSnapshot,
+) -> Result<(), StoreError> {
     let data = pyjson::to_string(
         &serde_json::Value::Object(s.data.clone()),
         PyJsonStyle::default(),
@@ -176,7 +191,8 @@ impl SnapshotStore for SqliteSnapshotStore {
 
     fn save(&mut self, snapshot: &StateSnapshot) -> Result<(), StoreError> {
         check_snapshot(snapshot)?;
-        let mut stmt = self.conn.prepare_cached(INSERT).map_err(sql_err)?;
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare_cached(INSERT).map_err(sql_err)?;
         insert(&mut stmt, snapshot)
     }
 
@@ -189,7 +205,8 @@ impl SnapshotStore for SqliteSnapshotStore {
     }
 
     fn list_versions(&self, task_id: &str) -> Result<Vec<i64>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(SELECT_VERSIONS).map_err(sql_err)?;
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare_cached(SELECT_VERSIONS).map_err(sql_err)?;
         let rows = stmt
             .query_map(params![task_id], |r| r.get::<_, i64>(0))
             .map_err(sql_err)?;
@@ -198,12 +215,14 @@ impl SnapshotStore for SqliteSnapshotStore {
     }
 
     fn delete(&mut self, task_id: &str, version: i64) -> Result<bool, StoreError> {
-        let mut stmt = self.conn.prepare_cached(DELETE_VERSION).map_err(sql_err)?;
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare_cached(DELETE_VERSION).map_err(sql_err)?;
         Ok(stmt.execute(params![task_id, version]).map_err(sql_err)? > 0)
     }
 
     fn delete_all(&mut self, task_id: &str) -> Result<bool, StoreError> {
-        let mut stmt = self.conn.prepare_cached(DELETE_TASK).map_err(sql_err)?;
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare_cached(DELETE_TASK).map_err(sql_err)?;
         Ok(stmt.execute(params![task_id]).map_err(sql_err)? > 0)
     }
 }
