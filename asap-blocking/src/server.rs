@@ -200,11 +200,7 @@ impl AgentBuilder {
     /// Registers the reference's echo skill under `skill_id`.
     #[must_use]
     pub fn echo_skill(self, skill_id: &str) -> Self {
-        self.skill(skill_id, |_ctx, req| {
-            let mut result = serde_json::Map::new();
-            result.insert("echoed".into(), serde_json::Value::Object(req.input));
-            Ok(SkillResult::completed(result))
-        })
+        self.skill(skill_id, |_ctx, req| Ok(SkillResult::echo_input(req.input)))
     }
 
     /// Registers a handler for a payload kind (all its spellings).

@@ -152,9 +152,7 @@ impl AgentBuilder {
     #[must_use]
     pub fn echo_skill(self, skill_id: &str) -> Self {
         self.skill(skill_id, |_ctx, req: TaskRequest| async move {
-            let mut result = serde_json::Map::new();
-            result.insert("echoed".into(), serde_json::Value::Object(req.input));
-            Ok(SkillResult::completed(result))
+            Ok(SkillResult::echo_input(req.input))
         })
     }
 

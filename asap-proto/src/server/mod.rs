@@ -331,15 +331,20 @@ impl SkillResult {
         }
     }
 
-    /// The reference echo skill: `{"echoed": <input>}`.
+    /// The reference echo skill on an invocation: `{"echoed": <input>}`.
     #[must_use]
     pub fn echo(inv: &Invocation) -> Self {
-        let input = match &inv.payload {
-            Payload::TaskRequest(r) => Value::Object(r.input.clone()),
-            _ => Value::Object(JsonObject::new()),
-        };
+        match &inv.payload {
+            Payload::TaskRequest(r) => Self::echo_input(r.input.clone()),
+            _ => Self::echo_input(JsonObject::new()),
+        }
+    }
+
+    /// The reference echo skill: a completed task whose result is `{"echoed": input}`.
+    #[must_use]
+    pub fn echo_input(input: JsonObject) -> Self {
         let mut result = JsonObject::new();
-        result.insert("echoed".into(), input);
+        result.insert("echoed".into(), Value::Object(input));
         Self::completed(result)
     }
 }
