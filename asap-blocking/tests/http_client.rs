@@ -554,3 +554,19 @@ fn plain_http_only_on_loopback_unless_allowed() {
     assert!(client.discover("http://agent.example.com").is_err());
     assert!(client.health_check("ftp://x").is_err());
 }
+
+#[test]
+fn https_is_spoken_by_default() {
+    // A plain-HTTP peer behind an https:// URL: the TLS handshake fails in the transport.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peer = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let _ = std::io::Write::write_all(&mut conn, b"HTTP/1.1 400 Bad Request\r\n\r\n");
+    });
+    let client = Client::builder().build().unwrap();
+    let err = client.health_check(&format!("https://{addr}")).unwrap_err();
+    assert!(matches!(err, ClientError::Transport { .. }), "{err:?}");
+    assert_eq!(err.fault(), Fault::Network);
+    peer.join().unwrap();
+}

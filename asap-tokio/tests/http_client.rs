@@ -606,3 +606,17 @@ async fn a_dropped_send_gives_its_half_open_probe_back() {
     assert!(!e.is_circuit_open(), "the probe came back: {e:?}");
     assert_eq!(s.seen().len(), 3);
 }
+
+#[tokio::test]
+async fn https_is_spoken_by_default() {
+    // A plain-HTTP server behind an https:// URL: the TLS handshake fails in the transport.
+    let s = Scripted::start(vec![(200, vec![], Vec::new())]).await;
+    let url = format!("https://{}", s.addr);
+    let client = Client::builder()
+        .retry_policy(RetryPolicy::no_retries())
+        .build()
+        .unwrap();
+    let err = client.health_check(&url).await.unwrap_err();
+    assert!(matches!(err, ClientError::Transport { .. }), "{err:?}");
+    assert_eq!(err.fault(), Fault::Network);
+}
