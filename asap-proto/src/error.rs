@@ -237,14 +237,36 @@ fn classify_data(msg: &str) -> DecodeErrorKind {
 pub fn from_value<T: serde::de::DeserializeOwned>(
     value: serde_json::Value,
 ) -> Result<T, DecodeError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = display_path(e.path());
-        DecodeError::from_serde(path, e.inner())
-    })
+    // Fast path without path bookkeeping; only a failure pays for a second,
+    // path-tracking pass (over the same, borrowed document).
+    match T::deserialize(&value) {
+        Ok(v) => Ok(v),
+        Err(_) => match serde_path_to_error::deserialize(&value) {
+            Ok(v) => Ok(v),
+            Err(e) => Err(DecodeError::from_serde(display_path(e.path()), e.inner())),
+        },
+    }
+}
+
+/// Decodes any wire model from a borrowed JSON object, with a path-carrying error.
+pub fn from_object<T: serde::de::DeserializeOwned>(
+    object: &serde_json::Map<String, serde_json::Value>,
+) -> Result<T, DecodeError> {
+    match T::deserialize(object) {
+        Ok(v) => Ok(v),
+        Err(_) => match serde_path_to_error::deserialize(object) {
+            Ok(v) => Ok(v),
+            Err(e) => Err(DecodeError::from_serde(display_path(e.path()), e.inner())),
+        },
+    }
 }
 
 /// Decodes any wire model from JSON bytes, with a path-carrying error.
 pub fn from_slice<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    // As in `from_value`: decode without path tracking first, re-run with it on error.
+    if let Ok(v) = serde_json::from_slice::<T>(bytes) {
+        return Ok(v);
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = display_path(e.path());

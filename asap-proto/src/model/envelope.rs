@@ -283,7 +283,7 @@ impl Envelope {
     /// a known type whose object does not match its model is a [`DecodeError`]
     /// with a `payload.`-prefixed path.
     pub fn payload(&self) -> Result<Payload, DecodeError> {
-        Payload::decode(&self.payload_type, self.payload.clone()).map_err(|e| e.within("payload"))
+        Payload::decode_ref(&self.payload_type, &self.payload).map_err(|e| e.within("payload"))
     }
 
     /// Whether this envelope's payload type must carry a `correlation_id`.

@@ -4,7 +4,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::lax;
 use super::JsonObject;
-use crate::error::{from_value, DecodeError};
+use crate::error::{from_object, DecodeError};
 use crate::task::TaskStatus;
 
 /// A payload kind, independent of how `payload_type` spells it.
@@ -464,8 +464,17 @@ macro_rules! payload_dispatch {
             /// Decodes `payload` as the model named by `payload_type`.
             pub fn decode(payload_type: &str, payload: JsonObject) -> Result<Self, DecodeError> {
                 match PayloadKind::from_payload_type(payload_type) {
-                    $(Some(PayloadKind::$v) => from_value(serde_json::Value::Object(payload)).map(Self::$v),)*
+                    Some(_) => Self::decode_ref(payload_type, &payload),
                     None => Ok(Self::Unknown { payload_type: payload_type.to_owned(), payload }),
+                }
+            }
+
+            /// As [`decode`](Self::decode), reading a borrowed object (an unknown
+            /// payload type's object is copied).
+            pub fn decode_ref(payload_type: &str, payload: &JsonObject) -> Result<Self, DecodeError> {
+                match PayloadKind::from_payload_type(payload_type) {
+                    $(Some(PayloadKind::$v) => from_object(payload).map(Self::$v),)*
+                    None => Ok(Self::Unknown { payload_type: payload_type.to_owned(), payload: payload.clone() }),
                 }
             }
 
