@@ -61,6 +61,9 @@ struct ServeArgs {
     /// group commit, so throughput follows the disk's sync rate).
     #[arg(long, value_enum, default_value_t = SyncMode::Normal)]
     sync: SyncMode,
+    /// Also rate-limit per envelope sender URN (same limits), besides per client IP.
+    #[arg(long)]
+    rate_limit_by_sender: bool,
     /// Reject reused `extensions.nonce` values (opt-in replay protection).
     #[arg(long)]
     require_nonce: bool,
@@ -138,6 +141,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         max_request_size: args.max_request_size,
         rate_limit,
         require_nonce: args.require_nonce,
+        rate_limit_by_sender: args.rate_limit_by_sender,
         require_timestamp: !args.allow_missing_timestamp,
         debug: args.debug,
         ..ServerConfig::default()
