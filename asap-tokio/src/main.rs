@@ -81,6 +81,28 @@ enum SyncMode {
     Full,
 }
 
+/// Ctrl-C, or SIGTERM (how service managers and containers stop a process).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
 fn default_manifest(bind: SocketAddr) -> Manifest {
     let mut m = Manifest::new(
         AgentUrn::new("urn:asap:agent:asap-rs-echo").expect("static URN is valid"),
@@ -125,6 +147,13 @@ fn main() -> std::process::ExitCode {
 }
 
 fn serve(args: ServeArgs) -> Result<(), String> {
+    // Bind first, so the default manifest names the real address (also with port 0).
+    let std_listener = std::net::TcpListener::bind(args.bind)
+        .map_err(|e| format!("cannot bind {}: {e}", args.bind))?;
+    std_listener
+        .set_nonblocking(true)
+        .map_err(|e| e.to_string())?;
+    let addr = std_listener.local_addr().map_err(|e| e.to_string())?;
     let manifest = match &args.manifest {
         Some(path) => {
             let bytes = std::fs::read(path)
@@ -132,7 +161,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             asap_proto::error::from_slice::<Manifest>(&bytes)
                 .map_err(|e| format!("invalid manifest {}: {e}", path.display()))?
         }
-        None => default_manifest(args.bind),
+        None => default_manifest(addr),
     };
     let spec = RateLimitSpec::parse(&args.rate_limit)
         .map_err(|e| format!("invalid --rate-limit {:?}: {e}", args.rate_limit))?;
@@ -172,6 +201,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         ),
         StorageBackend::Memory => "in memory (lost on exit)".to_owned(),
     };
+    let mut manifest = manifest;
+    if args.manifest.is_none() {
+        // The built-in manifest tells the truth about where task state lives.
+        manifest.capabilities.state_persistence = storage.backend == StorageBackend::Sqlite;
+    }
     let has_echo = manifest.has_skill("echo");
     let mut builder = asap_tokio::Agent::builder(manifest.clone())
         .config(config)
@@ -188,21 +222,17 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.bind)
-            .await
-            .map_err(|e| format!("cannot bind {}: {e}", args.bind))?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let listener =
+            tokio::net::TcpListener::from_std(std_listener).map_err(|e| e.to_string())?;
         println!("asap-rs agent {} listening on http://{addr}", manifest.id);
         println!("  POST http://{addr}/asap                          JSON-RPC asap.send");
         println!("  GET  http://{addr}/.well-known/asap/manifest.json manifest");
         println!("  GET  http://{addr}/.well-known/asap/health        health");
         println!("  task state: {state}");
         println!("Press Ctrl-C to stop.");
-        asap_tokio::serve(listener, agent, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+        asap_tokio::serve(listener, agent, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())?;
         println!("asap-rs agent stopped");
         Ok(())
     })
