@@ -259,7 +259,16 @@ enum RecorderJob {
 /// Other operations ([`call`](Self::call)) run between groups, in order.
 #[derive(Clone)]
 pub struct TaskRecorder {
-    tx: mpsc::Sender<RecorderJob>,
+    inner: Recorder,
+}
+
+#[derive(Clone)]
+enum Recorder {
+    /// SQLite: a writer thread with group commit.
+    Thread(mpsc::Sender<RecorderJob>),
+    /// In-memory stores: microsecond operations, done in place under a lock
+    /// (a thread hop would double an echo request's latency for nothing).
+    Inline(std::sync::Arc<std::sync::Mutex<Stores>>),
 }
 
 impl std::fmt::Debug for TaskRecorder {
@@ -269,8 +278,14 @@ impl std::fmt::Debug for TaskRecorder {
 }
 
 impl TaskRecorder {
-    /// Moves `stores` to a new thread `asap-task-state`.
+    /// Moves `stores` to a new thread `asap-task-state` (in-memory stores are
+    /// used in place instead: they never block).
     pub fn spawn(mut stores: Stores) -> io::Result<Self> {
+        if stores.config.backend == asap_proto::store::StorageBackend::Memory {
+            return Ok(Self {
+                inner: Recorder::Inline(std::sync::Arc::new(std::sync::Mutex::new(stores))),
+            });
+        }
         let (tx, mut rx) = mpsc::channel::<RecorderJob>(DEFAULT_QUEUE);
         std::thread::Builder::new()
             .name("asap-task-state".to_owned())
@@ -318,14 +333,27 @@ impl TaskRecorder {
                     }
                 }
             })?;
-        Ok(Self { tx })
+        Ok(Self {
+            inner: Recorder::Thread(tx),
+        })
     }
 
     /// Persists one run's snapshot and usage event; returns once they are committed.
     pub async fn record(&self, records: TaskRecords) -> Result<(), StoreError> {
+        let tx = match &self.inner {
+            Recorder::Thread(tx) => tx,
+            Recorder::Inline(stores) => {
+                let mut s = stores
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                return s.record_tasks(
+                    std::slice::from_ref(&records.snapshot),
+                    std::slice::from_ref(&records.usage),
+                );
+            }
+        };
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(RecorderJob::Record(Box::new(records), reply))
+        tx.send(RecorderJob::Record(Box::new(records), reply))
             .await
             .map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?
@@ -336,11 +364,20 @@ impl TaskRecorder {
         &self,
         f: impl FnOnce(&mut Stores) -> R + Send + 'static,
     ) -> Result<R, StoreError> {
+        let tx = match &self.inner {
+            Recorder::Thread(tx) => tx,
+            Recorder::Inline(stores) => {
+                let mut s = stores
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                return Ok(f(&mut s));
+            }
+        };
         let (reply, answer) = oneshot::channel();
         let job = RecorderJob::Run(Box::new(move |s| {
             let _ = reply.send(f(s));
         }));
-        self.tx.send(job).await.map_err(|_| closed())?;
+        tx.send(job).await.map_err(|_| closed())?;
         answer.await.map_err(|_| closed())
     }
 }
