@@ -428,19 +428,27 @@ fn outcome(resp: Response<Vec<u8>>, what: &'static str) -> Response<Vec<u8>> {
 }
 
 async fn run_handler(agent: &Agent, inv: &Invocation) -> HandlerOutcome {
-    // Handlers run in their own task: a panicking handler must not take the connection down.
+    use futures_util::FutureExt as _;
+    // A panicking handler must not take the connection down: catch it in place
+    // (a spawned task would cost a cross-thread wake-up per request).
     let joined = match (agent.inner.handlers.get(&inv.route), &inv.payload) {
         (Some(HandlerRef::Skill(f)), Payload::TaskRequest(req)) => {
             let ctx = SkillContext {
                 envelope: inv.envelope.clone(),
             };
-            match tokio::spawn(f(ctx, req.clone())).await {
+            match std::panic::AssertUnwindSafe(f(ctx, req.clone()))
+                .catch_unwind()
+                .await
+            {
                 Ok(r) => r.map(HandlerOutcome::Skill),
                 Err(_) => Err(HandlerError::failed("skill handler panicked")),
             }
         }
         (Some(HandlerRef::Payload(f)), _) => {
-            match tokio::spawn(f(inv.envelope.clone(), inv.payload.clone())).await {
+            match std::panic::AssertUnwindSafe(f(inv.envelope.clone(), inv.payload.clone()))
+                .catch_unwind()
+                .await
+            {
                 Ok(r) => r.map(HandlerOutcome::from),
                 Err(_) => Err(HandlerError::failed("handler panicked")),
             }
