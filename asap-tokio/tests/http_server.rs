@@ -655,7 +655,10 @@ async fn concurrent_skill_runs_are_group_committed_and_queryable() {
 #[tokio::test]
 async fn in_memory_state_is_recorded_in_place_and_queryable() {
     use asap_proto::store::{StorageBackend, StorageConfig};
-    let config = StorageConfig { backend: StorageBackend::Memory, path: "unused.db".into() };
+    let config = StorageConfig {
+        backend: StorageBackend::Memory,
+        path: "unused.db".into(),
+    };
     let stores = asap_blocking::store::open_stores(&config).unwrap();
     let agent = asap_tokio::Agent::builder(manifest())
         .config(open_config())
@@ -666,10 +669,39 @@ async fn in_memory_state_is_recorded_in_place_and_queryable() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(asap_tokio::serve(listener, agent, std::future::pending()));
     let v = post(addr, &rpc(envelope(), json!(1))).await.json();
-    let task_id = v["result"]["envelope"]["payload"]["task_id"].as_str().unwrap().to_owned();
+    let task_id = v["result"]["envelope"]["payload"]["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let mut env = envelope();
     env["payload_type"] = json!("StateQuery");
     env["payload"] = json!({"task_id": task_id, "version": 1});
     let v = post(addr, &rpc(env, json!(2))).await.json();
-    assert_eq!(v["result"]["envelope"]["payload"]["result"]["snapshot"]["version"], 1, "{v}");
+    assert_eq!(
+        v["result"]["envelope"]["payload"]["result"]["snapshot"]["version"], 1,
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn a_panicking_skill_is_an_internal_error_and_the_server_keeps_serving() {
+    let agent = asap_tokio::Agent::builder(manifest())
+        .config(open_config())
+        .echo_skill("echo")
+        .skill("boom", |_ctx, _req| async move {
+            if true {
+                panic!("skill bug");
+            }
+            Ok(asap_proto::server::SkillResult::completed(serde_json::Map::new()))
+        })
+        .build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(asap_tokio::serve(listener, agent, std::future::pending()));
+    let mut env = envelope();
+    env["payload"]["skill_id"] = json!("boom");
+    let r = post(addr, &rpc(env, json!(1))).await;
+    assert_eq!(r.code(), -32603);
+    assert_eq!(r.json()["error"]["data"], json!({"error": "Internal server error"}));
+    assert!(post(addr, &rpc(envelope(), json!(2))).await.json().get("result").is_some());
 }
