@@ -25,6 +25,12 @@ fn shared_dir() -> PathBuf {
 
 /// The reference venv's python: `ASAP_INTEROP_VENV`, else what `interop/setup.sh` prints.
 fn interop_python() -> Result<PathBuf, String> {
+    // Once per test binary: tests run in parallel and setup.sh must not race with itself.
+    static PYTHON: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(find_interop_python).clone()
+}
+
+fn find_interop_python() -> Result<PathBuf, String> {
     let venv = match std::env::var("ASAP_INTEROP_VENV") {
         Ok(v) if !v.is_empty() => PathBuf::from(v),
         _ => {
