@@ -118,11 +118,66 @@ impl DecodeError {
     /// A pydantic-shaped `validation_errors` item: `{"type", "loc", "msg"}`.
     #[must_use]
     pub fn to_validation_item(&self) -> serde_json::Value {
+        let (kind, msg) = self.pydantic_type_and_msg();
         serde_json::json!({
-            "type": self.kind.pydantic_type(),
+            "type": kind,
             "loc": self.loc(),
-            "msg": self.message,
+            "msg": msg,
         })
+    }
+
+    /// The pydantic error `type` and `msg` the reference reports for this error:
+    /// `extra_forbidden` / "Extra inputs are not permitted", `string_type` /
+    /// "Input should be a valid string", `dict_type`, `bool_type`, `bool_parsing`,
+    /// `datetime_type`, `datetime_from_date_parsing`, ... (spec 1, 3). Errors
+    /// without a pydantic counterpart keep [`DecodeErrorKind::pydantic_type`]
+    /// and their own message.
+    #[must_use]
+    pub fn pydantic_type_and_msg(&self) -> (&'static str, String) {
+        let m = self.message.as_str();
+        let expected = m.split_once(", expected ").map_or("", |(_, e)| e);
+        let fixed = |t: &'static str, msg: &str| (t, msg.to_owned());
+        match self.kind {
+            DecodeErrorKind::Missing if m.starts_with("missing field `") => {
+                fixed("missing", "Field required")
+            }
+            DecodeErrorKind::UnknownField => {
+                fixed("extra_forbidden", "Extra inputs are not permitted")
+            }
+            DecodeErrorKind::WrongType => {
+                if expected.contains("datetime") {
+                    fixed("datetime_type", "Input should be a valid datetime")
+                } else if expected.starts_with("a string") || expected.starts_with("string") {
+                    fixed("string_type", "Input should be a valid string")
+                } else if expected.contains("map") || expected.starts_with("struct") {
+                    fixed("dict_type", "Input should be a valid dictionary")
+                } else if expected.starts_with("a boolean") {
+                    fixed("bool_type", "Input should be a valid boolean")
+                } else if expected.starts_with("a sequence") {
+                    fixed("list_type", "Input should be a valid list")
+                } else if expected.starts_with("i64")
+                    || expected.starts_with("u64")
+                    || expected.starts_with("u32")
+                    || expected.starts_with("an integer")
+                {
+                    fixed("int_type", "Input should be a valid integer")
+                } else if expected.starts_with("f64") || expected.starts_with("a number") {
+                    fixed("float_type", "Input should be a valid number")
+                } else {
+                    (self.kind.pydantic_type(), self.message.clone())
+                }
+            }
+            DecodeErrorKind::InvalidValue if expected.starts_with("a boolean") => fixed(
+                "bool_parsing",
+                "Input should be a valid boolean, unable to interpret input",
+            ),
+            DecodeErrorKind::InvalidValue
+                if m.starts_with("input should be a valid datetime or date") =>
+            {
+                ("datetime_from_date_parsing", format!("I{}", &m[1..]))
+            }
+            _ => (self.kind.pydantic_type(), self.message.clone()),
+        }
     }
 
     /// Converts a serde error raised while decoding from JSON text or a `Value`.

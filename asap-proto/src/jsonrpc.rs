@@ -136,13 +136,52 @@ impl AsapError {
 }
 
 /// A JSON-RPC id: string or integer, echoed with its JSON type.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum RequestId {
     /// Integer id.
     Int(i64),
     /// String id.
     Str(String),
+    /// Integer id outside `i64` (the reference's ids are Python ints of any
+    /// size): its decimal digits, echoed verbatim as a JSON number.
+    Big(String),
+}
+
+impl Serialize for RequestId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Int(n) => s.serialize_i64(*n),
+            Self::Str(v) => s.serialize_str(v),
+            Self::Big(digits) => serde_json::value::RawValue::from_string(digits.clone())
+                .map_err(serde::ser::Error::custom)?
+                .serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RequestId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RequestId;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or an integer")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RequestId, E> {
+                Ok(RequestId::Int(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RequestId, E> {
+                Ok(i64::try_from(v).map_or_else(|_| RequestId::Big(v.to_string()), RequestId::Int))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RequestId, E> {
+                Ok(RequestId::Str(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<RequestId, E> {
+                Ok(RequestId::Str(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl From<&str> for RequestId {
@@ -172,6 +211,8 @@ impl RequestId {
             Value::Number(n) => {
                 if let Some(i) = n.as_i64() {
                     Some(Self::Int(i))
+                } else if let Some(u) = n.as_u64() {
+                    Some(Self::Big(u.to_string()))
                 } else {
                     let f = n.as_f64()?;
                     (f.fract() == 0.0 && f.abs() < 9.2e18).then_some(Self::Int(f as i64))
@@ -247,15 +288,41 @@ const ENVELOPE_REQUIRED: [&str; 5] = [
     "payload",
 ];
 
+const ENVELOPE_MEMBERS: [&str; 11] = [
+    "id",
+    "asap_version",
+    "timestamp",
+    "sender",
+    "recipient",
+    "payload_type",
+    "payload",
+    "correlation_id",
+    "trace_id",
+    "requires_ack",
+    "extensions",
+];
+
 /// Decodes an envelope object, reporting every missing required member at once
 /// (as pydantic does) before any other problem.
 pub fn decode_envelope_object(obj: JsonObject) -> Result<EnvelopeInput, Vec<DecodeError>> {
-    let missing: Vec<DecodeError> = ENVELOPE_REQUIRED
+    let mut missing: Vec<DecodeError> = ENVELOPE_REQUIRED
         .iter()
         .filter(|k| !obj.contains_key(**k))
         .map(|k| DecodeError::new(*k, crate::error::DecodeErrorKind::Missing, "Field required"))
         .collect();
     if !missing.is_empty() {
+        // pydantic reports unknown members alongside the missing ones.
+        missing.extend(
+            obj.keys()
+                .filter(|k| !ENVELOPE_MEMBERS.contains(&k.as_str()))
+                .map(|k| {
+                    DecodeError::new(
+                        k.as_str(),
+                        crate::error::DecodeErrorKind::UnknownField,
+                        "Extra inputs are not permitted",
+                    )
+                }),
+        );
         return Err(missing);
     }
     EnvelopeInput::from_value(Value::Object(obj)).map_err(|e| vec![e])
@@ -457,6 +524,36 @@ fn item(kind: &str, loc: &str, msg: &str) -> Value {
 /// Difference from the reference: an `id` of unusable type (float with a
 /// fraction, object, array) is answered with -32602 naming `id`, not -32603.
 pub fn decode_request(body: Value) -> Result<JsonRpcRequest, ErrorResponse> {
+    decode_request_with_big_id(body, None)
+}
+
+/// [`decode_request`] for a body parsed from `raw`: an integer `id` too large
+/// for `u64` (which the parsed value only holds as a float) is echoed with
+/// its exact digits, as the reference (Python ints) does.
+pub fn decode_request_raw(body: Value, raw: &[u8]) -> Result<JsonRpcRequest, ErrorResponse> {
+    let big = match body.get("id") {
+        Some(Value::Number(n)) if n.is_f64() => raw_integer_id(raw),
+        _ => None,
+    };
+    decode_request_with_big_id(body, big)
+}
+
+/// The text of the top-level `id` member of `raw` when it is an integer literal.
+fn raw_integer_id(raw: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct IdOnly<'a> {
+        #[serde(borrow)]
+        id: &'a serde_json::value::RawValue,
+    }
+    let text = serde_json::from_slice::<IdOnly<'_>>(raw).ok()?.id.get();
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then(|| text.to_owned())
+}
+
+fn decode_request_with_big_id(
+    body: Value,
+    big_id: Option<String>,
+) -> Result<JsonRpcRequest, ErrorResponse> {
     let Value::Object(mut obj) = body else {
         return Err(ErrorResponse::new(
             codes::INVALID_REQUEST,
@@ -513,14 +610,17 @@ pub fn decode_request(body: Value) -> Result<JsonRpcRequest, ErrorResponse> {
             None
         }
         Some(Value::Null) => {
-            // The reference's shape (one item per member of `str | int`), with a hint.
+            // The reference's shape: one item per member of `str | int`.
             errors.push(json!({"type": "string_type", "loc": ["id", "str"],
-                "msg": "Input should be a valid string; notifications (null id) are not supported"}));
+                "msg": "Input should be a valid string"}));
             errors.push(json!({"type": "int_type", "loc": ["id", "int"],
                 "msg": "Input should be a valid integer"}));
             None
         }
-        Some(v) => match RequestId::from_json(v) {
+        Some(v) => match big_id
+            .map(RequestId::Big)
+            .or_else(|| RequestId::from_json(v))
+        {
             Some(id) => Some(id),
             None => {
                 bad_id = true;
@@ -576,7 +676,7 @@ pub fn decode_request(body: Value) -> Result<JsonRpcRequest, ErrorResponse> {
 /// Parses request bytes: UTF-8 and JSON checks (-32700), then [`decode_request`].
 pub fn decode_request_bytes(bytes: &[u8]) -> Result<JsonRpcRequest, ErrorResponse> {
     let value = parse_json(bytes)?;
-    decode_request(value)
+    decode_request_raw(value, bytes)
 }
 
 /// UTF-8 check then JSON parse, with the reference's -32700 bodies.

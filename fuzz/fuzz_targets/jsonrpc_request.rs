@@ -21,7 +21,7 @@ fn check_error(resp: &ErrorResponse, allowed: &[i64]) {
 fuzz_target!(|data: &[u8]| {
     let result = jsonrpc::decode_request_bytes(data);
     // The two-step entry point agrees with the bytes one.
-    let two_step = jsonrpc::parse_json(data).and_then(jsonrpc::decode_request);
+    let two_step = jsonrpc::parse_json(data).and_then(|v| jsonrpc::decode_request_raw(v, data));
     assert_eq!(result, two_step);
 
     let mut req = match result {

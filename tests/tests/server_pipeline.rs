@@ -624,3 +624,267 @@ fn handler_failures_are_sanitised_and_asap_errors_name_themselves() {
         json!({"task_id": "task_missing"})
     );
 }
+
+fn rpc_body(id: &str, envelope: &Value) -> Vec<u8> {
+    format!(
+        r#"{{"jsonrpc":"2.0","method":"asap.send","params":{{"envelope":{envelope}}},"id":{id}}}"#
+    )
+    .into_bytes()
+}
+
+fn valid_envelope() -> Value {
+    json!({"asap_version": "0.1", "timestamp": at(0.0), "sender": "urn:asap:agent:client",
+        "recipient": "urn:asap:agent:echo-server", "payload_type": "task.request",
+        "payload": {"conversation_id": "c", "skill_id": "echo", "input": {}}})
+}
+
+fn answer(body: &[u8]) -> (http::Response<Vec<u8>>, Value) {
+    let mut s = server(open());
+    let r = exchange(&mut s, &HeaderMap::new(), body, vector_now());
+    let v = serde_json::from_slice(r.body()).unwrap_or(Value::Null);
+    (r, v)
+}
+
+#[test]
+fn validation_errors_use_pydantic_types_and_messages() {
+    // (member, value, pydantic type, msg) as the reference answers them (spec 1, 3).
+    let cases = [
+        (
+            "asap_version",
+            json!(1),
+            "string_type",
+            "Input should be a valid string",
+        ),
+        (
+            "sender",
+            json!(null),
+            "string_type",
+            "Input should be a valid string",
+        ),
+        (
+            "payload_type",
+            json!(1),
+            "string_type",
+            "Input should be a valid string",
+        ),
+        (
+            "id",
+            json!(5),
+            "string_type",
+            "Input should be a valid string",
+        ),
+        (
+            "correlation_id",
+            json!(5),
+            "string_type",
+            "Input should be a valid string",
+        ),
+        (
+            "payload",
+            json!([]),
+            "dict_type",
+            "Input should be a valid dictionary",
+        ),
+        (
+            "payload",
+            json!("x"),
+            "dict_type",
+            "Input should be a valid dictionary",
+        ),
+        (
+            "extensions",
+            json!([]),
+            "dict_type",
+            "Input should be a valid dictionary",
+        ),
+        (
+            "requires_ack",
+            json!(null),
+            "bool_type",
+            "Input should be a valid boolean",
+        ),
+        (
+            "requires_ack",
+            json!(2),
+            "bool_parsing",
+            "Input should be a valid boolean, unable to interpret input",
+        ),
+        (
+            "timestamp",
+            json!(true),
+            "datetime_type",
+            "Input should be a valid datetime",
+        ),
+        (
+            "foo",
+            json!(1),
+            "extra_forbidden",
+            "Extra inputs are not permitted",
+        ),
+    ];
+    for (member, value, kind, msg) in cases {
+        let mut env = valid_envelope();
+        env[member] = value.clone();
+        let (_, v) = answer(&rpc_body("1", &env));
+        assert_eq!(v["error"]["code"], -32602, "{member}={value}: {v}");
+        let item = &v["error"]["data"]["validation_errors"][0];
+        assert_eq!(item["type"], kind, "{member}={value}: {v}");
+        assert_eq!(item["msg"], msg, "{member}={value}: {v}");
+        assert_eq!(item["loc"], json!([member]), "{member}={value}: {v}");
+    }
+    let mut env = valid_envelope();
+    env["timestamp"] = json!("yesterday");
+    let (_, v) = answer(&rpc_body("1", &env));
+    let item = &v["error"]["data"]["validation_errors"][0];
+    assert_eq!(item["type"], "datetime_from_date_parsing", "{v}");
+    assert!(item["msg"]
+        .as_str()
+        .unwrap()
+        .starts_with("Input should be a valid datetime or date, "));
+
+    // Missing and unknown members are reported together, as pydantic does.
+    let mut env = valid_envelope();
+    env.as_object_mut().unwrap().remove("sender");
+    env["foo"] = json!(1);
+    let (_, v) = answer(&rpc_body("1", &env));
+    let items: Vec<(Value, Value, Value)> = v["error"]["data"]["validation_errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["type"].clone(), e["loc"].clone(), e["msg"].clone()))
+        .collect();
+    assert_eq!(
+        items,
+        vec![
+            (json!("missing"), json!(["sender"]), json!("Field required")),
+            (
+                json!("extra_forbidden"),
+                json!(["foo"]),
+                json!("Extra inputs are not permitted")
+            ),
+        ]
+    );
+
+    // A null JSON-RPC id: the reference's two items, word for word.
+    let (_, v) = answer(&rpc_body("null", &valid_envelope()));
+    assert_eq!(v["error"]["code"], -32600);
+    assert_eq!(
+        v["error"]["data"]["validation_errors"],
+        json!([
+            {"type": "string_type", "loc": ["id", "str"], "msg": "Input should be a valid string"},
+            {"type": "int_type", "loc": ["id", "int"], "msg": "Input should be a valid integer"}
+        ])
+    );
+}
+
+#[test]
+fn integer_ids_of_any_size_are_echoed_verbatim() {
+    for id in [
+        "9223372036854775807",
+        "9223372036854775808",
+        "18446744073709551615",
+        "123456789012345678901234567890",
+        "-123456789012345678901234567890",
+    ] {
+        let (r, v) = answer(&rpc_body(id, &valid_envelope()));
+        assert!(v.get("result").is_some(), "{id}: {v}");
+        let text = String::from_utf8(r.body().clone()).unwrap();
+        assert!(text.ends_with(&format!(r#","id":{id}}}"#)), "{id}: {text}");
+        // Error responses echo it too.
+        let (r, _) = answer(
+            format!(r#"{{"jsonrpc":"2.0","method":"x","params":{{}},"id":{id}}}"#).as_bytes(),
+        );
+        let text = String::from_utf8(r.body().clone()).unwrap();
+        assert!(
+            text.contains("-32601") && text.ends_with(&format!(r#","id":{id}}}"#)),
+            "{text}"
+        );
+    }
+    // Integral floats coerce (1.0 -> 1, 1e3 -> 1000); others stay refused (README 1).
+    for (id, want) in [
+        ("1.0", json!(1)),
+        ("1e3", json!(1000)),
+        ("-0.0", json!(0)),
+        ("true", json!(1)),
+    ] {
+        let (_, v) = answer(&rpc_body(id, &valid_envelope()));
+        assert_eq!(v["id"], want, "{id}: {v}");
+        assert!(v.get("result").is_some(), "{id}: {v}");
+    }
+    for id in ["1.5", "1e30", "{}", "[]"] {
+        let (_, v) = answer(&rpc_body(id, &valid_envelope()));
+        assert_eq!(v["error"]["code"], -32602, "{id}: {v}");
+        assert_eq!(v["id"], Value::Null, "{id}: {v}");
+    }
+}
+
+#[test]
+fn timestamp_error_details_give_the_instant_in_utc() {
+    // The reference converts to UTC before formatting details.timestamp (isoformat, +00:00).
+    for (ts, want) in [
+        ("2026-11-24T05:00:00+02:00", "2026-11-24T03:00:00+00:00"),
+        ("2026-11-24T03:00:00", "2026-11-24T03:00:00+00:00"),
+        ("2026-11-24T03:00:00.5Z", "2026-11-24T03:00:00.500000+00:00"),
+        ("2026-11-24T06:00:00+02:00", "2026-11-24T04:00:00+00:00"),
+    ] {
+        let mut env = valid_envelope();
+        env["timestamp"] = json!(ts);
+        let (_, v) = answer(&rpc_body("1", &env));
+        assert_eq!(
+            v["error"]["data"]["code"], "asap:protocol/invalid_timestamp",
+            "{ts}: {v}"
+        );
+        assert_eq!(
+            v["error"]["data"]["details"]["timestamp"], want,
+            "{ts}: {v}"
+        );
+    }
+}
+
+#[test]
+fn only_gzip_br_and_identity_encodings_and_get_only_routes() {
+    let mut s = server(open());
+    let mut h = HeaderMap::new();
+    h.insert("content-encoding", HeaderValue::from_static("x-gzip"));
+    let r = exchange(&mut s, &h, &rpc_body("1", &valid_envelope()), vector_now());
+    assert_eq!(r.status(), 415);
+    assert_eq!(
+        r.body(),
+        br#"{"detail":"Unsupported Content-Encoding: x-gzip. Supported: br, gzip"}"#
+    );
+    for enc in ["GZIP", "Gzip"] {
+        h.insert("content-encoding", HeaderValue::from_static(enc));
+        let r = exchange(
+            &mut s,
+            &h,
+            &gzip(&rpc_body("1", &valid_envelope())),
+            vector_now(),
+        );
+        assert_eq!(r.status(), 200, "{enc}");
+    }
+    // The reference's GET routes refuse HEAD (and every other method) with 405 + Allow.
+    for path in [
+        "/.well-known/asap/manifest.json",
+        "/.well-known/asap/health",
+        "/health",
+        "/ready",
+    ] {
+        for m in [
+            http::Method::HEAD,
+            http::Method::PUT,
+            http::Method::OPTIONS,
+            http::Method::POST,
+        ] {
+            let r = s.handle_get(
+                &m,
+                path,
+                &HeaderMap::new(),
+                Instant::now(),
+                HealthReport::default(),
+            );
+            assert_eq!(r.status(), 405, "{m} {path}");
+            assert_eq!(r.headers()["allow"], "GET", "{m} {path}");
+            assert_eq!(r.body(), br#"{"detail":"Method Not Allowed"}"#);
+        }
+    }
+}

@@ -496,7 +496,8 @@ impl Server {
             | "/ready" => "GET",
             _ => return detail(StatusCode::NOT_FOUND, "Not Found"),
         };
-        let is_get = method == http::Method::GET || method == http::Method::HEAD;
+        // As the reference: GET only (HEAD is 405 too).
+        let is_get = method == http::Method::GET;
         if !is_get || allowed == "POST" {
             let mut r = detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
             r.headers_mut().insert(
@@ -573,7 +574,7 @@ impl Server {
         {
             None => ContentEncoding::Identity,
             Some(e) if e.is_empty() || e == "identity" => ContentEncoding::Identity,
-            Some(e) if e == "gzip" || e == "x-gzip" => ContentEncoding::Gzip,
+            Some(e) if e == "gzip" => ContentEncoding::Gzip,
             Some(e) if e == "br" => ContentEncoding::Brotli,
             Some(e) => {
                 return Err(detail(
@@ -648,7 +649,7 @@ impl Server {
             ))));
         }
         let value = jsonrpc::parse_json(body).map_err(|e| rpc_error(&e))?;
-        let mut request = jsonrpc::decode_request(value).map_err(|e| rpc_error(&e))?;
+        let mut request = jsonrpc::decode_request_raw(value, body).map_err(|e| rpc_error(&e))?;
         let input = request.take_envelope().map_err(|e| rpc_error(&e))?;
         let id = Some(request.id.clone());
         let missing_timestamp = input.timestamp.is_none();

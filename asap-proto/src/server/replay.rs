@@ -50,7 +50,7 @@ impl ReplayWindow {
                     self.max_age.as_secs()
                 ),
                 json!({
-                    "timestamp": env.timestamp.to_python_isoformat(),
+                    "timestamp": utc_isoformat(env),
                     "age_seconds": age,
                     "envelope_id": env.id,
                     "max_age_seconds": self.max_age.as_secs(),
@@ -66,7 +66,7 @@ impl ReplayWindow {
                     self.max_future.as_secs()
                 ),
                 json!({
-                    "timestamp": env.timestamp.to_python_isoformat(),
+                    "timestamp": utc_isoformat(env),
                     "future_offset_seconds": off,
                     "envelope_id": env.id,
                     "max_future_tolerance_seconds": self.max_future.as_secs(),
@@ -86,6 +86,12 @@ impl ReplayWindow {
             json!({"timestamp": null, "envelope_id": envelope_id}),
         )
     }
+}
+
+/// The reference's `details.timestamp`: the instant converted to UTC, in
+/// Python `isoformat()` form (`+00:00`), whatever offset (or none) it was sent with.
+fn utc_isoformat(env: &Envelope) -> String {
+    crate::model::Timestamp::from_unix(env.timestamp.unix()).to_python_isoformat()
 }
 
 /// Seen-nonce memory with a TTL and a hard capacity (oldest evicted first).
