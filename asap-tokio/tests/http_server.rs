@@ -692,7 +692,9 @@ async fn a_panicking_skill_is_an_internal_error_and_the_server_keeps_serving() {
             if true {
                 panic!("skill bug");
             }
-            Ok(asap_proto::server::SkillResult::completed(serde_json::Map::new()))
+            Ok(asap_proto::server::SkillResult::completed(
+                serde_json::Map::new(),
+            ))
         })
         .build();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -702,6 +704,13 @@ async fn a_panicking_skill_is_an_internal_error_and_the_server_keeps_serving() {
     env["payload"]["skill_id"] = json!("boom");
     let r = post(addr, &rpc(env, json!(1))).await;
     assert_eq!(r.code(), -32603);
-    assert_eq!(r.json()["error"]["data"], json!({"error": "Internal server error"}));
-    assert!(post(addr, &rpc(envelope(), json!(2))).await.json().get("result").is_some());
+    assert_eq!(
+        r.json()["error"]["data"],
+        json!({"error": "Internal server error"})
+    );
+    assert!(post(addr, &rpc(envelope(), json!(2)))
+        .await
+        .json()
+        .get("result")
+        .is_some());
 }
