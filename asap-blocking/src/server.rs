@@ -105,6 +105,25 @@ impl Agent {
         client: &str,
         body: &mut dyn Read,
     ) -> Response<Vec<u8>> {
+        let started = Instant::now();
+        let mut kind = None;
+        let response = self.handle_inner(method, path, headers, client, body, &mut kind);
+        if method == Method::POST && path == "/asap" {
+            self.core()
+                .record_request(kind, response.status().as_u16(), started.elapsed());
+        }
+        response
+    }
+
+    fn handle_inner(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        client: &str,
+        body: &mut dyn Read,
+        kind: &mut Option<PayloadKind>,
+    ) -> Response<Vec<u8>> {
         if !(method == Method::POST && path == "/asap") {
             let health = (self.inner.health)();
             return self
@@ -131,6 +150,7 @@ impl Agent {
             Decision::Respond(r) => return r,
             Decision::Invoke(inv) => inv,
         };
+        *kind = inv.envelope.kind();
         if let Some(r) = self.core().check_sender_rate(&inv, Instant::now()) {
             return r;
         }

@@ -291,6 +291,7 @@ fn routes() -> Router<Agent> {
         .route("/.well-known/asap/health", any(handle))
         .route("/health", any(handle))
         .route("/ready", any(handle))
+        .route("/asap/metrics", any(handle))
 }
 
 /// Serves `agent` on `listener` until `shutdown` completes, then drains in-flight requests.
@@ -328,9 +329,11 @@ async fn handle(
         status = tracing::field::Empty,
         latency_us = tracing::field::Empty,
     );
+    let is_post = path == "/asap" && method == http::Method::POST;
+    let mut kind = None;
     let response = async {
-        if path == "/asap" && method == http::Method::POST {
-            handle_post(&agent, req).await
+        if is_post {
+            handle_post(&agent, req, &mut kind).await
         } else {
             let health = (agent.inner.health)();
             lock(&agent.inner.core).handle_get(
@@ -345,12 +348,19 @@ async fn handle(
     .instrument(span.clone())
     .await;
     span.record("status", response.status().as_u16());
+    if is_post {
+        lock(&agent.inner.core).record_request(kind, response.status().as_u16(), started.elapsed());
+    }
     span.record("latency_us", started.elapsed().as_micros() as u64);
     tracing::debug!(parent: &span, "request done");
     response.map(Body::from)
 }
 
-async fn handle_post(agent: &Agent, req: Request<Body>) -> Response<Vec<u8>> {
+async fn handle_post(
+    agent: &Agent,
+    req: Request<Body>,
+    kind: &mut Option<PayloadKind>,
+) -> Response<Vec<u8>> {
     let client = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -392,6 +402,7 @@ async fn handle_post(agent: &Agent, req: Request<Body>) -> Response<Vec<u8>> {
         Decision::Respond(resp) => return outcome(resp, "rpc_error"),
         Decision::Invoke(inv) => inv,
     };
+    *kind = inv.envelope.kind();
     let span = tracing::Span::current();
     span.record("payload_type", inv.envelope.payload_type.as_str());
     span.record("envelope_id", inv.envelope.id.as_str());

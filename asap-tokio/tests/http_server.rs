@@ -714,3 +714,35 @@ async fn a_panicking_skill_is_an_internal_error_and_the_server_keeps_serving() {
         .get("result")
         .is_some());
 }
+
+#[tokio::test]
+async fn metrics_count_requests_by_payload_type_and_status() {
+    let addr = start(open_config()).await;
+    post(addr, &rpc(envelope(), json!(1))).await;
+    post(addr, b"{not json").await;
+    let mut c = Conn::open(addr).await;
+    let r = c.request("GET", "/asap/metrics", &[], b"").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    let text = String::from_utf8(r.body).unwrap();
+    assert!(
+        text.contains("asap_requests_total{payload_type=\"task.request\",status=\"200\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("asap_requests_total{payload_type=\"none\",status=\"200\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("asap_request_duration_seconds_count 2"),
+        "{text}"
+    );
+    assert!(text.ends_with("# EOF\n"));
+    assert_eq!(
+        c.request("POST", "/asap/metrics", &[], b"").await.status,
+        405
+    );
+}

@@ -41,6 +41,7 @@
 //! assert_eq!(response.status(), 200);
 //! ```
 
+pub mod metrics;
 mod replay;
 pub mod state;
 mod wellknown;
@@ -399,6 +400,7 @@ pub struct Server {
     ids: UlidGenerator,
     nonces: NonceStore,
     limiter: Option<SlidingWindowLimiter>,
+    metrics: metrics::Metrics,
 }
 
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -434,6 +436,7 @@ impl Server {
             started,
             ids: UlidGenerator::new(id_seed),
             limiter,
+            metrics: metrics::Metrics::default(),
             config,
         }
     }
@@ -472,6 +475,17 @@ impl Server {
         &self.routes
     }
 
+    /// Records a finished `POST /asap` for `GET /asap/metrics`.
+    pub fn record_request(&mut self, kind: Option<PayloadKind>, status: u16, elapsed: Duration) {
+        self.metrics.record(kind, status, elapsed);
+    }
+
+    /// The request metrics.
+    #[must_use]
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.metrics
+    }
+
     /// A fresh ULID string at `now`.
     pub fn new_id(&mut self, now: UnixTime) -> String {
         self.ids.next_string(now)
@@ -490,7 +504,8 @@ impl Server {
     ) -> Response<Vec<u8>> {
         let allowed: &str = match path {
             "/asap" => "POST",
-            "/.well-known/asap/manifest.json"
+            "/asap/metrics"
+            | "/.well-known/asap/manifest.json"
             | "/.well-known/asap/health"
             | "/health"
             | "/ready" => "GET",
@@ -513,6 +528,11 @@ impl Server {
                 now.saturating_duration_since(self.started),
                 health,
             ),
+            "/asap/metrics" => Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, metrics::METRICS_CONTENT_TYPE)
+                .body(self.metrics.render().into_bytes())
+                .unwrap_or_default(),
             _ => json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec()),
         }
     }
