@@ -6,6 +6,20 @@
 //! randomness: adapters (`asap-tokio`, `asap-blocking`, or your own runtime)
 //! supply those.
 //!
+//! | module | what it decides |
+//! |---|---|
+//! | [`model`] | the wire model: [`model::Envelope`], [`model::Payload`] (13 kinds, every spelling), parts, entities, ULIDs, agent URNs, timestamps |
+//! | [`jsonrpc`] | `asap.send` framing, ids echoed with their JSON type, every error code and body of the spec |
+//! | [`server`] | the `POST /asap` pipeline (size, rate limit, encodings, JSON-RPC, envelope, replay window, nonces, routing), well-known manifest (ETag/304) and health, task state around skill runs, metrics |
+//! | [`client`] | `asap.send` requests as the reference client sends them, response interpretation, the retrying [`client::SendCall`] |
+//! | [`discovery`] | manifest and health caches (ETag, max-age, `ttl_seconds`), manifest validation, Lite Registry |
+//! | [`reliability`] | backoff, retry policy, circuit breaker, moving-window rate limiter |
+//! | [`store`] | snapshot and metering contracts, in-memory stores, storage configuration |
+//! | [`task`] | task status and its transition table |
+//!
+//! Machines take inputs through `handle_*` methods and explicit `now` values and
+//! report deadlines instead of sleeping; each module's docs show its driver loop.
+//!
 //! ```
 //! use asap_proto::model::Envelope;
 //! let text = br#"{"id":"01KDXZ0000ENVREQ0000000001","asap_version":"0.1",
