@@ -10,12 +10,12 @@
 //!
 //! ```no_run
 //! use asap_blocking::client::Client;
-//! # fn envelope() -> asap_proto::model::Envelope { unimplemented!() }
+//! # fn run(envelope: asap_proto::model::Envelope) -> Result<(), asap_blocking::client::ClientError> {
 //! let client = Client::new("https://agent.example.com")?;
 //! let manifest = client.discover("https://agent.example.com")?;       // cached, revalidated with ETag
 //! let health = client.health_check("https://agent.example.com")?;     // 503 → Unhealthy, not an error
-//! let reply = client.send(&envelope())?;                              // retries, breaker
-//! # Ok::<(), asap_blocking::client::ClientError>(())
+//! let reply = client.send(&envelope)?;                                // retries, breaker
+//! # Ok(()) }
 //! ```
 
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -48,3 +48,7 @@ pub mod store;
 pub mod task;
 
 pub use error::{DecodeError, DecodeErrorKind};
+
+#[cfg(test)]
+#[path = "../tests/support/clock.rs"]
+mod test_clock;

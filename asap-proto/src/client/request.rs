@@ -107,7 +107,7 @@ impl BaseUrl {
     pub fn is_loopback(&self) -> bool {
         let h = self.host.trim_start_matches('[').trim_end_matches(']');
         h == "localhost"
-            || h.parse::<std::net::IpAddr>()
+            || h.parse::<core::net::IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback())
     }
 

@@ -257,10 +257,8 @@ mod tests {
     use crate::model::{AgentUrn, Payload, TaskRequest, Timestamp, Ulid, UnixTime};
     use crate::reliability::Backoff;
     use std::time::Duration;
-
-    #[allow(clippy::disallowed_methods)]
     fn base() -> Instant {
-        Instant::now()
+        crate::test_clock::base()
     }
 
     fn prepared() -> PreparedSend {

@@ -549,10 +549,8 @@ mod tests {
     use crate::client::HttpPolicy;
     use crate::model::{AgentUrn, Payload, TaskRequest, Timestamp, UnixTime};
     use crate::reliability::Backoff;
-
-    #[allow(clippy::disallowed_methods)]
     fn base() -> Instant {
-        Instant::now()
+        crate::test_clock::base()
     }
 
     fn env() -> Envelope {

@@ -351,10 +351,8 @@ impl ManifestCache {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    #[allow(clippy::disallowed_methods)]
     fn base() -> Instant {
-        Instant::now()
+        crate::test_clock::base()
     }
 
     fn manifest_body(ttl: u64) -> Vec<u8> {

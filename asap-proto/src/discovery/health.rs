@@ -299,10 +299,8 @@ impl HealthCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[allow(clippy::disallowed_methods)]
     fn base() -> Instant {
-        Instant::now()
+        crate::test_clock::base()
     }
 
     fn resp(status: u16, body: &str) -> http::Response<Vec<u8>> {

@@ -386,10 +386,8 @@ impl RegistryCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[allow(clippy::disallowed_methods)]
     fn base() -> Instant {
-        Instant::now()
+        crate::test_clock::base()
     }
 
     const REG: &str = r#"{"version":"1.0","updated_at":"2026-02-07T00:00:00Z","agents":[{"id":"urn:asap:agent:a","name":"A","description":"d","endpoints":{"http":"h","ws":"w","http":"h2"},"skills":["x","y"],"asap_version":"0.1"},{"id":"urn:asap:agent:b","name":"B","description":"d","endpoints":{},"asap_version":"0.1"}]}"#;

@@ -266,9 +266,8 @@ mod tests {
     use proptest::prelude::*;
 
     /// An arbitrary base instant; tests then only add explicit durations to it.
-    #[allow(clippy::disallowed_methods)]
     fn base() -> Instant {
-        Instant::now()
+        crate::test_clock::base()
     }
 
     fn t(base: Instant, ms: u64) -> Instant {

@@ -434,9 +434,8 @@ mod tests {
     use proptest::prelude::*;
 
     /// An arbitrary base instant; tests then only add explicit durations to it.
-    #[allow(clippy::disallowed_methods)]
     fn base() -> Instant {
-        Instant::now()
+        crate::test_clock::base()
     }
 
     fn spec(s: &str) -> RateLimitSpec {
