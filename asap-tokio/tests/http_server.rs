@@ -746,3 +746,50 @@ async fn metrics_count_requests_by_payload_type_and_status() {
         405
     );
 }
+
+#[tokio::test]
+async fn chunked_bodies_are_bounded_while_streaming() {
+    let addr = start(ServerConfig {
+        max_request_size: 64 * 1024,
+        ..open_config()
+    })
+    .await;
+    // Chunked upload with no Content-Length: the limit applies to the bytes as they arrive.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut req = b"POST /asap HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..20 {
+        req.extend_from_slice(format!("{:x}\r\n", 8192).as_bytes());
+        req.extend_from_slice(&[b' '; 8192]);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let _ = stream.write_all(&req).await;
+    let mut c = Conn {
+        stream,
+        buf: Vec::new(),
+    };
+    let r = c.read_reply().await;
+    assert_eq!(r.status, 413);
+    assert!(r.json()["detail"]
+        .as_str()
+        .unwrap()
+        .contains("exceeds maximum (65536 bytes)"));
+    // A small chunked request is read whole and answered.
+    let body = rpc(envelope(), json!("chunked"));
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut req = b"POST /asap HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for part in body.chunks(40) {
+        req.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+        req.extend_from_slice(part);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    stream.write_all(&req).await.unwrap();
+    let mut c = Conn {
+        stream,
+        buf: Vec::new(),
+    };
+    let r = c.read_reply().await;
+    assert_eq!(r.json()["id"], "chunked");
+    assert!(r.json().get("result").is_some());
+}
