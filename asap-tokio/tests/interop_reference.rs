@@ -7,38 +7,12 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-fn shared_dir() -> PathBuf {
-    if let Ok(d) = std::env::var("ASAP_SHARED_DIR") {
-        return PathBuf::from(d);
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared")
-}
+use asap_tests::interop::shared_dir;
 
 fn interop_python() -> PathBuf {
-    let venv = match std::env::var("ASAP_INTEROP_VENV") {
-        Ok(v) if !v.is_empty() => PathBuf::from(v),
-        _ => {
-            let setup = shared_dir().join("interop/setup.sh");
-            let out = Command::new("bash")
-                .arg(&setup)
-                .stderr(Stdio::inherit())
-                .output()
-                .unwrap_or_else(|e| panic!("cannot run {}: {e}", setup.display()));
-            assert!(
-                out.status.success(),
-                "installing the Python reference with {} failed",
-                setup.display()
-            );
-            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        }
-    };
-    let python = venv.join("bin/python");
-    assert!(
-        python.exists(),
-        "reference venv has no python at {}",
-        python.display()
-    );
-    python
+    // Never skips: a missing reference is a failure here.
+    asap_tests::interop::interop_python()
+        .unwrap_or_else(|e| panic!("Python reference unavailable: {e}"))
 }
 
 /// The running agent; its state directory lives (and is removed) with it.

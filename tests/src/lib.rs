@@ -1,3 +1,4 @@
 //! Shared helpers for the asap-rs integration tests.
 
+pub mod interop;
 pub mod vectors;
