@@ -2,6 +2,17 @@
 
 use std::fmt;
 
+/// Whose fault a failure is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fault {
+    /// This side: configuration, misuse, or a request the peer rightly refused.
+    Local,
+    /// The peer: it misbehaved, failed, or refused for its own reasons.
+    Peer,
+    /// Neither could be reached: connection, timeout, dropped exchange.
+    Network,
+}
+
 /// What kind of problem a [`DecodeError`] reports; maps onto the reference's
 /// pydantic error `type` strings so error bodies stay familiar to Python peers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -14,6 +14,8 @@
 //! | [`client`] | `asap.send` requests as the reference client sends them, response interpretation, the retrying [`client::SendCall`] |
 //! | [`discovery`] | manifest and health caches (ETag, max-age, `ttl_seconds`), manifest validation, Lite Registry |
 //! | [`reliability`] | backoff, retry policy, circuit breaker, moving-window rate limiter |
+//! | [`canonical_json`] | canonical JSON text (Python `json.dumps` bytes) for ETags, client request bodies and stored data |
+//! | [`error`] | [`DecodeError`] for every decoder, and [`Fault`]: whose fault a failure is |
 //! | [`store`] | snapshot and metering contracts, in-memory stores, storage configuration |
 //! | [`task`] | task status and its transition table |
 //!
@@ -41,13 +43,13 @@ pub mod discovery;
 pub mod error;
 pub mod jsonrpc;
 pub mod model;
-pub mod pyjson;
+pub mod canonical_json;
 pub mod reliability;
 pub mod server;
 pub mod store;
 pub mod task;
 
-pub use error::{DecodeError, DecodeErrorKind};
+pub use error::{DecodeError, DecodeErrorKind, Fault};
 
 #[cfg(test)]
 #[path = "../tests/support/clock.rs"]

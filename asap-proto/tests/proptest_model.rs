@@ -10,7 +10,7 @@ use asap_proto::model::{
     PayloadKind, StateQuery, StateRestore, Task, TaskCancel, TaskRequest, TaskResponse, TaskUpdate,
     Timestamp, TzOffset, Ulid, UnixTime, UpdateType,
 };
-use asap_proto::pyjson::{self, PyJsonStyle};
+use asap_proto::canonical_json::{self, JsonStyle};
 use asap_proto::task::TaskStatus;
 use proptest::prelude::*;
 use serde_json::Value;
@@ -320,7 +320,7 @@ proptest! {
         // The receiver-side decoder agrees, and so does the Python-style text.
         let input = EnvelopeInput::from_slice(&bytes).unwrap();
         prop_assert_eq!(input.materialize(Timestamp::from_unix(UnixTime::EPOCH), String::new), env.clone());
-        let py = pyjson::to_string(&serde_json::to_value(&env).unwrap(), PyJsonStyle::default());
+        let py = canonical_json::to_string(&serde_json::to_value(&env).unwrap(), JsonStyle::default());
         prop_assert!(py.is_ascii());
         prop_assert_eq!(Envelope::from_slice(py.as_bytes()).unwrap(), env);
     }
@@ -386,8 +386,8 @@ proptest! {
     }
 
     #[test]
-    fn pyjson_text_parses_back(v in arb_json(), sort_keys in any::<bool>(), compact in any::<bool>()) {
-        let text = pyjson::to_string(&v, PyJsonStyle { sort_keys, compact });
+    fn canonical_json_text_parses_back(v in arb_json(), sort_keys in any::<bool>(), compact in any::<bool>()) {
+        let text = canonical_json::to_string(&v, JsonStyle { sort_keys, compact });
         prop_assert!(text.is_ascii());
         let back: Value = serde_json::from_str(&text).unwrap();
         // Object equality ignores member order, so this holds for sorted keys too.

@@ -4,7 +4,7 @@
 #![no_main]
 
 use asap_proto::model::{Envelope, EnvelopeInput, Payload, PayloadKind, Timestamp, UnixTime};
-use asap_proto::pyjson::{self, PyJsonStyle};
+use asap_proto::canonical_json::{self, JsonStyle};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -28,7 +28,7 @@ fn check_envelope(env: &Envelope) {
 
     // Python-style text carries the same envelope.
     let value = serde_json::to_value(env).expect("encodes to a value");
-    let py = pyjson::to_string(&value, PyJsonStyle::default());
+    let py = canonical_json::to_string(&value, JsonStyle::default());
     assert_eq!(
         &Envelope::from_slice(py.as_bytes()).expect("python text decodes"),
         env

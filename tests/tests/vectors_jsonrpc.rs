@@ -10,7 +10,7 @@
 
 use asap_proto::jsonrpc::{self, codes, ErrorResponse, JsonRpcRequest, RequestId, SuccessResponse};
 use asap_proto::model::{Envelope, EnvelopeInput, Payload, Timestamp, UnixTime};
-use asap_proto::pyjson::{self, PyJsonStyle};
+use asap_proto::canonical_json::{self, JsonStyle};
 use asap_tests::vectors;
 use serde_json::{json, Value};
 
@@ -306,9 +306,9 @@ fn python_client_request_body_bytes() {
     let body_text = v["request"]["body_text"].as_str().unwrap();
     let body_json = &v["request"]["body_json"];
 
-    // The Python client's body is `json.dumps` text: pyjson reproduces it.
+    // The Python client's body is `json.dumps` text: canonical_json reproduces it.
     assert_eq!(
-        pyjson::to_string(body_json, PyJsonStyle::default()),
+        canonical_json::to_string(body_json, JsonStyle::default()),
         body_text
     );
 
@@ -331,9 +331,9 @@ fn python_client_request_body_bytes() {
         "idempotency_key".into(),
         body_json["params"]["idempotency_key"].clone(),
     );
-    let text = pyjson::to_string(
+    let text = canonical_json::to_string(
         &serde_json::to_value(&built).unwrap(),
-        PyJsonStyle::default(),
+        JsonStyle::default(),
     );
     assert_eq!(text, body_text);
 

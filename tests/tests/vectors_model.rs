@@ -11,7 +11,7 @@ use asap_proto::model::{
     TaskRequest, TaskResponse, TaskUpdate, Timestamp, Ulid, ASAP_PROTOCOL_VERSION,
     DEFAULT_MANIFEST_TTL_SECONDS, MAX_TASK_DEPTH, MAX_URN_LENGTH, SUPPORTED_AUTH_SCHEMES,
 };
-use asap_proto::pyjson::{self, PyJsonStyle};
+use asap_proto::canonical_json::{self, JsonStyle};
 use asap_proto::task::TaskStatus;
 use asap_proto::{DecodeError, DecodeErrorKind};
 use asap_tests::vectors;
@@ -52,7 +52,7 @@ fn check_model_envelope(rel: &str) {
         .as_str()
         .expect("wire text");
     assert_eq!(
-        pyjson::to_string(&to_value(&env), PyJsonStyle::default()),
+        canonical_json::to_string(&to_value(&env), JsonStyle::default()),
         text,
         "{}",
         ctx("python json.dumps text")

@@ -55,16 +55,7 @@ pub use response::{decode_send_result, interpret_send_response, SendError};
 pub use send::{BreakerVerdict, SendCall, SendOutcome, SendOutput};
 pub use state::{CallError, ClientState, ClientStateConfig, ClientStats, SendTicket};
 
-/// Whose fault a failure is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Fault {
-    /// This side: configuration, misuse, or a request the peer rightly refused.
-    Local,
-    /// The peer: it misbehaved, failed, or refused for its own reasons.
-    Peer,
-    /// Neither could be reached: connection, timeout, dropped exchange.
-    Network,
-}
+pub use crate::error::Fault;
 
 /// How an exchange failed below HTTP, as reported by the adapter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]

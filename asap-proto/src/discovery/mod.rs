@@ -52,7 +52,8 @@ pub use validation::{
     ManifestValidationError, Pep440Version,
 };
 
-use crate::client::{ClientError, Fault};
+use crate::client::ClientError;
+use crate::error::Fault;
 use crate::error::DecodeError;
 
 /// Why a discovery step failed.

@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde_json::Value;
 
-use crate::client::Fault;
+use crate::error::Fault;
 use crate::error::{DecodeError, DecodeErrorKind};
 use crate::model::{Manifest, ASAP_PROTOCOL_VERSION};
 

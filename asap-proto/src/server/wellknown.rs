@@ -5,7 +5,7 @@ use ring::digest;
 
 use crate::discovery::{HealthLoad, HealthStatus};
 use crate::model::Manifest;
-use crate::pyjson::{self, PyJsonStyle};
+use crate::canonical_json::{self, JsonStyle};
 
 /// `Cache-Control` of the manifest, as the reference serves it.
 pub const MANIFEST_CACHE_CONTROL: &str = "public, max-age=300";
@@ -24,9 +24,9 @@ impl ManifestDocument {
     #[must_use]
     pub fn new(manifest: Manifest) -> Self {
         let value = serde_json::to_value(&manifest).unwrap_or_default();
-        let canonical = pyjson::to_string(
+        let canonical = canonical_json::to_string(
             &value,
-            PyJsonStyle {
+            JsonStyle {
                 sort_keys: true,
                 compact: false,
             },

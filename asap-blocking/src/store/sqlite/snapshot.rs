@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use asap_proto::model::{JsonObject, StateSnapshot, Timestamp};
-use asap_proto::pyjson::{self, PyJsonStyle};
+use asap_proto::canonical_json::{self, JsonStyle};
 use asap_proto::store::{check_snapshot, SnapshotStore, StoreError};
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
@@ -130,9 +130,9 @@ pub(crate) fn insert(
     stmt: &mut rusqlite::CachedStatement<'_>,
     s: &StateSnapshot,
 ) -> Result<(), StoreError> {
-    let data = pyjson::to_string(
+    let data = canonical_json::to_string(
         &serde_json::Value::Object(s.data.clone()),
-        PyJsonStyle::default(),
+        JsonStyle::default(),
     );
     stmt.execute(params![
         s.task_id,

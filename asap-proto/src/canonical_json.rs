@@ -1,6 +1,7 @@
-//! JSON text in Python's `json.dumps` style (`", "`/`": "` separators, `\uXXXX`
-//! escapes), needed where bytes must match the reference: the manifest ETag
-//! input, the Python client's request bodies, WebSocket frames.
+//! Canonical JSON text: the bytes Python's `json.dumps` writes (`", "`/`": "`
+//! separators, `\uXXXX` escapes, optionally sorted keys). Used wherever bytes
+//! must match the reference: the manifest ETag input, the client's request
+//! bodies, stored snapshot data, WebSocket frames.
 
 use std::fmt::Write as _;
 
@@ -8,7 +9,7 @@ use serde_json::Value;
 
 /// Options for [`to_string`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PyJsonStyle {
+pub struct JsonStyle {
     /// Sort object keys (`sort_keys=True`).
     pub sort_keys: bool,
     /// Compact separators `,`/`:` instead of `", "`/`": "`.
@@ -17,13 +18,13 @@ pub struct PyJsonStyle {
 
 /// Encodes `v` as Python's `json.dumps(v, ensure_ascii=True, ...)` would.
 #[must_use]
-pub fn to_string(v: &Value, style: PyJsonStyle) -> String {
+pub fn to_string(v: &Value, style: JsonStyle) -> String {
     let mut out = String::new();
     write_value(&mut out, v, style);
     out
 }
 
-fn write_value(out: &mut String, v: &Value, style: PyJsonStyle) {
+fn write_value(out: &mut String, v: &Value, style: JsonStyle) {
     let (item_sep, key_sep) = if style.compact {
         (",", ":")
     } else {
@@ -118,13 +119,13 @@ mod tests {
     fn python_style() {
         let v = serde_json::json!({"b": 1, "a": ["é", 1.5, null, 1e20]});
         assert_eq!(
-            to_string(&v, PyJsonStyle::default()),
+            to_string(&v, JsonStyle::default()),
             r#"{"b": 1, "a": ["\u00e9", 1.5, null, 1e+20]}"#
         );
         assert_eq!(
             to_string(
                 &v,
-                PyJsonStyle {
+                JsonStyle {
                     sort_keys: true,
                     compact: true
                 }
