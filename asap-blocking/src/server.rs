@@ -24,19 +24,19 @@
 //! ```
 
 use std::io::Read;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime};
 
 use crate::store::Stores;
 use asap_proto::model::{Envelope, Manifest, Payload, PayloadKind, TaskRequest, UnixTime};
-use asap_proto::server::state::{answer_state_query, apply_state_restore, task_records};
 use asap_proto::server::{
-    decode_body, BodyError, Decision, HandlerError, HandlerOutcome, HandlerRef, HandlerTable,
-    HealthReport, Server, ServerConfig, SkillResult,
+    BodyError, HandlerError, HandlerOutcome, HandlerRef, HandlerTable, HealthReport, Invocation,
+    Metrics, Now, RequestHead, Server, ServerConfig, SkillResult, Step, Transport,
 };
 pub use asap_proto::server::{HandlerReply, SkillContext};
+use asap_proto::store::StoreError;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response};
 
 type SkillFn =
@@ -52,6 +52,7 @@ pub struct Agent {
 
 struct AgentInner {
     core: Mutex<Server>,
+    metrics: Mutex<Metrics>,
     handlers: HandlerTable<SkillFn, PayloadFn>,
     health: HealthFn,
     stores: Option<Arc<Mutex<Stores>>>,
@@ -87,73 +88,67 @@ impl Agent {
         }
     }
 
-    fn core(&self) -> std::sync::MutexGuard<'_, Server> {
-        // The core is left consistent between calls; a poisoned lock only means a
-        // handler thread panicked elsewhere.
-        self.inner
-            .core
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Answers one HTTP request (usable from any blocking HTTP server).
+    /// Answers one HTTP request (usable from any blocking HTTP server): the
+    /// driver loop of the core's exchange (see `asap_proto::server`).
     pub fn handle(
         &self,
         method: &Method,
         path: &str,
         headers: &HeaderMap,
-        client: &str,
+        peer: Option<IpAddr>,
         body: &mut dyn Read,
     ) -> Response<Vec<u8>> {
-        let started = Instant::now();
-        let mut kind = None;
-        let response = self.handle_inner(method, path, headers, client, body, &mut kind);
-        if method == Method::POST && path == "/asap" {
-            self.core()
-                .record_request(kind, response.status().as_u16(), started.elapsed());
+        let inner = &*self.inner;
+        let head = RequestHead {
+            method,
+            path,
+            headers,
+            peer,
+            transport: Transport::Http,
+        };
+        let mut ex = lock(&inner.core).handle_request(&head, now());
+        let reply = loop {
+            match ex.poll_step() {
+                Step::ReadBody { limit } => {
+                    let mut raw = Vec::new();
+                    match body.take(limit as u64 + 1).read_to_end(&mut raw) {
+                        Ok(_) => ex.handle_body(&raw, wall_now()),
+                        Err(e) => ex.handle_body_error(BodyError::Unreadable(e.to_string())),
+                    }
+                }
+                Step::Admit => lock(&inner.core).handle_admission(&mut ex, now()),
+                Step::Invoke(inv) => {
+                    let outcome = self.run_handler(&inv);
+                    ex.handle_outcome(inv, outcome, wall_now());
+                }
+                Step::Persist(records) => {
+                    let saved = inner.stores.as_ref().map_or_else(no_store, |s| {
+                        lock(s).record_tasks(
+                            std::slice::from_ref(&records.snapshot),
+                            std::slice::from_ref(&records.usage),
+                        )
+                    });
+                    ex.handle_persisted(saved, wall_now());
+                }
+                Step::QueryState(request) => {
+                    let result = match &inner.stores {
+                        Some(s) => request.run(lock(s).snapshots.as_mut()),
+                        None => Err(HandlerError::failed("no task-state store")),
+                    };
+                    ex.handle_state(result, wall_now());
+                }
+                Step::CheckHealth => ex.handle_health((inner.health)(), Instant::now()),
+                Step::RenderMetrics => ex.handle_metrics(&lock(&inner.metrics)),
+                Step::Respond(reply) => break reply,
+            }
+        };
+        if let Some(record) = &reply.record {
+            lock(&inner.metrics).handle_record(record, Instant::now());
         }
-        response
+        reply.response
     }
 
-    fn handle_inner(
-        &self,
-        method: &Method,
-        path: &str,
-        headers: &HeaderMap,
-        client: &str,
-        body: &mut dyn Read,
-        kind: &mut Option<PayloadKind>,
-    ) -> Response<Vec<u8>> {
-        if !(method == Method::POST && path == "/asap") {
-            let health = (self.inner.health)();
-            return self
-                .core()
-                .handle_get(method, path, headers, Instant::now(), health);
-        }
-        let plan = match self.core().begin_post(headers, client, Instant::now()) {
-            Ok(plan) => plan,
-            Err(resp) => return resp,
-        };
-        let mut raw = Vec::new();
-        if let Err(e) = body.take(plan.max_body as u64 + 1).read_to_end(&mut raw) {
-            return self
-                .core()
-                .body_error(&BodyError::InvalidCompressedData(format!(
-                    "could not read body: {e}"
-                )));
-        }
-        let body = match decode_body(&raw, plan) {
-            Ok(b) => b,
-            Err(e) => return self.core().body_error(&e),
-        };
-        let inv = match self.core().handle_body(&body, wall_now()) {
-            Decision::Respond(r) => return r,
-            Decision::Invoke(inv) => inv,
-        };
-        *kind = inv.envelope.kind();
-        if let Some(r) = self.core().check_sender_rate(&inv, Instant::now()) {
-            return r;
-        }
+    fn run_handler(&self, inv: &Invocation) -> HandlerOutcome {
         let run = || -> Result<HandlerOutcome, HandlerError> {
             match (self.inner.handlers.get(&inv.route), &inv.payload) {
                 (Some(HandlerRef::Skill(f)), Payload::TaskRequest(req)) => f(
@@ -170,29 +165,28 @@ impl Agent {
             }
         };
         // A panicking handler answers -32603; the worker thread lives on.
-        let mut outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
             Ok(Ok(o)) => o,
             Ok(Err(e)) => HandlerOutcome::Failed(e),
             Err(_) => HandlerOutcome::Failed(HandlerError::failed("handler panicked")),
-        };
-        if let (HandlerOutcome::Skill(result), Some(stores), Some(task_id)) =
-            (&outcome, &self.inner.stores, &inv.task_id)
-        {
-            // Persist before answering: an acknowledged task is on disk.
-            let now = wall_now();
-            let snapshot_id = format!("snap_{}", self.core().new_id(now));
-            let records = task_records(task_id, snapshot_id, &inv, result, inv.accepted_at, now);
-            let mut stores = lock_stores(stores);
-            if let Err(e) = stores.record_tasks(
-                std::slice::from_ref(&records.snapshot),
-                std::slice::from_ref(&records.usage),
-            ) {
-                outcome = HandlerOutcome::Failed(HandlerError::failed(format!(
-                    "could not persist task state: {e}"
-                )));
-            }
         }
-        self.core().finish(inv, outcome, wall_now())
+    }
+}
+
+fn no_store() -> Result<(), StoreError> {
+    Err(StoreError::Backend("no task-state store".into()))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The core is left consistent between calls; a poisoned lock only means a
+    // handler thread panicked elsewhere.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn now() -> Now {
+    Now {
+        monotonic: Instant::now(),
+        wall: wall_now(),
     }
 }
 
@@ -255,29 +249,7 @@ impl AgentBuilder {
     /// are answered from the snapshot store.
     #[must_use]
     pub fn stores(mut self, stores: Stores) -> Self {
-        let shared = Arc::new(Mutex::new(stores));
-        let q = Arc::clone(&shared);
-        self = self.handler(PayloadKind::StateQuery, move |_env, p| match p {
-            Payload::StateQuery(query) => {
-                answer_state_query(lock_stores(&q).snapshots.as_ref(), &query)
-                    .map(HandlerReply::Payload)
-            }
-            _ => Err(HandlerError::failed("expected a state.query payload")),
-        });
-        let r = Arc::clone(&shared);
-        self = self.handler(PayloadKind::StateRestore, move |_env, p| match p {
-            Payload::StateRestore(restore) => {
-                let now = wall_now();
-                let id = format!(
-                    "snap_{}",
-                    asap_proto::model::Ulid::new(now, u128::from(seed()))
-                );
-                apply_state_restore(lock_stores(&r).snapshots.as_mut(), &restore, id, now)
-                    .map(HandlerReply::Payload)
-            }
-            _ => Err(HandlerError::failed("expected a state.restore payload")),
-        });
-        self.stores = Some(shared);
+        self.stores = Some(Arc::new(Mutex::new(stores)));
         self
     }
 
@@ -285,20 +257,21 @@ impl AgentBuilder {
     #[must_use]
     pub fn build(self) -> Agent {
         let mut core = Server::new(self.manifest, self.config, Instant::now(), seed());
-        core.set_routes(self.handlers.routes());
+        let mut routes = self.handlers.routes();
+        if self.stores.is_some() {
+            routes.attach_task_state();
+        }
+        core.set_routes(routes);
         Agent {
             inner: Arc::new(AgentInner {
                 core: Mutex::new(core),
+                metrics: Mutex::new(Metrics::default()),
                 handlers: self.handlers,
                 health: self.health,
                 stores: self.stores,
             }),
         }
     }
-}
-
-fn lock_stores(m: &Mutex<Stores>) -> std::sync::MutexGuard<'_, Stores> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn seed() -> u64 {
@@ -397,10 +370,8 @@ fn respond(agent: &Agent, mut req: tiny_http::Request) {
             headers.append(name, value);
         }
     }
-    let client = req
-        .remote_addr()
-        .map_or_else(|| "127.0.0.1".to_owned(), |a| a.ip().to_string());
-    let response = agent.handle(&method, &path, &headers, &client, req.as_reader());
+    let peer = req.remote_addr().map(SocketAddr::ip);
+    let response = agent.handle(&method, &path, &headers, peer, req.as_reader());
     let (parts, body) = response.into_parts();
     let mut out = tiny_http::Response::from_data(body).with_status_code(parts.status.as_u16());
     for (name, value) in &parts.headers {

@@ -642,8 +642,10 @@ fn decode_request_with_big_id(
         let (code, summary) = if params_not_object {
             (codes::INVALID_PARAMS, "JSON-RPC 'params' must be an object")
         } else if bad_id {
+            // A fractional or structured id is a malformed request (-32600); the
+            // reference crashes into -32603 with id "".
             (
-                codes::INVALID_PARAMS,
+                codes::INVALID_REQUEST,
                 "JSON-RPC 'id' must be a string or an integer",
             )
         } else {

@@ -4,13 +4,13 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
+use asap_proto::canonical_json::{self, JsonStyle};
 use asap_proto::model::{
     AckStatus, AgentUrn, ArtifactNotify, Envelope, EnvelopeInput, JsonObject, McpResourceData,
     McpResourceFetch, McpToolCall, McpToolResult, MessageAck, MessageRole, MessageSend, Payload,
     PayloadKind, StateQuery, StateRestore, Task, TaskCancel, TaskRequest, TaskResponse, TaskUpdate,
     Timestamp, TzOffset, Ulid, UnixTime, UpdateType,
 };
-use asap_proto::canonical_json::{self, JsonStyle};
 use asap_proto::task::TaskStatus;
 use proptest::prelude::*;
 use serde_json::Value;

@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 use asap_proto::model::{
     AgentUrn, Envelope, Manifest, Payload, Skill, TaskRequest, Timestamp, UnixTime,
 };
-use asap_proto::server::{check_depth, Decision, NonceStore, Server, ServerConfig};
+use asap_proto::server::{
+    check_depth, drive_inline, BodyError, HandlerOutcome, Metrics, NonceStore, Now, RequestHead,
+    Server, ServerConfig, SkillResult, Step, Transport,
+};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -74,17 +77,95 @@ proptest! {
 
     #[test]
     fn arbitrary_bodies_never_stop_the_server(bodies in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..200), 1..20)) {
-        let mut m = Manifest::new(AgentUrn::new("urn:asap:agent:p").unwrap(), "p", "1.0.0", "p", "http://127.0.0.1/asap");
-        m.capabilities.skills.push(Skill::new("echo", "echo"));
-        let mut s = Server::new(m, ServerConfig { rate_limit: None, ..ServerConfig::default() }, Instant::now(), 3);
-        s.routes_mut().add_skill("echo");
-        let now = UnixTime::from_secs(1_767_225_600);
+        let mut s = echo_server(ServerConfig { rate_limit: None, require_nonce: true, ..ServerConfig::default() });
+        let mut metrics = Metrics::default();
         for b in &bodies {
-            if let Decision::Respond(r) = s.handle_body(b, now) {
-                prop_assert!(serde_json::from_slice::<Value>(r.body()).is_ok());
+            let r = post(&mut s, b, &mut metrics);
+            prop_assert!(serde_json::from_slice::<Value>(r.body()).is_ok());
+        }
+        let r = post(&mut s, VALID, &mut metrics);
+        let v: Value = serde_json::from_slice(r.body()).unwrap();
+        prop_assert!(v.get("result").is_some(), "{}", v);
+        prop_assert_eq!(metrics.requests(), bodies.len() as u64 + 1);
+    }
+
+    /// Whatever inputs an adapter feeds in whatever order, the exchange stays
+    /// valid and a correct driver then reaches `Respond` within a few steps.
+    #[test]
+    fn an_exchange_driven_out_of_order_still_ends(ops in prop::collection::vec(0u8..6, 0..12), nonce in any::<bool>()) {
+        let mut s = echo_server(ServerConfig { rate_limit: None, require_nonce: nonce, ..ServerConfig::default() });
+        let hdrs = http::HeaderMap::new();
+        let mut ex = s.handle_request(&head(&hdrs), now());
+        for op in ops {
+            match op {
+                0 => ex.handle_body(VALID, now().wall),
+                1 => ex.handle_body_error(BodyError::Unreadable("reset".into())),
+                2 => s.handle_admission(&mut ex, now()),
+                3 => ex.handle_persisted(Ok(()), now().wall),
+                4 => ex.handle_health(Default::default(), now().monotonic),
+                _ => {
+                    if let Step::Respond(_) = ex.poll_step() {
+                        ex = s.handle_request(&head(&hdrs), now());
+                    }
+                }
             }
         }
-        let valid = br#"{"jsonrpc":"2.0","method":"asap.send","id":1,"params":{"envelope":{"asap_version":"0.1","timestamp":"2026-01-01T00:00:00Z","sender":"urn:asap:agent:c","recipient":"urn:asap:agent:p","payload_type":"task.request","payload":{"conversation_id":"c","skill_id":"echo","input":{}}}}}"#;
-        prop_assert!(matches!(s.handle_body(valid, now), Decision::Invoke(_)));
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            prop_assert!(steps < 10, "driver loop did not end");
+            match ex.poll_step() {
+                Step::ReadBody { .. } => ex.handle_body(VALID, now().wall),
+                Step::Admit => s.handle_admission(&mut ex, now()),
+                Step::Invoke(inv) => {
+                    let o = HandlerOutcome::Skill(SkillResult::echo(&inv));
+                    ex.handle_outcome(inv, o, now().wall);
+                }
+                Step::Respond(reply) => {
+                    prop_assert!(serde_json::from_slice::<Value>(reply.response.body()).is_ok());
+                    break;
+                }
+                other => prop_assert!(false, "unexpected step {:?}", other),
+            }
+        }
     }
+}
+
+const VALID: &[u8] = br#"{"jsonrpc":"2.0","method":"asap.send","id":1,"params":{"envelope":{"asap_version":"0.1","timestamp":"2026-01-01T00:00:00Z","sender":"urn:asap:agent:c","recipient":"urn:asap:agent:p","payload_type":"task.request","payload":{"conversation_id":"c","skill_id":"echo","input":{}}}}}"#;
+
+fn echo_server(config: ServerConfig) -> Server {
+    let mut m = Manifest::new(
+        AgentUrn::new("urn:asap:agent:p").unwrap(),
+        "p",
+        "1.0.0",
+        "p",
+        "http://127.0.0.1/asap",
+    );
+    m.capabilities.skills.push(Skill::new("echo", "echo"));
+    let mut s = Server::new(m, config, Instant::now(), 3);
+    s.routes_mut().add_skill("echo");
+    s
+}
+
+fn now() -> Now {
+    Now {
+        monotonic: Instant::now(),
+        wall: UnixTime::from_secs(1_767_225_600),
+    }
+}
+
+fn head(hdrs: &http::HeaderMap) -> RequestHead<'_> {
+    RequestHead {
+        method: &http::Method::POST,
+        path: "/asap",
+        headers: hdrs,
+        peer: None,
+        transport: Transport::Http,
+    }
+}
+
+fn post(s: &mut Server, body: &[u8], metrics: &mut Metrics) -> http::Response<Vec<u8>> {
+    let hdrs = http::HeaderMap::new();
+    let echo = |inv: &asap_proto::server::Invocation| HandlerOutcome::Skill(SkillResult::echo(inv));
+    drive_inline(s, &head(&hdrs), body, now(), echo, None, metrics)
 }

@@ -32,25 +32,23 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
 use crate::store::TaskRecorder;
-use asap_blocking::store::Stores;
 use asap_proto::model::{Envelope, Manifest, Payload, PayloadKind, TaskRequest, UnixTime};
-use asap_proto::server::state::{answer_state_query, apply_state_restore, task_records};
 use asap_proto::server::{
-    Decision, HandlerError, HandlerOutcome, HandlerRef, HandlerTable, HealthReport, Invocation,
-    Server, ServerConfig, SkillResult,
+    BodyError, HandlerError, HandlerOutcome, HandlerRef, HandlerTable, HealthReport, Invocation,
+    Metrics, Now, RequestHead, Server, ServerConfig, SkillResult, StateRequest, Step, Transport,
 };
 pub use asap_proto::server::{HandlerReply, SkillContext};
+use asap_proto::store::StoreError;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::routing::any;
 use axum::Router;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body_util::BodyExt;
-use tracing::Instrument;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 type SkillFn = Arc<
@@ -68,21 +66,10 @@ pub struct Agent {
 
 struct AgentInner {
     core: Mutex<Server>,
+    metrics: Mutex<Metrics>,
     handlers: HandlerTable<SkillFn, PayloadFn>,
     health: HealthFn,
     stores: Option<TaskRecorder>,
-}
-
-/// Runs a store operation on the recorder's thread, as a handler result.
-async fn with_stores<T: Send + 'static>(
-    recorder: &TaskRecorder,
-    f: impl FnOnce(&mut Stores) -> Result<T, HandlerError> + Send + 'static,
-) -> Result<T, HandlerError> {
-    recorder.call(f).await.unwrap_or_else(|e| {
-        Err(HandlerError::failed(format!(
-            "state store unavailable: {e}"
-        )))
-    })
 }
 
 impl std::fmt::Debug for Agent {
@@ -122,7 +109,7 @@ impl Agent {
     }
 }
 
-fn lock(m: &Mutex<Server>) -> std::sync::MutexGuard<'_, Server> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave the core half-updated in a way
     // that matters more than refusing all further requests would.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -206,39 +193,6 @@ impl AgentBuilder {
     /// ```
     #[must_use]
     pub fn stores(mut self, recorder: TaskRecorder) -> Self {
-        let q = recorder.clone();
-        self = self.handler(PayloadKind::StateQuery, move |_env, p| {
-            let q = q.clone();
-            async move {
-                let Payload::StateQuery(query) = p else {
-                    return Err(HandlerError::failed("expected a state.query payload"));
-                };
-                with_stores(&q, move |s| {
-                    answer_state_query(s.snapshots.as_ref(), &query)
-                })
-                .await
-                .map(HandlerReply::Payload)
-            }
-        });
-        let r = recorder.clone();
-        self = self.handler(PayloadKind::StateRestore, move |_env, p| {
-            let r = r.clone();
-            async move {
-                let Payload::StateRestore(restore) = p else {
-                    return Err(HandlerError::failed("expected a state.restore payload"));
-                };
-                let now = wall_now();
-                let id = format!(
-                    "snap_{}",
-                    asap_proto::model::Ulid::new(now, u128::from(random_seed()))
-                );
-                with_stores(&r, move |s| {
-                    apply_state_restore(s.snapshots.as_mut(), &restore, id, now)
-                })
-                .await
-                .map(HandlerReply::Payload)
-            }
-        });
         self.stores = Some(recorder);
         self
     }
@@ -247,10 +201,15 @@ impl AgentBuilder {
     #[must_use]
     pub fn build(self) -> Agent {
         let mut core = Server::new(self.manifest, self.config, Instant::now(), random_seed());
-        core.set_routes(self.handlers.routes());
+        let mut routes = self.handlers.routes();
+        if self.stores.is_some() {
+            routes.attach_task_state();
+        }
+        core.set_routes(routes);
         Agent {
             inner: Arc::new(AgentInner {
                 core: Mutex::new(core),
+                metrics: Mutex::new(Metrics::default()),
                 handlers: self.handlers,
                 health: self.health,
                 stores: self.stores,
@@ -312,130 +271,88 @@ where
     .await
 }
 
+fn now() -> Now {
+    Now {
+        monotonic: Instant::now(),
+        wall: wall_now(),
+    }
+}
+
+/// The driver loop: performs each step of the core's exchange (see
+/// `asap_proto::server` for the call order).
 async fn handle(
     axum::extract::State(agent): axum::extract::State<Agent>,
     req: Request<Body>,
 ) -> Response<Body> {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let span = tracing::info_span!(
-        "asap.request",
-        http.method = %method,
-        http.path = %path,
-        payload_type = tracing::field::Empty,
-        envelope_id = tracing::field::Empty,
-        outcome = tracing::field::Empty,
-        status = tracing::field::Empty,
-        latency_us = tracing::field::Empty,
-    );
-    let is_post = path == "/asap" && method == http::Method::POST;
-    let mut kind = None;
-    let response = async {
-        if is_post {
-            handle_post(&agent, req, &mut kind).await
-        } else {
-            let health = (agent.inner.health)();
-            lock(&agent.inner.core).handle_get(
-                &method,
-                &path,
-                req.headers(),
-                Instant::now(),
-                health,
-            )
-        }
-    }
-    .instrument(span.clone())
-    .await;
-    span.record("status", response.status().as_u16());
-    if is_post {
-        lock(&agent.inner.core).record_request(kind, response.status().as_u16(), started.elapsed());
-    }
-    span.record("latency_us", started.elapsed().as_micros() as u64);
-    tracing::debug!(parent: &span, "request done");
-    response.map(Body::from)
-}
-
-async fn handle_post(
-    agent: &Agent,
-    req: Request<Body>,
-    kind: &mut Option<PayloadKind>,
-) -> Response<Vec<u8>> {
-    let client = req
-        .extensions()
+    let (parts, mut body) = req.into_parts();
+    let peer = parts
+        .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map_or_else(|| "127.0.0.1".to_owned(), |c| c.0.ip().to_string());
-    let early = lock(&agent.inner.core).begin_post(req.headers(), &client, Instant::now());
-    let plan = match early {
-        Ok(plan) => plan,
-        Err(resp) => {
-            let limit = lock(&agent.inner.core).config().max_request_size;
-            drain(req.into_body(), limit).await;
-            return outcome(resp, "rejected_headers");
+        .map(|c| c.0.ip());
+    let head = RequestHead {
+        method: &parts.method,
+        path: parts.uri.path(),
+        headers: &parts.headers,
+        peer,
+        transport: Transport::Http,
+    };
+    let inner = &agent.inner;
+    let mut ex = lock(&inner.core).handle_request(&head, now());
+    let reply = loop {
+        match ex.poll_step() {
+            Step::ReadBody { limit } => match read_bounded(&mut body, limit).await {
+                Ok(raw) => ex.handle_body(&raw, wall_now()),
+                Err(e) => ex.handle_body_error(e),
+            },
+            Step::Admit => lock(&inner.core).handle_admission(&mut ex, now()),
+            Step::Invoke(inv) => {
+                let outcome = run_handler(&agent, &inv).await;
+                ex.handle_outcome(inv, outcome, wall_now());
+            }
+            Step::Persist(records) => {
+                let saved = match &inner.stores {
+                    Some(recorder) => recorder.record(records).await,
+                    None => Err(StoreError::Backend("no task-state store".into())),
+                };
+                ex.handle_persisted(saved, wall_now());
+            }
+            Step::QueryState(request) => {
+                ex.handle_state(run_state(&agent, request).await, wall_now())
+            }
+            Step::CheckHealth => ex.handle_health((inner.health)(), Instant::now()),
+            Step::RenderMetrics => ex.handle_metrics(&lock(&inner.metrics)),
+            Step::Respond(reply) => break reply,
         }
     };
-    let mut body = req.into_body();
-    let raw = match read_bounded(&mut body, plan.max_body).await {
-        Ok(b) => b,
-        Err(ReadError::TooLarge(n)) => {
-            drain(body, plan.max_body).await;
-            return outcome(lock(&agent.inner.core).body_too_large(n), "too_large");
-        }
-        Err(ReadError::Transport) => {
-            return outcome(
-                Response::builder()
-                    .status(StatusCode::BAD_REQUEST)
-                    .body(asap_proto::jsonrpc::detail_body(
-                        "Could not read request body",
-                    ))
-                    .unwrap_or_default(),
-                "body_error",
-            )
-        }
-    };
-    let body = match asap_proto::server::decode_body(&raw, plan) {
-        Ok(b) => b,
-        Err(e) => return outcome(lock(&agent.inner.core).body_error(&e), "bad_body"),
-    };
-    let decision = lock(&agent.inner.core).handle_body(&body, wall_now());
-    let inv = match decision {
-        Decision::Respond(resp) => return outcome(resp, "rpc_error"),
-        Decision::Invoke(inv) => inv,
-    };
-    *kind = inv.envelope.kind();
-    let span = tracing::Span::current();
-    span.record("payload_type", inv.envelope.payload_type.as_str());
-    span.record("envelope_id", inv.envelope.id.as_str());
-    if let Some(resp) = lock(&agent.inner.core).check_sender_rate(&inv, Instant::now()) {
-        return outcome(resp, "rate_limited");
+    if let Some(limit) = reply.drain_body {
+        drain(body, limit).await;
     }
-    let mut result = run_handler(agent, &inv).await;
-    if let (HandlerOutcome::Skill(skill), Some(stores), Some(task_id)) =
-        (&result, &agent.inner.stores, &inv.task_id)
-    {
-        // Persist before answering: an acknowledged task is on disk.
-        let now = wall_now();
-        let snapshot_id = format!("snap_{}", lock(&agent.inner.core).new_id(now));
-        let records = task_records(task_id, snapshot_id, &inv, skill, inv.accepted_at, now);
-        let saved = stores
-            .record(records)
-            .await
-            .map_err(|e| HandlerError::failed(format!("could not persist task state: {e}")));
-        if let Err(e) = saved {
-            result = HandlerOutcome::Failed(e);
-        }
+    if let Some(record) = &reply.record {
+        lock(&inner.metrics).handle_record(record, Instant::now());
+        tracing::debug!(
+            payload_type = record.kind.map_or("", PayloadKind::payload_type),
+            envelope_id = record.envelope_id.as_deref().unwrap_or(""),
+            outcome = record.outcome.as_str(),
+            status = record.status,
+            latency_us = record.started.elapsed().as_micros() as u64,
+            "asap.request"
+        );
     }
-    let ok = !matches!(result, HandlerOutcome::Failed(_));
-    if let HandlerOutcome::Failed(err) = &result {
-        tracing::warn!(error = %err, "handler failed");
-    }
-    let resp = lock(&agent.inner.core).finish(inv, result, wall_now());
-    outcome(resp, if ok { "ok" } else { "handler_error" })
+    reply.response.map(Body::from)
 }
 
-fn outcome(resp: Response<Vec<u8>>, what: &'static str) -> Response<Vec<u8>> {
-    tracing::Span::current().record("outcome", what);
-    resp
+async fn run_state(agent: &Agent, request: StateRequest) -> Result<Payload, HandlerError> {
+    let Some(recorder) = &agent.inner.stores else {
+        return Err(HandlerError::failed("no task-state store"));
+    };
+    recorder
+        .call(move |s| request.run(s.snapshots.as_mut()))
+        .await
+        .unwrap_or_else(|e| {
+            Err(HandlerError::failed(format!(
+                "state store unavailable: {e}"
+            )))
+        })
 }
 
 async fn run_handler(agent: &Agent, inv: &Invocation) -> HandlerOutcome {
@@ -469,11 +386,6 @@ async fn run_handler(agent: &Agent, inv: &Invocation) -> HandlerOutcome {
     joined.unwrap_or_else(HandlerOutcome::Failed)
 }
 
-enum ReadError {
-    TooLarge(u64),
-    Transport,
-}
-
 /// Reads and discards what is left of a refused body (bounded in bytes and time),
 /// so the client, still uploading, can read our error instead of a connection reset.
 async fn drain(mut body: Body, limit: usize) {
@@ -490,13 +402,13 @@ async fn drain(mut body: Body, limit: usize) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), read).await;
 }
 
-async fn read_bounded(body: &mut Body, max: usize) -> Result<Vec<u8>, ReadError> {
+async fn read_bounded(body: &mut Body, max: usize) -> Result<Vec<u8>, BodyError> {
     let mut out = Vec::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| ReadError::Transport)?;
+        let frame = frame.map_err(|e| BodyError::Unreadable(e.to_string()))?;
         if let Ok(data) = frame.into_data() {
             if out.len() + data.len() > max {
-                return Err(ReadError::TooLarge((out.len() + data.len()) as u64));
+                return Err(BodyError::TooLarge((out.len() + data.len()) as u64));
             }
             out.extend_from_slice(&data);
         }

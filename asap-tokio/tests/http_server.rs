@@ -305,7 +305,7 @@ async fn json_rpc_errors_follow_the_spec() {
         br#"{"jsonrpc":"2.0","method":"asap.send","params":{},"id":1.5}"#,
     )
     .await;
-    assert_eq!(r.code(), -32602);
+    assert_eq!(r.code(), -32600, "a fractional id is a malformed request");
     assert_eq!(r.json()["id"], Value::Null);
 }
 
@@ -449,7 +449,16 @@ async fn well_known_endpoints() {
             b"",
         )
         .await;
-    assert_eq!(r.status, 200);
+    assert_eq!(r.status, 304, "weak comparison (RFC 9110 13.1.2)");
+    let r = c
+        .request(
+            "GET",
+            "/.well-known/asap/manifest.json",
+            &[("If-None-Match", "*")],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 304, "* matches the existing manifest");
     let r = c.request("GET", "/.well-known/asap/health", &[], b"").await;
     assert_eq!(r.status, 200);
     let h = r.json();
@@ -464,6 +473,45 @@ async fn well_known_endpoints() {
     assert_eq!(r.json(), json!({"detail": "Not Found"}));
     let r = c.request("GET", "/health", &[], b"").await;
     assert_eq!(r.json(), json!({"status": "ok"}));
+}
+
+/// HEAD on every GET route: the GET's status and headers (with its
+/// Content-Length), no body, and the connection stays usable.
+#[tokio::test]
+async fn head_answers_like_get_without_a_body() {
+    let addr = start(open_config()).await;
+    for path in [
+        "/.well-known/asap/manifest.json",
+        "/.well-known/asap/health",
+        "/health",
+        "/ready",
+        "/asap/metrics",
+    ] {
+        let mut c = Conn::open(addr).await;
+        let get = c.request("GET", path, &[], b"").await;
+        c.stream
+            .write_all(format!("HEAD {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        while !c.buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            c.fill().await;
+        }
+        let end = c.buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&c.buf[..end]).to_ascii_lowercase();
+        c.buf.drain(..end + 4);
+        assert!(head.starts_with("http/1.1 200"), "HEAD {path}: {head}");
+        let len = format!("content-length: {}", get.body.len());
+        assert!(
+            head.contains(&len),
+            "HEAD {path} has the GET's length: {head}"
+        );
+        // No body followed: the next answer on this connection parses cleanly.
+        let again = c.request("GET", path, &[], b"").await;
+        assert_eq!(again.status, 200, "GET after HEAD {path}");
+    }
+    let mut c = Conn::open(addr).await;
+    let r = c.request("PUT", "/health", &[], b"").await;
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")));
 }
 
 #[tokio::test]

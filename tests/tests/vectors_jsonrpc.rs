@@ -8,9 +8,9 @@
 // threshold for the same reason.
 #![allow(clippy::result_large_err)]
 
+use asap_proto::canonical_json::{self, JsonStyle};
 use asap_proto::jsonrpc::{self, codes, ErrorResponse, JsonRpcRequest, RequestId, SuccessResponse};
 use asap_proto::model::{Envelope, EnvelopeInput, Payload, Timestamp, UnixTime};
-use asap_proto::canonical_json::{self, JsonStyle};
 use asap_tests::vectors;
 use serde_json::{json, Value};
 
@@ -170,10 +170,10 @@ fn error_cases() {
             | "invalid_params_envelope_missing_fields" => assert_same_shape(name, &err(), case),
             // Deliberate difference: the reference cannot echo an id of type float
             // (or object/array), crashes and answers -32603 with id "". We answer
-            // -32602 naming `id`, with id null.
+            // -32600 (a malformed request) naming `id`, with id null.
             "invalid_request_float_id_becomes_internal_error" => {
                 let e = err();
-                assert_eq!(e.error.code, codes::INVALID_PARAMS);
+                assert_eq!(e.error.code, codes::INVALID_REQUEST);
                 assert_eq!(e.id, None);
                 assert_eq!(validation_locs(&e), [json!(["id"])]);
                 for body in [
@@ -183,7 +183,7 @@ fn error_cases() {
                     let e = run(body.as_bytes()).unwrap_err();
                     assert_eq!(
                         (e.error.code, validation_locs(&e)),
-                        (codes::INVALID_PARAMS, vec![json!(["id"])]),
+                        (codes::INVALID_REQUEST, vec![json!(["id"])]),
                         "{body}"
                     );
                 }
@@ -331,10 +331,8 @@ fn python_client_request_body_bytes() {
         "idempotency_key".into(),
         body_json["params"]["idempotency_key"].clone(),
     );
-    let text = canonical_json::to_string(
-        &serde_json::to_value(&built).unwrap(),
-        JsonStyle::default(),
-    );
+    let text =
+        canonical_json::to_string(&serde_json::to_value(&built).unwrap(), JsonStyle::default());
     assert_eq!(text, body_text);
 
     // The server's answer decodes and re-encodes to the same compact bytes.

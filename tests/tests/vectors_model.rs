@@ -3,6 +3,7 @@
 //! where the vector gives the text), and every input the reference rejects is
 //! rejected with an error that names the member at fault.
 
+use asap_proto::canonical_json::{self, JsonStyle};
 use asap_proto::error::from_value;
 use asap_proto::jsonrpc::{self, asap_codes, codes, AsapError};
 use asap_proto::model::{
@@ -11,7 +12,6 @@ use asap_proto::model::{
     TaskRequest, TaskResponse, TaskUpdate, Timestamp, Ulid, ASAP_PROTOCOL_VERSION,
     DEFAULT_MANIFEST_TTL_SECONDS, MAX_TASK_DEPTH, MAX_URN_LENGTH, SUPPORTED_AUTH_SCHEMES,
 };
-use asap_proto::canonical_json::{self, JsonStyle};
 use asap_proto::task::TaskStatus;
 use asap_proto::{DecodeError, DecodeErrorKind};
 use asap_tests::vectors;
@@ -520,6 +520,14 @@ fn rejected_inputs() {
             let err = result.expect_err("we reject a URN with a trailing newline");
             assert_eq!(err.path, "sender", "{ctx}");
             assert!(err.message.contains("URN format"), "{ctx}: {err}");
+            continue;
+        }
+
+        // Deliberate difference: every spelling of an answer kind needs its
+        // `correlation_id` (the reference checks only `TaskResponse`).
+        if label.contains("dotted response type needs no correlation_id") {
+            let err = result.expect_err("we require correlation_id on task.response too");
+            assert_eq!(err.path, "correlation_id", "{ctx}");
             continue;
         }
 

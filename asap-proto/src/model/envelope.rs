@@ -12,11 +12,22 @@ use crate::error::{from_value, DecodeError, DecodeErrorKind};
 /// The protocol version string the reference puts in `asap_version` by default.
 pub const ASAP_PROTOCOL_VERSION: &str = "0.1";
 
-/// Payload types (exact spelling) whose envelopes must carry a `correlation_id`.
+/// Payload kinds whose envelopes must carry a `correlation_id`: the answers.
 ///
-/// The reference only knows the PascalCase names; `task.response` needs none.
-pub const CORRELATED_PAYLOAD_TYPES: [&str; 3] =
-    ["TaskResponse", "McpToolResult", "McpResourceData"];
+/// The rule holds for every spelling of these kinds (`task.response`,
+/// `mcp.tool_result`, ...); the reference only checks the PascalCase names.
+pub const CORRELATED_PAYLOAD_KINDS: [PayloadKind; 3] = [
+    PayloadKind::TaskResponse,
+    PayloadKind::McpToolResult,
+    PayloadKind::McpResourceData,
+];
+
+/// Whether an envelope with `payload_type` (any spelling) must carry a `correlation_id`.
+#[must_use]
+pub fn needs_correlation_id(payload_type: &str) -> bool {
+    PayloadKind::from_payload_type(payload_type)
+        .is_some_and(|k| CORRELATED_PAYLOAD_KINDS.contains(&k))
+}
 
 /// An envelope as received: `id` and `timestamp` may be absent, and the receiver
 /// fills them in with [`EnvelopeInput::materialize`] (the reference does so at parse time).
@@ -72,7 +83,7 @@ struct EnvelopeWire {
 impl TryFrom<EnvelopeWire> for EnvelopeInput {
     type Error = String;
     fn try_from(w: EnvelopeWire) -> Result<Self, String> {
-        if CORRELATED_PAYLOAD_TYPES.contains(&w.payload_type.as_str())
+        if needs_correlation_id(&w.payload_type)
             && w.correlation_id.as_deref().is_none_or(str::is_empty)
         {
             return Err(crate::error::blame(
@@ -289,7 +300,7 @@ impl Envelope {
     /// Whether this envelope's payload type must carry a `correlation_id`.
     #[must_use]
     pub fn needs_correlation_id(&self) -> bool {
-        CORRELATED_PAYLOAD_TYPES.contains(&self.payload_type.as_str())
+        needs_correlation_id(&self.payload_type)
     }
 
     /// Checks the envelope-level rules the decoder enforces, for envelopes built in code.

@@ -20,7 +20,9 @@ pub use entities::{
     Message, Skill, StateSnapshot, Task, DEFAULT_MANIFEST_TTL_SECONDS, MAX_TASK_DEPTH,
     SUPPORTED_AUTH_SCHEMES,
 };
-pub use envelope::{Envelope, EnvelopeInput, ASAP_PROTOCOL_VERSION, CORRELATED_PAYLOAD_TYPES};
+pub use envelope::{
+    needs_correlation_id, Envelope, EnvelopeInput, ASAP_PROTOCOL_VERSION, CORRELATED_PAYLOAD_KINDS,
+};
 pub use ids::{AgentUrn, Ulid, UlidError, UrnError, MAX_URN_LENGTH};
 pub use part::{
     check_file_uri, check_mime_type, DataPart, FilePart, Part, ResourcePart, TemplatePart, TextPart,

@@ -43,6 +43,12 @@ impl Metrics {
         self.sum_seconds += secs;
     }
 
+    /// Records a finished exchange ([`Reply::record`](super::Reply::record)) at `now`.
+    pub fn handle_record(&mut self, record: &super::RequestRecord, now: std::time::Instant) {
+        let elapsed = now.saturating_duration_since(record.started);
+        self.record(record.kind, record.status, elapsed);
+    }
+
     /// Total requests recorded.
     #[must_use]
     pub fn requests(&self) -> u64 {

@@ -1,422 +1,159 @@
-//! The `POST /asap` decision pipeline and the well-known endpoints, sans I/O.
+//! One exchange, every transport: the whole server side of ASAP, sans I/O.
 //!
-//! The adapter moves bytes; [`Server`] decides. One request flows like this:
+//! The adapter moves bytes and runs handlers; the core decides everything
+//! else. A request becomes an [`Exchange`] ([`Server::handle_request`]), and
+//! the adapter performs the [`Step`]s it yields, feeding each result back:
 //!
 //! ```text
-//! adapter                                  Server
-//! headers ───────────────────────────────▶ begin_post(headers, client_key, now)
-//!          ◀── Err(response: 413/429/415)   or Ok(BodyPlan { encoding, max_body })
-//! read ≤ max_body bytes (else body_too_large), decompress with the same bound
-//! body ──────────────────────────────────▶ handle_body(body, wall_now)
-//!          ◀── Decision::Respond(response)  (JSON-RPC error; keep serving)
-//!          ◀── Decision::Invoke(invocation) (run the user's handler)
-//! outcome ───────────────────────────────▶ finish(invocation, outcome, wall_now)
-//!          ◀── response
+//! adapter                                   core
+//! lock ─ handle_request(head, now) ───────▶ Exchange   (routes, 404/405, manifest,
+//!                                                      Content-Length 413, IP rate
+//!                                                      limit 429, encodings 415)
+//! loop poll_step():
+//!   ReadBody { limit }  read ≤ limit+1 ───▶ handle_body(bytes, wall) / handle_body_error
+//!                                           (decompress, JSON, JSON-RPC, envelope,
+//!                                            recipient, timestamp window, routing)
+//!   Admit               lock ─────────────▶ Server::handle_admission(&mut ex, now)
+//!                                           (nonce, per-sender rate limit; only when on)
+//!   Invoke(inv)         run the handler ──▶ handle_outcome(inv, outcome, wall)
+//!   Persist(records)    save, one commit ─▶ handle_persisted(result, wall)
+//!   QueryState(req)     req.run(store) ───▶ handle_state(result, wall)
+//!   CheckHealth         app's verdict ────▶ handle_health(report, now)
+//!   RenderMetrics       ──────────────────▶ handle_metrics(&metrics)
+//!   Respond(reply)      send reply.response, record reply.record in Metrics: done
 //! ```
+//!
+//! The core lock (the [`Server`]) is taken at most twice per request; metrics
+//! live in their own [`Metrics`] so recording them never waits for it. The
+//! whole loop, with the echo skill and in-memory task state:
 //!
 //! ```
 //! use std::time::Instant;
 //! use asap_proto::model::{AgentUrn, Manifest, Skill, UnixTime};
-//! use asap_proto::server::{Decision, HandlerOutcome, Route, Server, ServerConfig, SkillResult};
+//! use asap_proto::server::{
+//!     HandlerOutcome, Metrics, Now, RequestHead, Server, ServerConfig, SkillResult, Step, Transport,
+//! };
+//! use asap_proto::store::{MemoryMeteringStore, MemorySnapshotStore, MeteringStore, SnapshotStore};
 //!
 //! let mut manifest = Manifest::new(AgentUrn::new("urn:asap:agent:demo").unwrap(), "Demo", "1.0.0", "demo", "http://127.0.0.1:8000/asap");
 //! manifest.capabilities.skills.push(Skill::new("echo", "Echo back the input"));
-//! let mut config = ServerConfig::default();
-//! config.rate_limit = None;
-//! let mut server = Server::new(manifest, config, Instant::now(), 42);
+//! let t0 = Instant::now(); // adapters read the clocks; the core is handed them
+//! let now = Now { monotonic: t0, wall: UnixTime::from_secs(1_767_225_600) };
+//! let mut server = Server::new(manifest, ServerConfig::default(), t0, 42);
 //! server.routes_mut().add_skill("echo");
+//! server.routes_mut().attach_task_state();
+//! let (mut snapshots, mut metering) = (MemorySnapshotStore::new(), MemoryMeteringStore::new());
+//! let mut metrics = Metrics::default();
 //!
-//! let headers = http::HeaderMap::new();
-//! let plan = server.begin_post(&headers, "127.0.0.1", Instant::now()).unwrap();
-//! assert!(plan.max_body > 0);
 //! let body = br#"{"jsonrpc":"2.0","method":"asap.send","id":1,"params":{"envelope":{
 //!   "asap_version":"0.1","timestamp":"2026-01-01T00:00:00Z","sender":"urn:asap:agent:client",
 //!   "recipient":"urn:asap:agent:demo","payload_type":"task.request",
 //!   "payload":{"conversation_id":"c","skill_id":"echo","input":{"m":1}}}}}"#;
-//! let now = UnixTime::from_secs(1_767_225_600);
-//! let Decision::Invoke(inv) = server.handle_body(body, now) else { panic!() };
-//! assert!(matches!(inv.route, Route::Skill(ref s) if s == "echo"));
-//! let outcome = HandlerOutcome::Skill(SkillResult::echo(&inv));
-//! let response = server.finish(inv, outcome, now);
-//! assert_eq!(response.status(), 200);
+//! let headers = http::HeaderMap::new();
+//! let head = RequestHead {
+//!     method: &http::Method::POST, path: "/asap", headers: &headers,
+//!     peer: Some([127, 0, 0, 1].into()), transport: Transport::Http,
+//! };
+//! let mut ex = server.handle_request(&head, now); // lock 1
+//! let reply = loop {
+//!     match ex.poll_step() {
+//!         Step::ReadBody { limit } => ex.handle_body(&body[..body.len().min(limit + 1)], now.wall),
+//!         Step::Admit => server.handle_admission(&mut ex, now), // lock 2, only when needed
+//!         Step::Invoke(inv) => {
+//!             let outcome = HandlerOutcome::Skill(SkillResult::echo(&inv));
+//!             ex.handle_outcome(inv, outcome, now.wall);
+//!         }
+//!         Step::Persist(records) => {
+//!             let saved = snapshots.save(&records.snapshot).and_then(|()| metering.record(&records.usage));
+//!             ex.handle_persisted(saved, now.wall);
+//!         }
+//!         Step::QueryState(request) => ex.handle_state(request.run(&mut snapshots), now.wall),
+//!         Step::CheckHealth => ex.handle_health(Default::default(), now.monotonic),
+//!         Step::RenderMetrics => ex.handle_metrics(&metrics),
+//!         Step::Respond(reply) => break reply,
+//!     }
+//! };
+//! if let Some(record) = &reply.record {
+//!     metrics.handle_record(record, now.monotonic);
+//! }
+//! assert_eq!(reply.response.status(), 200);
+//! let answer: serde_json::Value = serde_json::from_slice(reply.response.body()).unwrap();
+//! assert_eq!(answer["result"]["envelope"]["payload"]["result"]["echoed"]["m"], 1);
+//! assert_eq!(snapshots.list_versions(answer["result"]["envelope"]["payload"]["task_id"].as_str().unwrap()).unwrap(), [1]);
 //! ```
 
+mod admission;
+mod answer;
+mod body;
+mod config;
+mod exchange;
+mod handler;
+mod inline;
 pub mod metrics;
 mod replay;
+mod routes;
 pub mod state;
 mod wellknown;
 
-use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Instant;
 
-use http::{header, HeaderMap, Response, StatusCode};
-use serde_json::{json, Value};
+use http::{header, Method, StatusCode};
 
+pub use answer::{handler_error, has_remote_trace_context, rate_limited};
+pub use body::{check_depth, decode_body, BodyError, BodyPlan, ContentEncoding};
+pub use config::{
+    ServerConfig, DEFAULT_MAX_JSON_DEPTH, DEFAULT_MAX_NONCES, DEFAULT_MAX_REQUEST_SIZE,
+    DEFAULT_RATE_LIMIT,
+};
+pub use exchange::{
+    Exchange, Now, Outcome, Reply, RequestHead, RequestRecord, StateRequest, Step, Transport,
+};
+pub use handler::{
+    HandlerError, HandlerOutcome, HandlerReply, Invocation, SkillContext, SkillResult,
+};
+pub use inline::{drive_inline, TaskState};
+pub use metrics::Metrics;
 pub use replay::{NonceStore, ReplayWindow, MAX_ENVELOPE_AGE, MAX_FUTURE_TOLERANCE, NONCE_TTL};
+pub use routes::{HandlerRef, HandlerTable, Route, Routes};
 pub use wellknown::{health_response, HealthReport, ManifestDocument, MANIFEST_CACHE_CONTROL};
 
-use crate::jsonrpc::{self, AsapError, ErrorResponse, RequestId, SuccessResponse};
-use crate::model::{
-    Envelope, JsonObject, Manifest, Payload, PayloadKind, TaskResponse, Timestamp, UlidGenerator,
-    UnixTime,
-};
-use crate::reliability::rate_limit::{RateDecision, RateLimitSpec, SlidingWindowLimiter};
-use crate::task::TaskStatus;
+use crate::jsonrpc::ErrorResponse;
+use crate::model::{Manifest, UlidGenerator};
+use crate::reliability::rate_limit::{RateDecision, SlidingWindowLimiter};
 
-/// Reference default maximum request size (before and after decompression).
-pub const DEFAULT_MAX_REQUEST_SIZE: usize = 10 * 1024 * 1024;
-/// Default bound on JSON nesting.
-pub const DEFAULT_MAX_JSON_DEPTH: usize = 64;
-/// The reference's default rate limit.
-pub const DEFAULT_RATE_LIMIT: &str = "10/second;100/minute";
-
-/// Server policy. `Default` matches the reference, except `require_timestamp`.
+/// What every exchange reads and none changes: policy, manifest, routes.
 #[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// Largest accepted body, bytes, checked on `Content-Length`, raw and decompressed.
-    pub max_request_size: usize,
-    /// Deepest accepted JSON nesting.
-    pub max_json_depth: usize,
-    /// Reject envelopes without `timestamp` (the reference fills "now", which
-    /// bypasses the replay window). Default on.
-    pub require_timestamp: bool,
-    /// Replay window.
-    pub replay_window: ReplayWindow,
-    /// Enforce `extensions.nonce` uniqueness (opt-in, as in the reference).
-    pub require_nonce: bool,
-    /// Nonce memory.
-    pub nonce_ttl: Duration,
-    /// Nonce memory cap (oldest evicted first).
-    pub max_nonces: usize,
-    /// HTTP rate limit (`None` = off), per client IP.
-    pub rate_limit: Option<RateLimitSpec>,
-    /// Also rate-limit per envelope sender (after decoding), with the same spec.
-    pub rate_limit_by_sender: bool,
-    /// Rate limiter key cap.
-    pub max_rate_limit_keys: usize,
-    /// Reject a `Content-Type` other than JSON with 415 (a missing one is accepted).
-    pub require_json_content_type: bool,
-    /// Put handler error details in -32603 responses (never in production).
-    pub debug: bool,
-    /// Give replies `extensions.trace_id`/`span_id` (and `trace_id` when empty) of the
-    /// request's server-side span, as the reference's tracing does, unless the request
-    /// carried its own W3C context (32-hex `trace_id` + 16-hex `extensions.span_id`).
-    pub trace_extensions: bool,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            max_request_size: DEFAULT_MAX_REQUEST_SIZE,
-            max_json_depth: DEFAULT_MAX_JSON_DEPTH,
-            require_timestamp: true,
-            replay_window: ReplayWindow::default(),
-            require_nonce: false,
-            nonce_ttl: NONCE_TTL,
-            max_nonces: 100_000,
-            rate_limit: Some(RateLimitSpec::default()),
-            rate_limit_by_sender: false,
-            max_rate_limit_keys: 10_000,
-            require_json_content_type: true,
-            debug: false,
-            trace_extensions: true,
-        }
-    }
-}
-
-/// Content encodings accepted on `POST /asap`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ContentEncoding {
-    /// No compression.
-    Identity,
-    /// gzip.
-    Gzip,
-    /// Brotli (what the reference client sends above 1 KiB).
-    Brotli,
-}
-
-/// What the adapter must do to read the body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BodyPlan {
-    /// How to decompress.
-    pub encoding: ContentEncoding,
-    /// Stop reading (and decompressing) past this many bytes and answer
-    /// [`Server::body_too_large`] / [`Server::decompressed_too_large`].
-    pub max_body: usize,
-}
-
-/// Which handler an accepted envelope goes to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
-    /// A `task.request` for a registered skill.
-    Skill(String),
-    /// A registered payload kind.
-    Kind(PayloadKind),
-    /// A registered custom payload type (exact spelling).
-    Custom(String),
-}
-
-/// Registered skills and payload handlers (names only; the adapter holds the code).
-#[derive(Debug, Clone, Default)]
-pub struct Routes {
-    skills: HashSet<String>,
-    kinds: HashSet<PayloadKind>,
-    custom: HashSet<String>,
-}
-
-impl Routes {
-    /// Registers a skill for `task.request`.
-    pub fn add_skill(&mut self, skill_id: &str) {
-        self.skills.insert(skill_id.to_owned());
-    }
-    /// Registers a handler for a payload kind (every spelling of it).
-    pub fn add_kind(&mut self, kind: PayloadKind) {
-        self.kinds.insert(kind);
-    }
-    /// Registers a handler for a payload type outside the protocol vocabulary.
-    pub fn add_custom(&mut self, payload_type: &str) {
-        self.custom.insert(payload_type.to_owned());
-    }
-    /// Whether skill `id` is registered.
-    #[must_use]
-    pub fn has_skill(&self, id: &str) -> bool {
-        self.skills.contains(id)
-    }
-}
-
-/// The adapter's handler code, looked up by [`Route`]. Generic over the
-/// closure types so the tokio (async) and blocking (plain closure) adapters
-/// share one registry; [`HandlerTable::routes`] tells the [`Server`] what exists.
-pub struct HandlerTable<S, P> {
-    skills: std::collections::HashMap<String, S>,
-    kinds: std::collections::HashMap<PayloadKind, P>,
-    custom: std::collections::HashMap<String, P>,
-}
-
-impl<S, P> Default for HandlerTable<S, P> {
-    fn default() -> Self {
-        Self {
-            skills: Default::default(),
-            kinds: Default::default(),
-            custom: Default::default(),
-        }
-    }
-}
-
-impl<S, P> std::fmt::Debug for HandlerTable<S, P> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HandlerTable")
-            .field("skills", &self.skills.keys().collect::<Vec<_>>())
-            .field("kinds", &self.kinds.keys().collect::<Vec<_>>())
-            .field("custom", &self.custom.keys().collect::<Vec<_>>())
-            .finish()
-    }
-}
-
-/// A handler found for a route.
-#[derive(Debug)]
-pub enum HandlerRef<'a, S, P> {
-    /// A skill handler (gets the `TaskRequest`).
-    Skill(&'a S),
-    /// A payload handler (gets the envelope and payload).
-    Payload(&'a P),
-}
-
-impl<S, P> HandlerTable<S, P> {
-    /// Registers a skill handler.
-    pub fn add_skill(&mut self, skill_id: &str, handler: S) {
-        self.skills.insert(skill_id.to_owned(), handler);
-    }
-    /// Registers a handler for a payload kind.
-    pub fn add_kind(&mut self, kind: PayloadKind, handler: P) {
-        self.kinds.insert(kind, handler);
-    }
-    /// Registers a handler for a custom payload type.
-    pub fn add_custom(&mut self, payload_type: &str, handler: P) {
-        self.custom.insert(payload_type.to_owned(), handler);
-    }
-    /// The route names, for [`Server::set_routes`].
-    #[must_use]
-    pub fn routes(&self) -> Routes {
-        let mut r = Routes::default();
-        self.skills.keys().for_each(|k| r.add_skill(k));
-        self.kinds.keys().for_each(|k| r.add_kind(*k));
-        self.custom.keys().for_each(|k| r.add_custom(k));
-        r
-    }
-    /// The handler for `route`.
-    #[must_use]
-    pub fn get(&self, route: &Route) -> Option<HandlerRef<'_, S, P>> {
-        match route {
-            Route::Skill(id) => self.skills.get(id).map(HandlerRef::Skill),
-            Route::Kind(k) => self.kinds.get(k).map(HandlerRef::Payload),
-            Route::Custom(t) => self.custom.get(t).map(HandlerRef::Payload),
-        }
-    }
-}
-
-/// What a skill handler gets besides its `TaskRequest`.
-#[derive(Debug, Clone)]
-pub struct SkillContext {
-    /// The request envelope.
-    pub envelope: Envelope,
-}
-
-/// What a payload handler answers.
-#[derive(Debug, Clone, PartialEq)]
-pub enum HandlerReply {
-    /// Reply with this payload (the server builds the envelope: ids, correlation, addresses).
-    Payload(Payload),
-    /// Reply with a complete envelope built by the handler.
-    Envelope(Envelope),
-}
-
-impl From<HandlerReply> for HandlerOutcome {
-    fn from(r: HandlerReply) -> Self {
-        match r {
-            HandlerReply::Payload(p) => Self::Reply(p),
-            HandlerReply::Envelope(e) => Self::Envelope(e),
-        }
-    }
-}
-
-/// Where the pipeline stopped.
-#[derive(Debug)]
-#[allow(clippy::large_enum_variant)]
-pub enum Decision {
-    /// Send this response; nothing else to do.
-    Respond(Response<Vec<u8>>),
-    /// Run the handler for this envelope, then call [`Server::finish`].
-    Invoke(Invocation),
-}
-
-/// An accepted envelope waiting for its handler.
-#[derive(Debug, Clone)]
-pub struct Invocation {
-    /// JSON-RPC id to echo.
-    pub request_id: RequestId,
-    /// The envelope (id and timestamp materialised).
-    pub envelope: Envelope,
-    /// The typed payload.
-    pub payload: Payload,
-    /// Which handler.
-    pub route: Route,
-    /// The task id a skill run gets (`task_<ULID>`); `None` for other routes.
-    pub task_id: Option<String>,
-    /// When the envelope was accepted (wall clock).
-    pub accepted_at: UnixTime,
-}
-
-/// What a skill produced.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SkillResult {
-    /// Final (or current) task status.
-    pub status: TaskStatus,
-    /// Result object.
-    pub result: Option<JsonObject>,
-    /// Final state object.
-    pub final_state: Option<JsonObject>,
-    /// Metrics (duration, tokens, ...).
-    pub metrics: Option<JsonObject>,
-}
-
-impl SkillResult {
-    /// A completed task with `result`.
-    #[must_use]
-    pub fn completed(result: JsonObject) -> Self {
-        Self {
-            status: TaskStatus::Completed,
-            result: Some(result),
-            final_state: None,
-            metrics: None,
-        }
-    }
-
-    /// The reference echo skill on an invocation: `{"echoed": <input>}`.
-    #[must_use]
-    pub fn echo(inv: &Invocation) -> Self {
-        match &inv.payload {
-            Payload::TaskRequest(r) => Self::echo_input(r.input.clone()),
-            _ => Self::echo_input(JsonObject::new()),
-        }
-    }
-
-    /// The reference echo skill: a completed task whose result is `{"echoed": input}`.
-    #[must_use]
-    pub fn echo_input(input: JsonObject) -> Self {
-        let mut result = JsonObject::new();
-        result.insert("echoed".into(), Value::Object(input));
-        Self::completed(result)
-    }
-}
-
-/// A handler failure.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[non_exhaustive]
-pub enum HandlerError {
-    /// An ASAP error (`TaskNotFound`, `InvalidTransition`, ...).
-    #[error("{0}")]
-    Asap(AsapError),
-    /// Any other failure; `kind` names it in debug responses.
-    #[error("{message}")]
-    Failed {
-        /// What went wrong.
-        message: String,
-        /// Error type name.
-        kind: String,
-    },
-}
-
-impl HandlerError {
-    /// A plain failure.
-    pub fn failed(message: impl Into<String>) -> Self {
-        Self::Failed {
-            message: message.into(),
-            kind: "HandlerError".into(),
-        }
-    }
-}
-
-/// What the adapter reports back after running a handler.
-#[derive(Debug, Clone, PartialEq)]
-pub enum HandlerOutcome {
-    /// A skill ran; the server wraps it in a `task.response`.
-    Skill(SkillResult),
-    /// A payload handler answered with this payload (sent back as a reply envelope).
-    Reply(Payload),
-    /// A handler built the whole response envelope itself.
-    Envelope(Envelope),
-    /// The handler failed.
-    Failed(HandlerError),
-}
-
-/// The sans-I/O HTTP server of one agent.
-#[derive(Debug)]
-pub struct Server {
+struct Shared {
     config: ServerConfig,
     manifest: ManifestDocument,
     routes: Routes,
     started: Instant,
+}
+
+/// The state one agent's requests share: rate limiters, nonces, the id
+/// stream. Adapters keep it behind one lock and take it at most twice per
+/// request ([`Server::handle_request`], [`Server::handle_admission`]).
+#[derive(Debug)]
+pub struct Server {
+    shared: Arc<Shared>,
     ids: UlidGenerator,
     nonces: NonceStore,
     limiter: Option<SlidingWindowLimiter>,
-    metrics: metrics::Metrics,
 }
 
-fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Vec<u8>> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(body)
-        .unwrap_or_default()
-}
-
-fn detail(status: StatusCode, text: &str) -> Response<Vec<u8>> {
-    json_response(status, jsonrpc::detail_body(text))
-}
-
-fn rpc_error(err: &ErrorResponse) -> Response<Vec<u8>> {
-    json_response(StatusCode::OK, err.to_vec())
+/// The paths served and the method each takes.
+fn allowed_method(path: &str) -> Option<Method> {
+    match path {
+        "/asap" => Some(Method::POST),
+        "/asap/metrics"
+        | "/.well-known/asap/manifest.json"
+        | "/.well-known/asap/health"
+        | "/health"
+        | "/ready" => Some(Method::GET),
+        _ => None,
+    }
 }
 
 impl Server {
@@ -431,528 +168,151 @@ impl Server {
             .map(|spec| SlidingWindowLimiter::with_max_keys(spec, config.max_rate_limit_keys));
         Self {
             nonces: NonceStore::new(config.nonce_ttl, config.max_nonces),
-            manifest: ManifestDocument::new(manifest),
-            routes: Routes::default(),
-            started,
             ids: UlidGenerator::new(id_seed),
             limiter,
-            metrics: metrics::Metrics::default(),
-            config,
+            shared: Arc::new(Shared {
+                manifest: ManifestDocument::new(manifest),
+                routes: Routes::default(),
+                started,
+                config,
+            }),
         }
     }
 
     /// The configuration.
     #[must_use]
     pub fn config(&self) -> &ServerConfig {
-        &self.config
+        &self.shared.config
     }
 
     /// The served manifest.
     #[must_use]
     pub fn manifest(&self) -> &Manifest {
-        self.manifest.manifest()
+        self.shared.manifest.manifest()
     }
 
     /// The prepared manifest document (body + ETag).
     #[must_use]
     pub fn manifest_document(&self) -> &ManifestDocument {
-        &self.manifest
+        &self.shared.manifest
     }
 
     /// Replaces the registered routes.
     pub fn set_routes(&mut self, routes: Routes) {
-        self.routes = routes;
+        Arc::make_mut(&mut self.shared).routes = routes;
     }
 
-    /// Registered routes.
+    /// Registered routes, to change (before serving: open exchanges keep the old ones).
     pub fn routes_mut(&mut self) -> &mut Routes {
-        &mut self.routes
+        &mut Arc::make_mut(&mut self.shared).routes
     }
 
     /// Registered routes.
     #[must_use]
     pub fn routes(&self) -> &Routes {
-        &self.routes
+        &self.shared.routes
     }
 
-    /// Records a finished `POST /asap` for `GET /asap/metrics`.
-    pub fn record_request(&mut self, kind: Option<PayloadKind>, status: u16, elapsed: Duration) {
-        self.metrics.record(kind, status, elapsed);
-    }
-
-    /// The request metrics.
+    /// Remembered nonces (bounded by [`ServerConfig::max_nonces`]).
     #[must_use]
-    pub fn metrics(&self) -> &metrics::Metrics {
-        &self.metrics
+    pub fn nonces(&self) -> &NonceStore {
+        &self.nonces
     }
 
-    /// A fresh ULID string at `now`.
-    pub fn new_id(&mut self, now: UnixTime) -> String {
-        self.ids.next_string(now)
-    }
-
-    /// Answers a request that is not `POST /asap`: well-known manifest and health,
-    /// `/health` and `/ready`, 405 for a wrong method, 404 otherwise.
-    #[must_use]
-    pub fn handle_get(
-        &self,
-        method: &http::Method,
-        path: &str,
-        headers: &HeaderMap,
-        now: Instant,
-        health: HealthReport,
-    ) -> Response<Vec<u8>> {
-        let allowed: &str = match path {
-            "/asap" => "POST",
-            "/asap/metrics"
-            | "/.well-known/asap/manifest.json"
-            | "/.well-known/asap/health"
-            | "/health"
-            | "/ready" => "GET",
-            _ => return detail(StatusCode::NOT_FOUND, "Not Found"),
+    /// Opens the exchange of one request (spec 8.1 routes; for `POST /asap`
+    /// spec 8.4 steps 2-4: `Content-Length` 413, rate limit by peer 429,
+    /// `Content-Type`/`Content-Encoding` 415). `HEAD` is answered wherever `GET` is.
+    pub fn handle_request(&mut self, head: &RequestHead<'_>, now: Now) -> Exchange {
+        let ex = Exchange::new(
+            Arc::clone(&self.shared),
+            self.ids.next_u64(),
+            now.monotonic,
+            head.transport,
+        );
+        let Some(allowed) = allowed_method(head.path) else {
+            return ex.answer_get(answer::detail(StatusCode::NOT_FOUND, "Not Found"), false);
         };
-        // As the reference: GET only (HEAD is 405 too).
-        let is_get = method == http::Method::GET;
-        if !is_get || allowed == "POST" {
-            let mut r = detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
-            r.headers_mut().insert(
-                header::ALLOW,
-                http::HeaderValue::from_static(if allowed == "POST" { "POST" } else { "GET" }),
-            );
-            return r;
+        let is_head = head.method == Method::HEAD && allowed == Method::GET;
+        if head.method != allowed && !is_head {
+            let mut r = answer::detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+            let allow = if allowed == Method::GET {
+                "GET, HEAD"
+            } else {
+                "POST"
+            };
+            r.headers_mut()
+                .insert(header::ALLOW, http::HeaderValue::from_static(allow));
+            return ex.answer_get(r, false);
         }
-        match path {
-            "/.well-known/asap/manifest.json" => self.manifest.respond(headers),
-            "/.well-known/asap/health" => health_response(
-                self.manifest(),
-                now.saturating_duration_since(self.started),
-                health,
+        match head.path {
+            "/asap" => self.begin_post(ex, head, now),
+            "/.well-known/asap/manifest.json" => {
+                let r = self.shared.manifest.respond(head.headers);
+                ex.answer_get(r, is_head)
+            }
+            "/.well-known/asap/health" => ex.ask_health(is_head),
+            "/asap/metrics" => ex.ask_metrics(is_head),
+            _ => ex.answer_get(
+                answer::json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec()),
+                is_head,
             ),
-            "/asap/metrics" => Response::builder()
-                .status(StatusCode::OK)
-                .header(header::CONTENT_TYPE, metrics::METRICS_CONTENT_TYPE)
-                .body(self.metrics.render().into_bytes())
-                .unwrap_or_default(),
-            _ => json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec()),
         }
     }
 
-    /// Header stage of `POST /asap` (spec 8.4 steps 2-4): `Content-Length`
-    /// (413), rate limit by `client_key` (429), `Content-Type` and
-    /// `Content-Encoding` (415).
-    pub fn begin_post(
-        &mut self,
-        headers: &HeaderMap,
-        client_key: &str,
-        now: Instant,
-    ) -> Result<BodyPlan, Response<Vec<u8>>> {
-        let max = self.config.max_request_size;
-        if let Some(len) = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-        {
-            match len.trim().parse::<u64>() {
-                Ok(n) if n > max as u64 => return Err(self.body_too_large(n)),
-                Ok(_) => {}
-                Err(_) => {
-                    return Err(detail(
-                        StatusCode::BAD_REQUEST,
-                        "Invalid Content-Length header",
-                    ))
-                }
-            }
+    fn begin_post(&mut self, ex: Exchange, head: &RequestHead<'_>, now: Now) -> Exchange {
+        let config = &self.shared.config;
+        // Spec order: Content-Length (413) before the rate limit (429) before encodings (415).
+        if let Err(r) = body::check_content_length(head.headers, config.max_request_size) {
+            return ex.respond_now(r, true, Outcome::RejectedHeaders);
         }
         if let Some(limiter) = &mut self.limiter {
+            let peer = head.peer.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
             if let RateDecision::Limited {
                 retry_after_secs,
-                limit_text: limit,
-            } = limiter.check(client_key, now)
+                limit_text,
+            } = limiter.check(&peer.to_string(), now.monotonic)
             {
-                return Err(rate_limited(retry_after_secs, &limit));
+                let r = rate_limited(retry_after_secs, &limit_text);
+                return ex.respond_now(r, true, Outcome::RejectedHeaders);
             }
         }
-        if self.config.require_json_content_type {
-            if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-                let text = ct.to_str().unwrap_or("");
-                let mime = text
-                    .split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase();
-                if !(mime == "application/json" || mime.ends_with("+json")) {
-                    return Err(detail(
-                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                        &format!("Unsupported Content-Type: {text}. Supported: application/json"),
-                    ));
-                }
-            }
+        match body::plan_body(head.headers, config) {
+            Ok(plan) => ex.read_body(plan),
+            Err(r) => ex.respond_now(r, true, Outcome::RejectedHeaders),
         }
-        let encoding = match headers
-            .get(header::CONTENT_ENCODING)
-            .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
-        {
-            None => ContentEncoding::Identity,
-            Some(e) if e.is_empty() || e == "identity" => ContentEncoding::Identity,
-            Some(e) if e == "gzip" => ContentEncoding::Gzip,
-            Some(e) if e == "br" => ContentEncoding::Brotli,
-            Some(e) => {
-                return Err(detail(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    &format!("Unsupported Content-Encoding: {e}. Supported: br, gzip"),
-                ))
-            }
+    }
+
+    /// Input for [`Step::Admit`]: the checks on state every request shares,
+    /// in spec order (nonce, step 13, before the dispatch errors of step 14),
+    /// then the per-sender rate limit.
+    pub fn handle_admission(&mut self, ex: &mut Exchange, now: Now) {
+        let Some(pending) = ex.take_pending() else {
+            return;
         };
-        Ok(BodyPlan {
-            encoding,
-            max_body: max,
-        })
-    }
-
-    /// 413 for a body of `size` bytes (or more) on the wire.
-    #[must_use]
-    pub fn body_too_large(&self, size: u64) -> Response<Vec<u8>> {
-        detail(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!(
-                "Request size ({size} bytes) exceeds maximum ({} bytes)",
-                self.config.max_request_size
-            ),
-        )
-    }
-
-    /// 413 for a body that decompresses to more than the limit.
-    #[must_use]
-    pub fn decompressed_too_large(&self, size: u64) -> Response<Vec<u8>> {
-        detail(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!(
-                "Decompressed request size ({size} bytes) exceeds maximum ({} bytes)",
-                self.config.max_request_size
-            ),
-        )
-    }
-
-    /// 400 for a body that does not decompress.
-    #[must_use]
-    pub fn decompress_failed(&self, reason: &str) -> Response<Vec<u8>> {
-        detail(
-            StatusCode::BAD_REQUEST,
-            &format!("Invalid compressed data: {reason}"),
-        )
-    }
-
-    /// The response for a body that could not be read or decoded.
-    #[must_use]
-    pub fn body_error(&self, err: &BodyError) -> Response<Vec<u8>> {
-        match err {
-            BodyError::TooLarge(n) => self.body_too_large(*n),
-            BodyError::DecompressedTooLarge(n) => self.decompressed_too_large(*n),
-            BodyError::InvalidCompressedData(msg) => self.decompress_failed(msg),
-        }
-    }
-
-    /// Body stage (spec 8.4 steps 5-14): JSON, JSON-RPC, envelope, replay
-    /// window, nonce, routing. `now` is wall-clock time.
-    pub fn handle_body(&mut self, body: &[u8], now: UnixTime) -> Decision {
-        match self.decide(body, now) {
-            Ok(inv) => Decision::Invoke(inv),
-            Err(resp) => Decision::Respond(resp),
-        }
-    }
-
-    fn decide(&mut self, body: &[u8], now: UnixTime) -> Result<Invocation, Response<Vec<u8>>> {
-        if let Err(depth) = check_depth(body, self.config.max_json_depth) {
-            return Err(rpc_error(&ErrorResponse::parse_error(&format!(
-                "nesting depth exceeds the maximum of {} (found at least {depth})",
-                self.config.max_json_depth
-            ))));
-        }
-        let value = jsonrpc::parse_json(body).map_err(|e| rpc_error(&e))?;
-        let mut request = jsonrpc::decode_request_raw(value, body).map_err(|e| rpc_error(&e))?;
-        let input = request.take_envelope().map_err(|e| rpc_error(&e))?;
-        let id = Some(request.id.clone());
-        let missing_timestamp = input.timestamp.is_none();
-        let envelope = {
-            let ids = &mut self.ids;
-            input.materialize(Timestamp::from_unix(now), || ids.next_string(now))
-        };
-        if missing_timestamp && self.config.require_timestamp {
-            let err = ReplayWindow::missing_timestamp(&envelope.id);
-            return Err(rpc_error(&ErrorResponse::invalid_params_asap(
-                "Invalid envelope timestamp",
-                &err,
-                id,
-            )));
-        }
-        self.config
-            .replay_window
-            .check(&envelope, now)
-            .map_err(|e| {
-                rpc_error(&ErrorResponse::invalid_params_asap(
-                    "Invalid envelope timestamp",
-                    &e,
-                    id.clone(),
-                ))
-            })?;
-        if self.config.require_nonce {
-            self.nonces.check(&envelope, now).map_err(|e| {
-                rpc_error(&ErrorResponse::invalid_params_asap(
+        let config = &self.shared.config;
+        if config.require_nonce {
+            if let Err(e) = self.nonces.check(&pending.envelope, now.wall) {
+                let err = ErrorResponse::invalid_params_asap(
                     "Invalid envelope nonce",
                     &e,
-                    id.clone(),
-                ))
-            })?;
-        }
-        let payload = envelope.payload().map_err(|e| {
-            rpc_error(&ErrorResponse::new(
-                jsonrpc::codes::INVALID_PARAMS,
-                Some(json!({
-                    "error": format!("Invalid {} payload", envelope.kind().map_or("", PayloadKind::model_name)),
-                    "validation_errors": [e.to_validation_item()],
-                })),
-                id.clone(),
-            ))
-        })?;
-        let route = match (&payload, envelope.kind()) {
-            (Payload::TaskRequest(req), _) if self.routes.skills.contains(&req.skill_id) => {
-                Route::Skill(req.skill_id.clone())
-            }
-            (_, Some(kind)) if self.routes.kinds.contains(&kind) => Route::Kind(kind),
-            (Payload::TaskRequest(req), _) if !self.routes.skills.is_empty() => {
-                return Err(rpc_error(&ErrorResponse::new(
-                    jsonrpc::codes::METHOD_NOT_FOUND,
-                    Some(json!({
-                        "payload_type": envelope.payload_type,
-                        "skill_id": req.skill_id,
-                        "error": format!("No skill registered with id: {}", req.skill_id),
-                    })),
-                    id,
-                )));
-            }
-            _ if self.routes.custom.contains(&envelope.payload_type) => {
-                Route::Custom(envelope.payload_type.clone())
-            }
-            _ => {
-                return Err(rpc_error(&ErrorResponse::no_handler(
-                    &envelope.payload_type,
-                    id,
-                )))
-            }
-        };
-        let task_id =
-            matches!(route, Route::Skill(_)).then(|| format!("task_{}", self.ids.next(now)));
-        Ok(Invocation {
-            request_id: request.id,
-            envelope,
-            payload,
-            route,
-            task_id,
-            accepted_at: now,
-        })
-    }
-
-    /// Per-sender rate limit check for an accepted invocation (when
-    /// `rate_limit_by_sender` is on); `Some(response)` means answer 429.
-    pub fn check_sender_rate(
-        &mut self,
-        inv: &Invocation,
-        now: Instant,
-    ) -> Option<Response<Vec<u8>>> {
-        if !self.config.rate_limit_by_sender {
-            return None;
-        }
-        let limiter = self.limiter.as_mut()?;
-        let key = format!("sender:{}", inv.envelope.sender);
-        match limiter.check(&key, now) {
-            RateDecision::Limited {
-                retry_after_secs,
-                limit_text: limit,
-            } => Some(rate_limited(retry_after_secs, &limit)),
-            RateDecision::Allowed => None,
-        }
-    }
-
-    /// Encodes the handler's outcome (spec 8.3 / 9): a reply envelope from the
-    /// agent to the sender, or -32603 with a sanitised message.
-    pub fn finish(
-        &mut self,
-        inv: Invocation,
-        outcome: HandlerOutcome,
-        now: UnixTime,
-    ) -> Response<Vec<u8>> {
-        let payload = match outcome {
-            HandlerOutcome::Skill(r) => Payload::TaskResponse(TaskResponse {
-                task_id: inv
-                    .task_id
-                    .clone()
-                    .unwrap_or_else(|| format!("task_{}", self.ids.next(now))),
-                status: r.status,
-                result: r.result,
-                final_state: r.final_state,
-                metrics: r.metrics,
-            }),
-            HandlerOutcome::Reply(p) => p,
-            HandlerOutcome::Envelope(env) => {
-                return json_response(
-                    StatusCode::OK,
-                    SuccessResponse::new(env, inv.request_id).to_vec(),
+                    Some(pending.request_id.clone()),
                 );
-            }
-            HandlerOutcome::Failed(err) => {
-                return rpc_error(&self.internal_error(Some(inv.request_id), &err))
-            }
-        };
-        let id = self.ids.next_string(now);
-        let mut reply = inv.envelope.reply(
-            id,
-            Timestamp::from_unix(now),
-            self.manifest().id.clone(),
-            payload,
-        );
-        if self.config.trace_extensions && !has_remote_trace_context(&inv.envelope) {
-            let trace = format!("{:016x}{:016x}", self.ids.next_u64(), self.ids.next_u64());
-            let span = format!("{:016x}", self.ids.next_u64());
-            let mut ext = JsonObject::new();
-            ext.insert("trace_id".into(), trace.clone().into());
-            ext.insert("span_id".into(), span.into());
-            reply.extensions = Some(ext);
-            reply.trace_id.get_or_insert(trace);
-        }
-        json_response(
-            StatusCode::OK,
-            SuccessResponse::new(reply, inv.request_id).to_vec(),
-        )
-    }
-
-    /// The error response for a handler failure: an ASAP protocol error
-    /// (`asap:task/not_found`, `asap:protocol/invalid_state`, ...) is -32602 with
-    /// the error object in `data`, as the protocol documentation maps it (the
-    /// reference answers -32603); anything else is -32603, details only in debug mode.
-    #[must_use]
-    pub fn internal_error(&self, id: Option<RequestId>, err: &HandlerError) -> ErrorResponse {
-        if let HandlerError::Asap(e) = err {
-            if e.code.starts_with("asap:task/") || e.code.starts_with("asap:protocol/") {
-                return ErrorResponse::invalid_params_asap(&e.message, e, id);
+                return ex.refuse(answer::rpc_error(&err), Outcome::RpcError);
             }
         }
-        let detail = self.config.debug.then(|| match err {
-            HandlerError::Asap(e) => {
-                json!({"error": e.message, "type": e.code, "details": e.details})
-            }
-            HandlerError::Failed { message, kind } => json!({"error": message, "type": kind}),
-        });
-        ErrorResponse::internal(id, detail)
-    }
-}
-
-fn is_lower_hex(s: &str, len: usize) -> bool {
-    s.len() == len
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        && s.bytes().any(|b| b != b'0')
-}
-
-/// Whether the envelope carries a W3C trace context (32-hex `trace_id` and
-/// 16-hex `extensions.span_id`) that the reply continues without new extensions.
-#[must_use]
-pub fn has_remote_trace_context(env: &Envelope) -> bool {
-    let span = env
-        .extensions
-        .as_ref()
-        .and_then(|e| e.get("span_id"))
-        .and_then(Value::as_str);
-    matches!((env.trace_id.as_deref(), span), (Some(t), Some(s)) if is_lower_hex(t, 32) && is_lower_hex(s, 16))
-}
-
-/// The reference's 429: JSON-RPC-shaped body with code 429 and `Retry-After`.
-#[must_use]
-pub fn rate_limited(retry_after_secs: u64, limit: &str) -> Response<Vec<u8>> {
-    let mut r = json_response(
-        StatusCode::TOO_MANY_REQUESTS,
-        ErrorResponse::rate_limited_body(retry_after_secs, limit),
-    );
-    r.headers_mut().insert(
-        header::RETRY_AFTER,
-        http::HeaderValue::from(retry_after_secs),
-    );
-    r
-}
-
-/// Why a request body was refused before JSON parsing.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum BodyError {
-    /// More bytes on the wire than allowed (413).
-    #[error("request body of at least {0} bytes exceeds the maximum")]
-    TooLarge(u64),
-    /// More bytes after decompression than allowed (413).
-    #[error("decompressed body of at least {0} bytes exceeds the maximum")]
-    DecompressedTooLarge(u64),
-    /// The body does not decode with its `Content-Encoding` (400).
-    #[error("invalid compressed data: {0}")]
-    InvalidCompressedData(String),
-}
-
-/// Decompresses a request body per `plan`, stopping at `plan.max_body + 1`
-/// output bytes so a decompression bomb costs one bound's worth of work.
-pub fn decode_body(raw: &[u8], plan: BodyPlan) -> Result<std::borrow::Cow<'_, [u8]>, BodyError> {
-    use std::io::Read;
-    if raw.len() > plan.max_body {
-        return Err(BodyError::TooLarge(raw.len() as u64));
-    }
-    let reader: Box<dyn Read + '_> = match plan.encoding {
-        ContentEncoding::Identity => return Ok(std::borrow::Cow::Borrowed(raw)),
-        ContentEncoding::Gzip => {
-            if raw.len() < 2 || raw[0] != 0x1f || raw[1] != 0x8b {
-                let head: String = raw.iter().take(2).map(|b| char::from(*b)).collect();
-                return Err(BodyError::InvalidCompressedData(format!(
-                    "Not a gzipped file (b'{head}')"
-                )));
-            }
-            Box::new(flate2::read::MultiGzDecoder::new(raw))
-        }
-        ContentEncoding::Brotli => Box::new(brotli_decompressor::Decompressor::new(raw, 16 * 1024)),
-    };
-    let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(plan.max_body));
-    reader
-        .take(plan.max_body as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| BodyError::InvalidCompressedData(e.to_string()))?;
-    if out.len() > plan.max_body {
-        return Err(BodyError::DecompressedTooLarge(out.len() as u64));
-    }
-    Ok(std::borrow::Cow::Owned(out))
-}
-
-/// Scans JSON text for nesting deeper than `max` without parsing it;
-/// `Err(depth)` when exceeded. Strings (and escapes in them) are skipped.
-pub fn check_depth(bytes: &[u8], max: usize) -> Result<(), usize> {
-    let mut depth = 0usize;
-    let mut in_str = false;
-    let mut escaped = false;
-    for &b in bytes {
-        if in_str {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_str = false;
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_str = true,
-            b'{' | b'[' => {
-                depth += 1;
-                if depth > max {
-                    return Err(depth);
+        if config.rate_limit_by_sender && pending.routed.is_ok() {
+            if let Some(limiter) = &mut self.limiter {
+                let key = format!("sender:{}", pending.envelope.sender);
+                if let RateDecision::Limited {
+                    retry_after_secs,
+                    limit_text,
+                } = limiter.check(&key, now.monotonic)
+                {
+                    let r = rate_limited(retry_after_secs, &limit_text);
+                    return ex.refuse(r, Outcome::RateLimited);
                 }
             }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
         }
+        ex.proceed(pending, now.wall);
     }
-    Ok(())
 }

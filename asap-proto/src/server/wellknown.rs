@@ -3,9 +3,9 @@
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use ring::digest;
 
+use crate::canonical_json::{self, JsonStyle};
 use crate::discovery::{HealthLoad, HealthStatus};
 use crate::model::Manifest;
-use crate::canonical_json::{self, JsonStyle};
 
 /// `Cache-Control` of the manifest, as the reference serves it.
 pub const MANIFEST_CACHE_CONTROL: &str = "public, max-age=300";
@@ -64,11 +64,13 @@ impl ManifestDocument {
         &self.body
     }
 
-    /// Whether an `If-None-Match` value matches (comma list, exact quoted match;
-    /// `*` and weak tags do not match, as in the reference).
+    /// Whether an `If-None-Match` value matches (RFC 9110 13.1.2): `*`, or a
+    /// comma list compared weakly (`W/"x"` matches `"x"`).
     #[must_use]
     pub fn matches(&self, if_none_match: &str) -> bool {
-        if_none_match.split(',').any(|t| t.trim() == self.etag)
+        let ours = self.etag.as_str();
+        if_none_match.trim() == "*"
+            || entity_tags(if_none_match).any(|tag| tag.strip_prefix("W/").unwrap_or(tag) == ours)
     }
 
     /// The GET response: 200 with body, or 304 when `If-None-Match` matches.
@@ -93,6 +95,28 @@ impl ManifestDocument {
             .body(self.body.clone())
             .unwrap_or_default()
     }
+}
+
+/// The entity tags of a comma list; commas inside quotes do not split.
+fn entity_tags(list: &str) -> impl Iterator<Item = &str> {
+    let mut rest = list;
+    std::iter::from_fn(move || {
+        rest = rest.trim_start_matches([' ', '\t', ',']);
+        if rest.is_empty() {
+            return None;
+        }
+        let start = usize::from(rest.starts_with("W/")) * 2;
+        let end = if rest[start..].starts_with('"') {
+            rest[start + 1..]
+                .find('"')
+                .map_or(rest.len(), |i| start + i + 2)
+        } else {
+            rest.find(',').unwrap_or(rest.len())
+        };
+        let (tag, tail) = rest.split_at(end);
+        rest = tail;
+        Some(tag.trim())
+    })
 }
 
 /// What the application says about itself when health is asked.

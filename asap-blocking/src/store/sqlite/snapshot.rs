@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use asap_proto::model::{JsonObject, StateSnapshot, Timestamp};
 use asap_proto::canonical_json::{self, JsonStyle};
+use asap_proto::model::{JsonObject, StateSnapshot, Timestamp};
 use asap_proto::store::{check_snapshot, SnapshotStore, StoreError};
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 

@@ -1,0 +1,137 @@
+//! Building answers: HTTP error bodies, JSON-RPC errors, and the reply
+//! envelope of a handler's outcome.
+
+use http::{header, Response, StatusCode};
+use serde_json::{json, Value};
+
+use super::config::ServerConfig;
+use super::handler::{HandlerError, HandlerOutcome, Invocation};
+use crate::jsonrpc::{self, ErrorResponse, RequestId, SuccessResponse};
+use crate::model::{
+    AgentUrn, Envelope, JsonObject, Payload, TaskResponse, Timestamp, UlidGenerator, UnixTime,
+};
+
+pub(super) fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .unwrap_or_default()
+}
+
+/// `{"detail": text}` with `status`.
+pub(super) fn detail(status: StatusCode, text: &str) -> Response<Vec<u8>> {
+    json_response(status, jsonrpc::detail_body(text))
+}
+
+/// A JSON-RPC error: HTTP 200, as every JSON-RPC error of spec 9.1.
+pub(super) fn rpc_error(err: &ErrorResponse) -> Response<Vec<u8>> {
+    json_response(StatusCode::OK, err.to_vec())
+}
+
+/// The reference's 429: JSON-RPC-shaped body with code 429 and `Retry-After`.
+#[must_use]
+pub fn rate_limited(retry_after_secs: u64, limit: &str) -> Response<Vec<u8>> {
+    let mut r = json_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        ErrorResponse::rate_limited_body(retry_after_secs, limit),
+    );
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        http::HeaderValue::from(retry_after_secs),
+    );
+    r
+}
+
+/// The error response for a handler failure: an ASAP protocol error
+/// (`asap:task/not_found`, `asap:protocol/invalid_state`, ...) is -32602 with
+/// the error object in `data`, as the protocol documentation maps it (the
+/// reference answers -32603); anything else is -32603, details only in debug mode.
+#[must_use]
+pub fn handler_error(
+    config: &ServerConfig,
+    id: Option<RequestId>,
+    err: &HandlerError,
+) -> ErrorResponse {
+    if let HandlerError::Asap(e) = err {
+        if e.code.starts_with("asap:task/") || e.code.starts_with("asap:protocol/") {
+            return ErrorResponse::invalid_params_asap(&e.message, e, id);
+        }
+    }
+    let detail = config.debug.then(|| match err {
+        HandlerError::Asap(e) => {
+            json!({"error": e.message, "type": e.code, "details": e.details})
+        }
+        HandlerError::Failed { message, kind } => json!({"error": message, "type": kind}),
+    });
+    ErrorResponse::internal(id, detail)
+}
+
+/// Encodes a handler's outcome (spec 8.3 / 9): a reply envelope from `agent`
+/// to the sender, or the error of [`handler_error`].
+pub(super) fn reply(
+    config: &ServerConfig,
+    agent: &AgentUrn,
+    ids: &mut UlidGenerator,
+    inv: Invocation,
+    outcome: HandlerOutcome,
+    now: UnixTime,
+) -> Response<Vec<u8>> {
+    let payload = match outcome {
+        HandlerOutcome::Skill(r) => Payload::TaskResponse(TaskResponse {
+            task_id: inv
+                .task_id
+                .unwrap_or_else(|| format!("task_{}", ids.next(now))),
+            status: r.status,
+            result: r.result,
+            final_state: r.final_state,
+            metrics: r.metrics,
+        }),
+        HandlerOutcome::Reply(p) => p,
+        HandlerOutcome::Envelope(env) => {
+            return json_response(
+                StatusCode::OK,
+                SuccessResponse::new(env, inv.request_id).to_vec(),
+            );
+        }
+        HandlerOutcome::Failed(err) => {
+            return rpc_error(&handler_error(config, Some(inv.request_id), &err))
+        }
+    };
+    let id = ids.next_string(now);
+    let mut reply = inv
+        .envelope
+        .reply(id, Timestamp::from_unix(now), agent.clone(), payload);
+    if config.trace_extensions && !has_remote_trace_context(&inv.envelope) {
+        let trace = format!("{:016x}{:016x}", ids.next_u64(), ids.next_u64());
+        let span = format!("{:016x}", ids.next_u64());
+        let mut ext = JsonObject::new();
+        ext.insert("trace_id".into(), trace.clone().into());
+        ext.insert("span_id".into(), span.into());
+        reply.extensions = Some(ext);
+        reply.trace_id.get_or_insert(trace);
+    }
+    json_response(
+        StatusCode::OK,
+        SuccessResponse::new(reply, inv.request_id).to_vec(),
+    )
+}
+
+fn is_lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && s.bytes().any(|b| b != b'0')
+}
+
+/// Whether the envelope carries a W3C trace context (32-hex `trace_id` and
+/// 16-hex `extensions.span_id`) that the reply continues without new extensions.
+#[must_use]
+pub fn has_remote_trace_context(env: &Envelope) -> bool {
+    let span = env
+        .extensions
+        .as_ref()
+        .and_then(|e| e.get("span_id"))
+        .and_then(Value::as_str);
+    matches!((env.trace_id.as_deref(), span), (Some(t), Some(s)) if is_lower_hex(t, 32) && is_lower_hex(s, 16))
+}

@@ -1,0 +1,553 @@
+//! One request from arrival to answer: the [`Exchange`] machine.
+//!
+//! [`Server::handle_request`](super::Server::handle_request) opens an exchange;
+//! the adapter then drains [`Exchange::poll_step`] and performs each [`Step`]
+//! without deciding anything, feeding the result back through the matching
+//! `handle_*` input, until [`Step::Respond`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{header, HeaderValue, Method, Response, StatusCode};
+
+use super::admission::{self, Pending};
+use super::answer;
+use super::body::{decode_body, BodyError, BodyPlan};
+use super::handler::{HandlerError, HandlerOutcome, Invocation, SkillResult};
+use super::metrics::{Metrics, METRICS_CONTENT_TYPE};
+use super::state::{answer_state_query, apply_state_restore, task_records, TaskRecords};
+use super::wellknown::{health_response, HealthReport};
+use super::Shared;
+use crate::model::{Payload, PayloadKind, StateQuery, StateRestore, UlidGenerator, UnixTime};
+use crate::store::{SnapshotStore, StoreError};
+
+/// Both clocks at one moment: monotonic for timers and rate limits, wall for
+/// envelope timestamps and the replay window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic time.
+    pub monotonic: Instant,
+    /// Wall-clock time.
+    pub wall: UnixTime,
+}
+
+/// The transport a request arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// `POST /asap` and the other HTTP routes.
+    Http,
+    /// A text frame on `/asap/ws` (answered byte-identically to `POST /asap`).
+    WebSocket,
+}
+
+/// What the core needs to know of a request before its body.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    /// HTTP method.
+    pub method: &'a Method,
+    /// Path, without the query.
+    pub path: &'a str,
+    /// Request headers.
+    pub headers: &'a http::HeaderMap,
+    /// The peer's address: the rate-limit key (`None` counts as 127.0.0.1, as
+    /// the reference does when it cannot tell).
+    pub peer: Option<std::net::IpAddr>,
+    /// Where the request came from.
+    pub transport: Transport,
+}
+
+/// How a `POST /asap` ended, for logs and traces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Refused on its headers (size, rate limit, content type or encoding).
+    RejectedHeaders,
+    /// The body was too large, unreadable or did not decompress.
+    BadBody,
+    /// Answered with a JSON-RPC error before any handler ran.
+    RpcError,
+    /// Refused by the per-sender rate limit.
+    RateLimited,
+    /// The handler (or persisting its task) failed.
+    HandlerError,
+    /// The handler's answer.
+    Ok,
+}
+
+impl Outcome {
+    /// A short label (`ok`, `rpc_error`, ...).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RejectedHeaders => "rejected_headers",
+            Self::BadBody => "bad_body",
+            Self::RpcError => "rpc_error",
+            Self::RateLimited => "rate_limited",
+            Self::HandlerError => "handler_error",
+            Self::Ok => "ok",
+        }
+    }
+}
+
+/// What to record in [`Metrics`] for a finished `POST /asap`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// The payload kind, once the envelope decoded.
+    pub kind: Option<PayloadKind>,
+    /// The envelope id, once decoded.
+    pub envelope_id: Option<String>,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// When the request arrived (latency = the `now` it is recorded at minus this).
+    pub started: Instant,
+}
+
+/// The final step: the response, and what to record.
+#[derive(Debug)]
+pub struct Reply {
+    /// Send this.
+    pub response: Response<Vec<u8>>,
+    /// Record this in [`Metrics::handle_record`] (`POST /asap` only).
+    pub record: Option<RequestRecord>,
+    /// The body was refused before it was read whole: read and discard up to
+    /// this many more bytes (bounded in time too) before answering, so a client
+    /// still uploading reads this answer instead of a connection reset.
+    pub drain_body: Option<usize>,
+}
+
+/// A task-state operation the core asks the adapter to run on its snapshot store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StateRequest {
+    /// `state.query`.
+    Query(StateQuery),
+    /// `state.restore`, saving the restored state as `snapshot_id` at `now`.
+    Restore {
+        /// The request.
+        restore: StateRestore,
+        /// Id of the new snapshot.
+        snapshot_id: String,
+        /// Its creation time.
+        now: UnixTime,
+    },
+}
+
+impl StateRequest {
+    /// Runs the operation on `store` (on whatever thread owns it); hand the
+    /// result to [`Exchange::handle_state`].
+    pub fn run(self, store: &mut dyn SnapshotStore) -> Result<Payload, HandlerError> {
+        match self {
+            Self::Query(q) => answer_state_query(store, &q),
+            Self::Restore {
+                restore,
+                snapshot_id,
+                now,
+            } => apply_state_restore(store, &restore, snapshot_id, now),
+        }
+    }
+}
+
+/// What the adapter does next for an [`Exchange`]. Each step but
+/// [`Step::Respond`] names the input to feed back before polling again.
+#[derive(Debug)]
+#[must_use]
+#[allow(clippy::large_enum_variant)]
+pub enum Step {
+    /// Read the body, at most `limit + 1` bytes (one more tells "too large"),
+    /// then [`Exchange::handle_body`] or, if the transport failed,
+    /// [`Exchange::handle_body_error`].
+    ReadBody {
+        /// Largest accepted body.
+        limit: usize,
+    },
+    /// Take the core lock and call [`Server::handle_admission`](super::Server::handle_admission)
+    /// (nonce, per-sender rate limit: state shared by every request).
+    Admit,
+    /// Run the handler for this invocation, then [`Exchange::handle_outcome`].
+    Invoke(Invocation),
+    /// Save these records (one commit), then [`Exchange::handle_persisted`]:
+    /// an answered task is on disk.
+    Persist(TaskRecords),
+    /// Run this on the snapshot store ([`StateRequest::run`]), then [`Exchange::handle_state`].
+    QueryState(StateRequest),
+    /// Ask the application for its health, then [`Exchange::handle_health`].
+    CheckHealth,
+    /// Render the metrics, then [`Exchange::handle_metrics`].
+    RenderMetrics,
+    /// Send the response; the exchange is over.
+    Respond(Reply),
+}
+
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+enum Stage {
+    ReadBody(BodyPlan),
+    Admit(Box<Pending>),
+    Invoke(Box<Invocation>),
+    Persist(Box<(Invocation, SkillResult)>, Option<TaskRecords>),
+    State(Box<Invocation>, Option<StateRequest>),
+    Health,
+    Metrics,
+    Waiting(Waiting),
+    Respond(Reply),
+    Over,
+}
+
+#[derive(Debug)]
+enum Waiting {
+    Body(BodyPlan),
+    Outcome,
+    Persisted(Box<(Invocation, SkillResult)>),
+    State(Box<Invocation>),
+    Health,
+    Metrics,
+}
+
+/// One request, from arrival to answer. Owned by the adapter's task; only
+/// [`Step::Admit`] needs the shared [`Server`](super::Server).
+#[derive(Debug)]
+pub struct Exchange {
+    shared: Arc<Shared>,
+    ids: UlidGenerator,
+    stage: Stage,
+    started: Instant,
+    head_only: bool,
+    post: bool,
+    kind: Option<PayloadKind>,
+    envelope_id: Option<String>,
+    transport: Transport,
+}
+
+impl Exchange {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        id_seed: u64,
+        started: Instant,
+        transport: Transport,
+    ) -> Self {
+        Self {
+            shared,
+            ids: UlidGenerator::new(id_seed),
+            stage: Stage::Over,
+            started,
+            head_only: false,
+            post: false,
+            kind: None,
+            envelope_id: None,
+            transport,
+        }
+    }
+
+    pub(super) fn read_body(mut self, plan: BodyPlan) -> Self {
+        self.post = true;
+        self.stage = Stage::ReadBody(plan);
+        self
+    }
+
+    pub(super) fn respond_now(
+        mut self,
+        response: Response<Vec<u8>>,
+        post: bool,
+        outcome: Outcome,
+    ) -> Self {
+        self.post = post;
+        let drain = post.then_some(self.shared.config.max_request_size);
+        self.finish_with(response, outcome, drain);
+        self
+    }
+
+    pub(super) fn ask_health(mut self, head_only: bool) -> Self {
+        self.head_only = head_only;
+        self.stage = Stage::Health;
+        self
+    }
+
+    pub(super) fn ask_metrics(mut self, head_only: bool) -> Self {
+        self.head_only = head_only;
+        self.stage = Stage::Metrics;
+        self
+    }
+
+    pub(super) fn answer_get(mut self, response: Response<Vec<u8>>, head_only: bool) -> Self {
+        self.head_only = head_only;
+        self.finish_with(response, Outcome::Ok, None);
+        self
+    }
+
+    /// The transport this exchange came on.
+    #[must_use]
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    /// The next thing to do. After a step other than [`Step::Respond`], feed
+    /// its input before polling again; polling while an input is awaited (or
+    /// after the response) yields a 500 response, so a driver loop always ends.
+    pub fn poll_step(&mut self) -> Step {
+        match std::mem::replace(&mut self.stage, Stage::Over) {
+            Stage::ReadBody(plan) => {
+                self.stage = Stage::Waiting(Waiting::Body(plan));
+                Step::ReadBody {
+                    limit: plan.max_body,
+                }
+            }
+            Stage::Admit(p) => {
+                self.stage = Stage::Admit(p);
+                Step::Admit
+            }
+            Stage::Invoke(inv) => {
+                self.stage = Stage::Waiting(Waiting::Outcome);
+                Step::Invoke(*inv)
+            }
+            Stage::Persist(run, records) => match records {
+                Some(r) => {
+                    self.stage = Stage::Waiting(Waiting::Persisted(run));
+                    Step::Persist(r)
+                }
+                None => self.misuse(),
+            },
+            Stage::State(inv, request) => match request {
+                Some(r) => {
+                    self.stage = Stage::Waiting(Waiting::State(inv));
+                    Step::QueryState(r)
+                }
+                None => self.misuse(),
+            },
+            Stage::Health => {
+                self.stage = Stage::Waiting(Waiting::Health);
+                Step::CheckHealth
+            }
+            Stage::Metrics => {
+                self.stage = Stage::Waiting(Waiting::Metrics);
+                Step::RenderMetrics
+            }
+            Stage::Respond(reply) => Step::Respond(reply),
+            Stage::Waiting(_) | Stage::Over => self.misuse(),
+        }
+    }
+
+    fn misuse(&mut self) -> Step {
+        Step::Respond(Reply {
+            response: answer::detail(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "exchange polled while it waits for an input (adapter bug)",
+            ),
+            record: None,
+            drain_body: None,
+        })
+    }
+
+    /// Input for [`Step::ReadBody`]: the bytes read (up to `limit + 1`; more
+    /// than `limit` answers 413). `now` is the wall clock (envelope timestamps).
+    pub fn handle_body(&mut self, raw: &[u8], now: UnixTime) {
+        let Stage::Waiting(Waiting::Body(plan)) = std::mem::replace(&mut self.stage, Stage::Over)
+        else {
+            return;
+        };
+        let body = match decode_body(raw, plan) {
+            Ok(b) => b,
+            Err(e) => return self.body_failed(&e),
+        };
+        let pending = match admission::decode(&self.shared, &mut self.ids, &body, now) {
+            Ok(p) => p,
+            Err(resp) => return self.finish_with(resp, Outcome::RpcError, None),
+        };
+        self.kind = pending.envelope.kind();
+        self.envelope_id = Some(pending.envelope.id.clone());
+        if admission::needs_shared_state(&self.shared.config) {
+            self.stage = Stage::Admit(Box::new(pending));
+        } else {
+            self.proceed(Box::new(pending), now);
+        }
+    }
+
+    /// Input for [`Step::ReadBody`] when the transport failed: `TooLarge` when
+    /// the adapter stopped reading past the limit, `Unreadable(text)` otherwise.
+    pub fn handle_body_error(&mut self, err: BodyError) {
+        if matches!(self.stage, Stage::Waiting(Waiting::Body(_))) {
+            self.body_failed(&err);
+        }
+    }
+
+    fn body_failed(&mut self, err: &BodyError) {
+        let max = self.shared.config.max_request_size;
+        let drain = matches!(err, BodyError::TooLarge(_)).then_some(max);
+        self.finish_with(err.response(max), Outcome::BadBody, drain);
+    }
+
+    pub(super) fn take_pending(&mut self) -> Option<Box<Pending>> {
+        match std::mem::replace(&mut self.stage, Stage::Over) {
+            Stage::Admit(p) => Some(p),
+            other => {
+                self.stage = other;
+                None
+            }
+        }
+    }
+
+    pub(super) fn refuse(&mut self, response: Response<Vec<u8>>, outcome: Outcome) {
+        self.finish_with(response, outcome, None);
+    }
+
+    /// Routes an admitted envelope: an error decided earlier, the task-state
+    /// built-ins, or the user's handler.
+    pub(super) fn proceed(&mut self, pending: Box<Pending>, now: UnixTime) {
+        let Pending {
+            request_id,
+            envelope,
+            routed,
+        } = *pending;
+        let (payload, route) = match routed {
+            Ok(r) => r,
+            Err(resp) => return self.finish_with(resp, Outcome::RpcError, None),
+        };
+        let task_id = matches!(route, admission::Target::Handler(super::Route::Skill(_)))
+            .then(|| format!("task_{}", self.ids.next(now)));
+        let state = match (&route, &payload) {
+            (admission::Target::TaskState, Payload::StateQuery(q)) => {
+                Some(StateRequest::Query(q.clone()))
+            }
+            (admission::Target::TaskState, Payload::StateRestore(r)) => {
+                Some(StateRequest::Restore {
+                    restore: r.clone(),
+                    snapshot_id: format!("snap_{}", self.ids.next(now)),
+                    now,
+                })
+            }
+            _ => None,
+        };
+        let inv = Invocation {
+            request_id,
+            envelope,
+            payload,
+            route: match route {
+                admission::Target::Handler(r) => r,
+                admission::Target::TaskState => {
+                    super::Route::Kind(self.kind.unwrap_or(PayloadKind::StateQuery))
+                }
+            },
+            task_id,
+            accepted_at: now,
+        };
+        self.stage = match state {
+            Some(request) => Stage::State(Box::new(inv), Some(request)),
+            None => Stage::Invoke(Box::new(inv)),
+        };
+    }
+
+    /// Input for [`Step::Invoke`]: the invocation back, and what its handler did.
+    pub fn handle_outcome(&mut self, inv: Invocation, outcome: HandlerOutcome, now: UnixTime) {
+        if !matches!(self.stage, Stage::Waiting(Waiting::Outcome)) {
+            return;
+        }
+        match (outcome, &inv.task_id) {
+            (HandlerOutcome::Skill(result), Some(task_id)) if self.shared.routes.task_state => {
+                let snapshot_id = format!("snap_{}", self.ids.next(now));
+                let records =
+                    task_records(task_id, snapshot_id, &inv, &result, inv.accepted_at, now);
+                self.stage = Stage::Persist(Box::new((inv, result)), Some(records));
+            }
+            (outcome, _) => self.reply(inv, outcome, now),
+        }
+    }
+
+    /// Input for [`Step::Persist`]: whether the records were committed. A
+    /// failure answers -32603: the caller must not believe an unsaved task.
+    pub fn handle_persisted(&mut self, result: Result<(), StoreError>, now: UnixTime) {
+        let Stage::Waiting(Waiting::Persisted(run)) =
+            std::mem::replace(&mut self.stage, Stage::Over)
+        else {
+            return;
+        };
+        let (inv, skill) = *run;
+        let outcome = match result {
+            Ok(()) => HandlerOutcome::Skill(skill),
+            Err(e) => HandlerOutcome::Failed(HandlerError::failed(format!(
+                "could not persist task state: {e}"
+            ))),
+        };
+        self.reply(inv, outcome, now);
+    }
+
+    /// Input for [`Step::QueryState`]: the result of [`StateRequest::run`]
+    /// (`Err` also when the store could not be reached).
+    pub fn handle_state(&mut self, result: Result<Payload, HandlerError>, now: UnixTime) {
+        let Stage::Waiting(Waiting::State(inv)) = std::mem::replace(&mut self.stage, Stage::Over)
+        else {
+            return;
+        };
+        let outcome = result.map_or_else(HandlerOutcome::Failed, HandlerOutcome::Reply);
+        self.reply(*inv, outcome, now);
+    }
+
+    /// Input for [`Step::CheckHealth`]: the application's verdict.
+    pub fn handle_health(&mut self, report: HealthReport, now: Instant) {
+        if matches!(self.stage, Stage::Waiting(Waiting::Health)) {
+            let uptime = now.saturating_duration_since(self.shared.started);
+            let response = health_response(self.shared.manifest.manifest(), uptime, report);
+            self.finish_with(response, Outcome::Ok, None);
+        }
+    }
+
+    /// Input for [`Step::RenderMetrics`]: the metrics to serve.
+    pub fn handle_metrics(&mut self, metrics: &Metrics) {
+        if matches!(self.stage, Stage::Waiting(Waiting::Metrics)) {
+            let response = Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)
+                .body(metrics.render().into_bytes())
+                .unwrap_or_default();
+            self.finish_with(response, Outcome::Ok, None);
+        }
+    }
+
+    fn reply(&mut self, inv: Invocation, outcome: HandlerOutcome, now: UnixTime) {
+        let ok = !matches!(outcome, HandlerOutcome::Failed(_));
+        let shared = Arc::clone(&self.shared);
+        let response = answer::reply(
+            &shared.config,
+            &shared.manifest.manifest().id,
+            &mut self.ids,
+            inv,
+            outcome,
+            now,
+        );
+        let outcome = if ok {
+            Outcome::Ok
+        } else {
+            Outcome::HandlerError
+        };
+        self.finish_with(response, outcome, None);
+    }
+
+    fn finish_with(
+        &mut self,
+        mut response: Response<Vec<u8>>,
+        outcome: Outcome,
+        drain_body: Option<usize>,
+    ) {
+        if self.head_only {
+            // HEAD: the GET's headers, with the length the body would have had.
+            let len = response.body().len();
+            response.body_mut().clear();
+            if response.status() != StatusCode::NOT_MODIFIED {
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
+        }
+        let record = self.post.then(|| RequestRecord {
+            kind: self.kind,
+            envelope_id: self.envelope_id.take(),
+            status: response.status().as_u16(),
+            outcome,
+            started: self.started,
+        });
+        self.stage = Stage::Respond(Reply {
+            response,
+            record,
+            drain_body,
+        });
+    }
+}

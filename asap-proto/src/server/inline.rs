@@ -1,0 +1,73 @@
+//! The whole driver loop on the calling thread, for tests, fuzzers and
+//! single-threaded runtimes that hold the [`Server`] and the stores themselves.
+
+use http::Response;
+
+use super::{HandlerOutcome, HealthReport, Invocation, Metrics, Now, RequestHead, Server, Step};
+use crate::store::{MeteringStore, SnapshotStore, StoreError};
+
+/// The stores task state is persisted in.
+pub struct TaskState<'a> {
+    /// Snapshots (`state.query`/`state.restore`, one per skill run).
+    pub snapshots: &'a mut dyn SnapshotStore,
+    /// Usage events (one per skill run).
+    pub metering: &'a mut dyn MeteringStore,
+}
+
+impl std::fmt::Debug for TaskState<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskState").finish_non_exhaustive()
+    }
+}
+
+/// Drives one request to its answer: `body` is the whole body as received,
+/// `handler` runs every invocation, `state` (when task state is attached)
+/// persists skill runs and answers `state.query`/`state.restore`, and
+/// `metrics` records the exchange. Health is reported healthy.
+pub fn drive_inline(
+    server: &mut Server,
+    head: &RequestHead<'_>,
+    body: &[u8],
+    now: Now,
+    mut handler: impl FnMut(&Invocation) -> HandlerOutcome,
+    mut state: Option<TaskState<'_>>,
+    metrics: &mut Metrics,
+) -> Response<Vec<u8>> {
+    let mut ex = server.handle_request(head, now);
+    let reply = loop {
+        match ex.poll_step() {
+            Step::ReadBody { limit } => {
+                ex.handle_body(&body[..body.len().min(limit + 1)], now.wall)
+            }
+            Step::Admit => server.handle_admission(&mut ex, now),
+            Step::Invoke(inv) => {
+                let outcome = handler(&inv);
+                ex.handle_outcome(inv, outcome, now.wall);
+            }
+            Step::Persist(records) => {
+                let saved = match state.as_mut() {
+                    Some(s) => s
+                        .snapshots
+                        .save(&records.snapshot)
+                        .and_then(|()| s.metering.record(&records.usage)),
+                    None => Err(StoreError::Backend("no task-state store was given".into())),
+                };
+                ex.handle_persisted(saved, now.wall);
+            }
+            Step::QueryState(request) => {
+                let result = match state.as_mut() {
+                    Some(s) => request.run(&mut *s.snapshots),
+                    None => Err(super::HandlerError::failed("no task-state store was given")),
+                };
+                ex.handle_state(result, now.wall);
+            }
+            Step::CheckHealth => ex.handle_health(HealthReport::default(), now.monotonic),
+            Step::RenderMetrics => ex.handle_metrics(metrics),
+            Step::Respond(reply) => break reply,
+        }
+    };
+    if let Some(record) = &reply.record {
+        metrics.handle_record(record, now.monotonic);
+    }
+    reply.response
+}

@@ -1,0 +1,130 @@
+//! Which handler an accepted envelope goes to: route names in the core, the
+//! adapter's code in a [`HandlerTable`].
+
+use std::collections::{HashMap, HashSet};
+
+use crate::model::PayloadKind;
+
+/// Which handler an accepted envelope goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// A `task.request` for a registered skill.
+    Skill(String),
+    /// A registered payload kind.
+    Kind(PayloadKind),
+    /// A registered custom payload type (exact spelling).
+    Custom(String),
+}
+
+/// Registered skills and payload handlers (names only; the adapter holds the
+/// code), and whether task state is attached (then the core answers
+/// `state.query`/`state.restore` itself and persists every skill run).
+#[derive(Debug, Clone, Default)]
+pub struct Routes {
+    pub(super) skills: HashSet<String>,
+    pub(super) kinds: HashSet<PayloadKind>,
+    pub(super) custom: HashSet<String>,
+    pub(super) task_state: bool,
+}
+
+impl Routes {
+    /// Registers a skill for `task.request`.
+    pub fn add_skill(&mut self, skill_id: &str) {
+        self.skills.insert(skill_id.to_owned());
+    }
+    /// Registers a handler for a payload kind (every spelling of it).
+    pub fn add_kind(&mut self, kind: PayloadKind) {
+        self.kinds.insert(kind);
+    }
+    /// Registers a handler for a payload type outside the protocol vocabulary.
+    pub fn add_custom(&mut self, payload_type: &str) {
+        self.custom.insert(payload_type.to_owned());
+    }
+    /// Attaches task state: skill runs yield [`Step::Persist`](super::Step::Persist)
+    /// before they are answered, and `state.query`/`state.restore` yield
+    /// [`Step::QueryState`](super::Step::QueryState).
+    pub fn attach_task_state(&mut self) {
+        self.task_state = true;
+    }
+    /// Whether skill `id` is registered.
+    #[must_use]
+    pub fn has_skill(&self, id: &str) -> bool {
+        self.skills.contains(id)
+    }
+    /// Whether task state is attached.
+    #[must_use]
+    pub fn has_task_state(&self) -> bool {
+        self.task_state
+    }
+}
+
+/// The adapter's handler code, looked up by [`Route`]. Generic over the
+/// closure types so the tokio (async) and blocking (plain closure) adapters
+/// share one registry; [`HandlerTable::routes`] tells the [`Server`](super::Server) what exists.
+pub struct HandlerTable<S, P> {
+    skills: HashMap<String, S>,
+    kinds: HashMap<PayloadKind, P>,
+    custom: HashMap<String, P>,
+}
+
+impl<S, P> Default for HandlerTable<S, P> {
+    fn default() -> Self {
+        Self {
+            skills: HashMap::new(),
+            kinds: HashMap::new(),
+            custom: HashMap::new(),
+        }
+    }
+}
+
+impl<S, P> std::fmt::Debug for HandlerTable<S, P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandlerTable")
+            .field("skills", &self.skills.keys().collect::<Vec<_>>())
+            .field("kinds", &self.kinds.keys().collect::<Vec<_>>())
+            .field("custom", &self.custom.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// A handler found for a route.
+#[derive(Debug)]
+pub enum HandlerRef<'a, S, P> {
+    /// A skill handler (gets the `TaskRequest`).
+    Skill(&'a S),
+    /// A payload handler (gets the envelope and payload).
+    Payload(&'a P),
+}
+
+impl<S, P> HandlerTable<S, P> {
+    /// Registers a skill handler.
+    pub fn add_skill(&mut self, skill_id: &str, handler: S) {
+        self.skills.insert(skill_id.to_owned(), handler);
+    }
+    /// Registers a handler for a payload kind.
+    pub fn add_kind(&mut self, kind: PayloadKind, handler: P) {
+        self.kinds.insert(kind, handler);
+    }
+    /// Registers a handler for a custom payload type.
+    pub fn add_custom(&mut self, payload_type: &str, handler: P) {
+        self.custom.insert(payload_type.to_owned(), handler);
+    }
+    /// The route names, for [`Server::set_routes`](super::Server::set_routes).
+    #[must_use]
+    pub fn routes(&self) -> Routes {
+        let mut r = Routes::default();
+        self.skills.keys().for_each(|k| r.add_skill(k));
+        self.kinds.keys().for_each(|k| r.add_kind(*k));
+        self.custom.keys().for_each(|k| r.add_custom(k));
+        r
+    }
+    /// The handler for `route`.
+    #[must_use]
+    pub fn get(&self, route: &Route) -> Option<HandlerRef<'_, S, P>> {
+        match route {
+            Route::Skill(id) => self.skills.get(id).map(HandlerRef::Skill),
+            Route::Kind(k) => self.kinds.get(k).map(HandlerRef::Payload),
+            Route::Custom(t) => self.custom.get(t).map(HandlerRef::Payload),
+        }
+    }
+}
