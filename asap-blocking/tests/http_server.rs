@@ -243,3 +243,29 @@ fn skill_runs_are_persisted_and_state_can_be_queried_and_restored() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].task_id, task_id);
 }
+
+/// HEAD on a GET route: the GET's headers and Content-Length, no body.
+#[test]
+fn head_answers_like_get_without_a_body() {
+    let (_handle, addr) = start();
+    let (status, get_body) = request(addr, "GET", "/.well-known/asap/manifest.json", b"");
+    assert_eq!(status, 200);
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "HEAD /.well-known/asap/manifest.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(
+        text.contains(&format!("content-length: {}", get_body.len())),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("\r\n\r\n"),
+        "no body after the headers: {text}"
+    );
+}

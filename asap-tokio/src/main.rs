@@ -70,6 +70,10 @@ struct ServeArgs {
     /// Accept envelopes without a timestamp (the reference's behaviour; opens a replay bypass).
     #[arg(long)]
     allow_missing_timestamp: bool,
+    /// Accept envelopes addressed to any agent (gateways and relays); by default a
+    /// `recipient` other than this agent's id is refused with -32602.
+    #[arg(long)]
+    accept_any_recipient: bool,
     /// Include handler error details in -32603 responses.
     #[arg(long, env = "ASAP_DEBUG")]
     debug: bool,
@@ -172,6 +176,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         require_nonce: args.require_nonce,
         rate_limit_by_sender: args.rate_limit_by_sender,
         require_timestamp: !args.allow_missing_timestamp,
+        accept_any_recipient: args.accept_any_recipient,
         debug: args.debug,
         ..ServerConfig::default()
     };

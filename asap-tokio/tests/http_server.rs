@@ -841,3 +841,94 @@ async fn chunked_bodies_are_bounded_while_streaming() {
     assert_eq!(r.json()["id"], "chunked");
     assert!(r.json().get("result").is_some());
 }
+
+/// Issue 8 item 4: conformance beyond the reference where it is wrong.
+#[tokio::test]
+async fn recipient_must_be_this_agent_unless_configured() {
+    let addr = start(open_config()).await;
+    let mut env = envelope();
+    env["recipient"] = json!("urn:asap:agent:someone-else");
+    let r = post(addr, &rpc(env.clone(), json!(1))).await;
+    assert_eq!(r.code(), -32602);
+    let data = &r.json()["error"]["data"];
+    assert_eq!(data["recipient"], "urn:asap:agent:someone-else");
+    assert_eq!(data["expected"], AGENT);
+    assert_eq!(data["validation_errors"][0]["loc"], json!(["recipient"]));
+    let gateway = start(ServerConfig {
+        accept_any_recipient: true,
+        ..open_config()
+    })
+    .await;
+    let r = post(gateway, &rpc(env, json!(1))).await;
+    assert_eq!(
+        r.json()["result"]["envelope"]["payload"]["status"],
+        "completed"
+    );
+}
+
+#[tokio::test]
+async fn every_spelling_of_an_answer_needs_its_correlation_id() {
+    let addr = start(open_config()).await;
+    for (payload_type, payload) in [
+        (
+            "task.response",
+            json!({"task_id": "t", "status": "completed"}),
+        ),
+        (
+            "TaskResponse",
+            json!({"task_id": "t", "status": "completed"}),
+        ),
+        (
+            "mcp.tool_result",
+            json!({"request_id": "r", "success": true}),
+        ),
+        ("McpToolResult", json!({"request_id": "r", "success": true})),
+        (
+            "McpResourceData",
+            json!({"resource_uri": "u", "content": {}}),
+        ),
+    ] {
+        let mut env = envelope();
+        env["payload_type"] = json!(payload_type);
+        env["payload"] = payload;
+        let r = post(addr, &rpc(env, json!(1))).await;
+        assert_eq!(r.code(), -32602, "{payload_type}: {}", r.json());
+        let locs = &r.json()["error"]["data"]["validation_errors"];
+        assert_eq!(locs[0]["loc"], json!(["correlation_id"]), "{payload_type}");
+    }
+}
+
+fn nested(depth: usize) -> Value {
+    (0..depth).fold(json!("leaf"), |inner, _| json!({ "a": inner }))
+}
+
+#[tokio::test]
+async fn input_nested_100_deep_round_trips_and_deeper_is_refused_by_name() {
+    let addr = start(open_config()).await;
+    let mut env = envelope();
+    env["payload"]["input"] = json!({ "deep": nested(100) });
+    let r = post(addr, &rpc(env.clone(), json!(1))).await;
+    let v = r.json();
+    assert_eq!(
+        v["result"]["envelope"]["payload"]["result"]["echoed"]["deep"],
+        nested(100),
+        "round trip"
+    );
+    // Built as text: a Value this deep would overflow the test's own stack.
+    let text = String::from_utf8(rpc(env, json!(1))).unwrap();
+    let deep = format!("{}1{}", "[".repeat(50_000), "]".repeat(50_000));
+    let body = text.replacen(
+        r#"{"deep":{"a":"#,
+        &format!(r#"{{"deep":{deep},"x":{{"a":"#),
+        1,
+    );
+    let r = post(addr, body.as_bytes()).await;
+    assert_eq!(r.code(), -32700);
+    let msg = r.json()["error"]["data"]["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(msg.contains("maximum of 120"), "{msg}");
+    // Still serving.
+    assert_eq!(post(addr, &rpc(envelope(), json!(2))).await.status, 200);
+}

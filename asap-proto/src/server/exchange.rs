@@ -551,3 +551,267 @@ impl Exchange {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AgentUrn, Manifest, Skill};
+    use crate::server::{Server, ServerConfig};
+
+    const BODY: &[u8] = br#"{"jsonrpc":"2.0","method":"asap.send","id":1,"params":{"envelope":{"asap_version":"0.1","timestamp":"2026-01-01T00:00:00Z","sender":"urn:asap:agent:c","recipient":"urn:asap:agent:x","payload_type":"task.request","extensions":{"nonce":"n1"},"payload":{"conversation_id":"c","skill_id":"echo","input":{"k":1}}}}}"#;
+
+    fn now() -> Now {
+        Now {
+            monotonic: crate::test_clock::base(),
+            wall: UnixTime::from_secs(1_767_225_600),
+        }
+    }
+
+    fn server(config: ServerConfig, task_state: bool) -> Server {
+        let mut m = Manifest::new(
+            AgentUrn::new("urn:asap:agent:x").unwrap(),
+            "x",
+            "1.0.0",
+            "x",
+            "http://127.0.0.1/asap",
+        );
+        m.capabilities.skills.push(Skill::new("echo", "echo"));
+        let mut s = Server::new(
+            m,
+            ServerConfig {
+                rate_limit: None,
+                ..config
+            },
+            now().monotonic,
+            5,
+        );
+        s.routes_mut().add_skill("echo");
+        if task_state {
+            s.routes_mut().attach_task_state();
+        }
+        s
+    }
+
+    fn open(s: &mut Server, method: &Method, path: &str) -> Exchange {
+        let headers = http::HeaderMap::new();
+        let head = RequestHead {
+            method,
+            path,
+            headers: &headers,
+            peer: None,
+            transport: Transport::Http,
+        };
+        s.handle_request(&head, now())
+    }
+
+    fn json(r: &Response<Vec<u8>>) -> serde_json::Value {
+        serde_json::from_slice(r.body()).unwrap()
+    }
+
+    #[test]
+    fn a_skill_run_is_persisted_before_it_is_answered() {
+        let mut s = server(ServerConfig::default(), true);
+        let mut ex = open(&mut s, &Method::POST, "/asap");
+        assert!(
+            matches!(ex.poll_step(), Step::ReadBody { limit } if limit == crate::server::DEFAULT_MAX_REQUEST_SIZE)
+        );
+        ex.handle_body(BODY, now().wall);
+        let Step::Invoke(inv) = ex.poll_step() else {
+            panic!("no Admit without nonce or sender limits")
+        };
+        let task_id = inv.task_id.clone().unwrap();
+        ex.handle_outcome(
+            inv,
+            HandlerOutcome::Skill(SkillResult::echo_input(crate::model::JsonObject::new())),
+            now().wall,
+        );
+        let Step::Persist(records) = ex.poll_step() else {
+            panic!("expected Persist")
+        };
+        assert_eq!(records.snapshot.task_id, task_id);
+        assert_eq!(records.usage.task_id, task_id);
+        // Until the adapter reports the commit, there is no answer.
+        assert!(matches!(ex.poll_step(), Step::Respond(r) if r.response.status() == 500));
+    }
+
+    #[test]
+    fn an_unsaved_task_is_an_internal_error_and_a_saved_one_is_answered() {
+        for saved in [true, false] {
+            let mut s = server(ServerConfig::default(), true);
+            let mut ex = open(&mut s, &Method::POST, "/asap");
+            let _ = ex.poll_step();
+            ex.handle_body(BODY, now().wall);
+            let Step::Invoke(inv) = ex.poll_step() else {
+                panic!()
+            };
+            let o = HandlerOutcome::Skill(SkillResult::echo(&inv));
+            ex.handle_outcome(inv, o, now().wall);
+            let Step::Persist(_) = ex.poll_step() else {
+                panic!()
+            };
+            let result = if saved {
+                Ok(())
+            } else {
+                Err(StoreError::Backend("disk full".into()))
+            };
+            ex.handle_persisted(result, now().wall);
+            let Step::Respond(reply) = ex.poll_step() else {
+                panic!()
+            };
+            let v = json(&reply.response);
+            assert_eq!(v.get("result").is_some(), saved, "{v}");
+            let record = reply.record.unwrap();
+            assert_eq!(
+                record.outcome,
+                if saved {
+                    Outcome::Ok
+                } else {
+                    Outcome::HandlerError
+                }
+            );
+            assert_eq!(record.kind, Some(PayloadKind::TaskRequest));
+        }
+    }
+
+    #[test]
+    fn nonce_checks_need_the_shared_server_and_come_before_routing_errors() {
+        let mut s = server(
+            ServerConfig {
+                require_nonce: true,
+                ..ServerConfig::default()
+            },
+            false,
+        );
+        let unknown_skill = std::str::from_utf8(BODY)
+            .unwrap()
+            .replace("\"echo\"", "\"nope\"");
+        for (body, want) in [
+            (BODY.to_vec(), None),
+            (BODY.to_vec(), Some(-32602)),
+            (unknown_skill.into_bytes(), Some(-32602)),
+        ] {
+            let mut ex = open(&mut s, &Method::POST, "/asap");
+            let _ = ex.poll_step();
+            ex.handle_body(&body, now().wall);
+            assert!(matches!(ex.poll_step(), Step::Admit));
+            s.handle_admission(&mut ex, now());
+            match (ex.poll_step(), want) {
+                (Step::Invoke(_), None) => {}
+                (Step::Respond(r), Some(code)) => {
+                    let v = json(&r.response);
+                    assert_eq!(v["error"]["code"], code);
+                    assert_eq!(
+                        v["error"]["data"]["code"], "asap:protocol/invalid_nonce",
+                        "{v}"
+                    );
+                }
+                (other, _) => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn state_queries_go_to_the_store_and_unknown_tasks_are_named() {
+        let mut s = server(ServerConfig::default(), true);
+        let body = std::str::from_utf8(BODY).unwrap().replace(
+            r#""payload_type":"task.request","extensions":{"nonce":"n1"},"payload":{"conversation_id":"c","skill_id":"echo","input":{"k":1}}"#,
+            r#""payload_type":"state.query","payload":{"task_id":"task_x"}"#,
+        );
+        let mut ex = open(&mut s, &Method::POST, "/asap");
+        let _ = ex.poll_step();
+        ex.handle_body(body.as_bytes(), now().wall);
+        let Step::QueryState(request) = ex.poll_step() else {
+            panic!("expected QueryState")
+        };
+        let mut store = crate::store::MemorySnapshotStore::new();
+        ex.handle_state(request.run(&mut store), now().wall);
+        let Step::Respond(reply) = ex.poll_step() else {
+            panic!()
+        };
+        let v = json(&reply.response);
+        assert_eq!(v["error"]["data"]["code"], "asap:task/not_found", "{v}");
+    }
+
+    #[test]
+    fn get_routes_answer_in_the_first_call_and_are_not_recorded() {
+        let mut s = server(ServerConfig::default(), false);
+        for (method, path, status) in [
+            (Method::GET, "/health", 200),
+            (Method::HEAD, "/ready", 200),
+            (Method::GET, "/nope", 404),
+            (Method::DELETE, "/health", 405),
+            (Method::GET, "/asap", 405),
+        ] {
+            let mut ex = open(&mut s, &method, path);
+            let Step::Respond(reply) = ex.poll_step() else {
+                panic!("{method} {path}")
+            };
+            assert_eq!(reply.response.status(), status, "{method} {path}");
+            assert!(reply.record.is_none());
+            if method == Method::HEAD {
+                assert!(reply.response.body().is_empty());
+                assert_eq!(reply.response.headers()[header::CONTENT_LENGTH], "15");
+            }
+        }
+        let mut ex = open(&mut s, &Method::HEAD, "/.well-known/asap/health");
+        assert!(matches!(ex.poll_step(), Step::CheckHealth));
+        ex.handle_health(
+            HealthReport {
+                unhealthy: true,
+                load: None,
+            },
+            now().monotonic,
+        );
+        let Step::Respond(reply) = ex.poll_step() else {
+            panic!()
+        };
+        assert_eq!(reply.response.status(), 503);
+        assert!(reply.response.body().is_empty());
+    }
+
+    #[test]
+    fn refusals_on_headers_are_recorded_and_ask_for_the_body_to_be_drained() {
+        let mut s = server(
+            ServerConfig {
+                max_request_size: 10,
+                ..ServerConfig::default()
+            },
+            false,
+        );
+        let mut headers = http::HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(11));
+        let head = RequestHead {
+            method: &Method::POST,
+            path: "/asap",
+            headers: &headers,
+            peer: None,
+            transport: Transport::Http,
+        };
+        let mut ex = s.handle_request(&head, now());
+        let Step::Respond(reply) = ex.poll_step() else {
+            panic!()
+        };
+        assert_eq!(reply.response.status(), 413);
+        assert_eq!(reply.drain_body, Some(10));
+        assert_eq!(reply.record.unwrap().outcome, Outcome::RejectedHeaders);
+        // A body longer than the limit, read anyway: 413 too.
+        let mut ex = open(&mut s, &Method::POST, "/asap");
+        let _ = ex.poll_step();
+        ex.handle_body(&[b' '; 11], now().wall);
+        let Step::Respond(reply) = ex.poll_step() else {
+            panic!()
+        };
+        assert_eq!(reply.response.status(), 413);
+        // A transport failure says so, in one text for every adapter.
+        let mut ex = open(&mut s, &Method::POST, "/asap");
+        let _ = ex.poll_step();
+        ex.handle_body_error(BodyError::Unreadable("connection reset".into()));
+        let Step::Respond(reply) = ex.poll_step() else {
+            panic!()
+        };
+        assert_eq!(
+            reply.response.body(),
+            br#"{"detail":"Could not read request body: connection reset"}"#
+        );
+    }
+}

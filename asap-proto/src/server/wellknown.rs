@@ -146,3 +146,36 @@ pub fn health_response(
         .body(serde_json::to_vec(&doc).unwrap_or_default())
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::AgentUrn;
+
+    #[test]
+    fn if_none_match_is_weak_and_understands_star_and_lists() {
+        let m = Manifest::new(
+            AgentUrn::new("urn:asap:agent:x").unwrap(),
+            "x",
+            "1.0.0",
+            "x",
+            "http://127.0.0.1/asap",
+        );
+        let doc = ManifestDocument::new(m);
+        let etag = doc.etag().to_owned();
+        for (value, hit) in [
+            (etag.clone(), true),
+            (format!("W/{etag}"), true),
+            ("*".to_owned(), true),
+            (format!("\"a\", W/\"b\",{etag}"), true),
+            (format!("\"with,comma\", {etag}"), true),
+            ("\"other\"".to_owned(), false),
+            ("W/\"other\", \"x\"".to_owned(), false),
+            (etag.trim_matches('"').to_owned(), false),
+            (String::new(), false),
+            (",,,".to_owned(), false),
+        ] {
+            assert_eq!(doc.matches(&value), hit, "{value}");
+        }
+    }
+}

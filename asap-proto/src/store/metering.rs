@@ -301,24 +301,67 @@ impl UsageEvent {
 }
 
 /// An in-memory [`MeteringStore`]; events are kept per agent in time order,
-/// so queries and aggregates cost O(log n + events in range).
-#[derive(Debug, Clone, Default)]
+/// so queries and aggregates cost O(log n + events in range). Bounded: past
+/// [`with_retained_events`](Self::with_retained_events) events (default
+/// [`DEFAULT_MEMORY_RETAINED_EVENTS`]) the oldest is forgotten.
+#[derive(Debug, Clone)]
 pub struct MemoryMeteringStore {
     agents: BTreeMap<String, BTreeMap<(i64, u64), UsageEvent>>,
     seq: u64,
+    len: usize,
+    retained_events: usize,
+}
+
+/// Usage events an in-memory metering store keeps by default (oldest, by
+/// timestamp, forgotten first): bounded memory on a long-running agent.
+pub const DEFAULT_MEMORY_RETAINED_EVENTS: usize = 100_000;
+
+impl Default for MemoryMeteringStore {
+    fn default() -> Self {
+        Self::with_retained_events(DEFAULT_MEMORY_RETAINED_EVENTS)
+    }
 }
 
 impl MemoryMeteringStore {
-    /// An empty store.
+    /// An empty store keeping [`DEFAULT_MEMORY_RETAINED_EVENTS`] events.
     #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// An empty store keeping at most `events` events (at least 1).
+    #[must_use]
+    pub fn with_retained_events(events: usize) -> Self {
+        Self {
+            agents: BTreeMap::new(),
+            seq: 0,
+            len: 0,
+            retained_events: events.max(1),
+        }
+    }
+
+    fn forget_oldest(&mut self) {
+        let oldest = self
+            .agents
+            .iter()
+            .filter_map(|(agent, events)| events.first_key_value().map(|(k, _)| (*k, agent)))
+            .min()
+            .map(|(_, agent)| agent.clone());
+        if let Some(agent) = oldest {
+            if let Some(events) = self.agents.get_mut(&agent) {
+                events.pop_first();
+                self.len -= 1;
+                if events.is_empty() {
+                    self.agents.remove(&agent);
+                }
+            }
+        }
+    }
+
     /// Number of events held, over all agents.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.agents.values().map(BTreeMap::len).sum()
+        self.len
     }
 
     /// Whether the store holds no event.
@@ -355,6 +398,10 @@ impl MeteringStore for MemoryMeteringStore {
             .entry(event.agent_id.clone())
             .or_default()
             .insert(key, event);
+        self.len += 1;
+        while self.len > self.retained_events {
+            self.forget_oldest();
+        }
         Ok(())
     }
 
@@ -406,6 +453,31 @@ mod tests {
     }
     fn show(u: UnixTime) -> String {
         Timestamp::from_unix(u).to_string()
+    }
+
+    #[test]
+    fn the_oldest_events_are_forgotten_past_the_bound() {
+        let mut s = MemoryMeteringStore::with_retained_events(3);
+        for (i, agent) in ["a", "b", "a", "b", "a"].iter().enumerate() {
+            let e = UsageEvent {
+                task_id: format!("t{i}"),
+                agent_id: (*agent).into(),
+                consumer_id: "c".into(),
+                metrics: super::super::UsageMetrics::default(),
+                timestamp: Timestamp::from_unix(UnixTime::from_secs(100 + i as i64)),
+            };
+            s.record(&e).unwrap();
+            assert!(s.len() <= 3);
+        }
+        let all = |agent: &str| {
+            s.query(agent, UnixTime::from_secs(0), UnixTime::from_secs(1000))
+                .unwrap()
+                .into_iter()
+                .map(|e| e.task_id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(all("a"), ["t2", "t4"]);
+        assert_eq!(all("b"), ["t3"]);
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub use config::{
 pub use error::StoreError;
 pub use metering::{
     AggregatePeriod, MemoryMeteringStore, MeteringStore, ParsePeriodError, UsageAggregate,
-    UsageEvent, UsageMetrics, MAX_METRIC_VALUE,
+    UsageEvent, UsageMetrics, DEFAULT_MEMORY_RETAINED_EVENTS, MAX_METRIC_VALUE,
 };
-pub use snapshot::{check_snapshot, MemorySnapshotStore, SnapshotStore};
+pub use snapshot::{
+    check_snapshot, MemorySnapshotStore, SnapshotStore, DEFAULT_MEMORY_RETAINED_TASKS,
+};
