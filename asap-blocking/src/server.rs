@@ -32,8 +32,8 @@ use std::time::{Instant, SystemTime};
 use crate::store::Stores;
 use asap_proto::model::{Envelope, Manifest, Payload, PayloadKind, TaskRequest, UnixTime};
 use asap_proto::server::{
-    BodyError, HandlerError, HandlerOutcome, HandlerRef, HandlerTable, HealthReport, Invocation,
-    Metrics, Now, RequestHead, Server, ServerConfig, SkillResult, Step, Transport,
+    AgentCode, AgentParts, BodyError, HandlerError, HandlerOutcome, HandlerRef, HealthReport,
+    Invocation, Metrics, Now, RequestHead, Server, ServerConfig, SkillResult, Step, Transport,
 };
 pub use asap_proto::server::{HandlerReply, SkillContext};
 use asap_proto::store::StoreError;
@@ -44,35 +44,25 @@ type SkillFn =
 type PayloadFn = Box<dyn Fn(Envelope, Payload) -> Result<HandlerReply, HandlerError> + Send + Sync>;
 type HealthFn = Box<dyn Fn() -> HealthReport + Send + Sync>;
 
-/// An agent: manifest, policy, skills and payload handlers. Cheap to clone.
-#[derive(Clone)]
+/// A blocking agent: manifest, policy, plain-closure skills and payload
+/// handlers, task state behind a lock. Cheap to clone; run it with [`serve`]
+/// or call [`Agent::handle`] from any HTTP server.
+#[derive(Clone, Debug)]
 pub struct Agent {
     inner: Arc<AgentInner>,
 }
 
+#[derive(Debug)]
 struct AgentInner {
     core: Mutex<Server>,
     metrics: Mutex<Metrics>,
-    handlers: HandlerTable<SkillFn, PayloadFn>,
-    health: HealthFn,
-    stores: Option<Arc<Mutex<Stores>>>,
+    code: AgentCode<SkillFn, PayloadFn, HealthFn, Mutex<Stores>>,
 }
 
-impl std::fmt::Debug for Agent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Agent")
-            .field("handlers", &self.inner.handlers)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Builds an [`Agent`].
+/// Builds an [`Agent`] from plain closures.
+#[derive(Debug)]
 pub struct AgentBuilder {
-    manifest: Manifest,
-    config: ServerConfig,
-    handlers: HandlerTable<SkillFn, PayloadFn>,
-    health: HealthFn,
-    stores: Option<Arc<Mutex<Stores>>>,
+    parts: AgentParts<SkillFn, PayloadFn, HealthFn, Mutex<Stores>>,
 }
 
 impl Agent {
@@ -80,11 +70,7 @@ impl Agent {
     #[must_use]
     pub fn builder(manifest: Manifest) -> AgentBuilder {
         AgentBuilder {
-            manifest,
-            config: ServerConfig::default(),
-            handlers: HandlerTable::default(),
-            health: Box::new(HealthReport::default),
-            stores: None,
+            parts: AgentParts::new(manifest),
         }
     }
 
@@ -122,7 +108,7 @@ impl Agent {
                     ex.handle_outcome(inv, outcome, wall_now());
                 }
                 Step::Persist(records) => {
-                    let saved = inner.stores.as_ref().map_or_else(no_store, |s| {
+                    let saved = inner.code.stores.as_ref().map_or_else(no_store, |s| {
                         lock(s).record_tasks(
                             std::slice::from_ref(&records.snapshot),
                             std::slice::from_ref(&records.usage),
@@ -131,13 +117,16 @@ impl Agent {
                     ex.handle_persisted(saved, wall_now());
                 }
                 Step::QueryState(request) => {
-                    let result = match &inner.stores {
+                    let result = match &inner.code.stores {
                         Some(s) => request.run(lock(s).snapshots.as_mut()),
                         None => Err(HandlerError::failed("no task-state store")),
                     };
                     ex.handle_state(result, wall_now());
                 }
-                Step::CheckHealth => ex.handle_health((inner.health)(), Instant::now()),
+                Step::CheckHealth => {
+                    let health = inner.code.health.as_ref().map(|f| f());
+                    ex.handle_health(health.unwrap_or_default(), Instant::now());
+                }
                 Step::RenderMetrics => ex.handle_metrics(&lock(&inner.metrics)),
                 Step::Respond(reply) => break reply,
             }
@@ -150,7 +139,7 @@ impl Agent {
 
     fn run_handler(&self, inv: &Invocation) -> HandlerOutcome {
         let run = || -> Result<HandlerOutcome, HandlerError> {
-            match (self.inner.handlers.get(&inv.route), &inv.payload) {
+            match (self.inner.code.handlers.get(&inv.route), &inv.payload) {
                 (Some(HandlerRef::Skill(f)), Payload::TaskRequest(req)) => f(
                     SkillContext {
                         envelope: inv.envelope.clone(),
@@ -194,7 +183,7 @@ impl AgentBuilder {
     /// Replaces the server policy.
     #[must_use]
     pub fn config(mut self, config: ServerConfig) -> Self {
-        self.config = config;
+        self.parts.config = config;
         self
     }
 
@@ -207,7 +196,7 @@ impl AgentBuilder {
             + Sync
             + 'static,
     {
-        self.handlers.add_skill(skill_id, Box::new(f));
+        self.parts.handlers.add_skill(skill_id, Box::new(f));
         self
     }
 
@@ -223,7 +212,7 @@ impl AgentBuilder {
     where
         F: Fn(Envelope, Payload) -> Result<HandlerReply, HandlerError> + Send + Sync + 'static,
     {
-        self.handlers.add_kind(kind, Box::new(f));
+        self.parts.handlers.add_kind(kind, Box::new(f));
         self
     }
 
@@ -233,14 +222,14 @@ impl AgentBuilder {
     where
         F: Fn(Envelope, Payload) -> Result<HandlerReply, HandlerError> + Send + Sync + 'static,
     {
-        self.handlers.add_custom(payload_type, Box::new(f));
+        self.parts.handlers.add_custom(payload_type, Box::new(f));
         self
     }
 
     /// Supplies the health verdict served at `/.well-known/asap/health`.
     #[must_use]
     pub fn health<F: Fn() -> HealthReport + Send + Sync + 'static>(mut self, f: F) -> Self {
-        self.health = Box::new(f);
+        self.parts.health = Some(Box::new(f));
         self
     }
 
@@ -249,26 +238,19 @@ impl AgentBuilder {
     /// are answered from the snapshot store.
     #[must_use]
     pub fn stores(mut self, stores: Stores) -> Self {
-        self.stores = Some(Arc::new(Mutex::new(stores)));
+        self.parts.stores = Some(Mutex::new(stores));
         self
     }
 
     /// Finishes the agent.
     #[must_use]
     pub fn build(self) -> Agent {
-        let mut core = Server::new(self.manifest, self.config, Instant::now(), seed());
-        let mut routes = self.handlers.routes();
-        if self.stores.is_some() {
-            routes.attach_task_state();
-        }
-        core.set_routes(routes);
+        let (core, code) = self.parts.into_server(Instant::now(), seed());
         Agent {
             inner: Arc::new(AgentInner {
                 core: Mutex::new(core),
-                metrics: Mutex::new(Metrics::default()),
-                handlers: self.handlers,
-                health: self.health,
-                stores: self.stores,
+                metrics: Mutex::default(),
+                code,
             }),
         }
     }
@@ -276,12 +258,11 @@ impl AgentBuilder {
 
 fn seed() -> u64 {
     let mut b = [0u8; 8];
-    if getrandom::getrandom(&mut b).is_err() {
-        return SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-    }
-    u64::from_le_bytes(b)
+    getrandom::getrandom(&mut b).map_or_else(
+        // Ids stay unique without OS randomness (time + counter), only guessable.
+        |_| wall_now().as_micros().unsigned_abs(),
+        |()| u64::from_le_bytes(b),
+    )
 }
 
 fn wall_now() -> UnixTime {

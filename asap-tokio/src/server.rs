@@ -38,8 +38,9 @@ use std::time::{Instant, SystemTime};
 use crate::store::TaskRecorder;
 use asap_proto::model::{Envelope, Manifest, Payload, PayloadKind, TaskRequest, UnixTime};
 use asap_proto::server::{
-    BodyError, HandlerError, HandlerOutcome, HandlerRef, HandlerTable, HealthReport, Invocation,
-    Metrics, Now, RequestHead, Server, ServerConfig, SkillResult, StateRequest, Step, Transport,
+    AgentCode, AgentParts, BodyError, HandlerError, HandlerOutcome, HandlerRef, HealthReport,
+    Invocation, Metrics, Now, RequestHead, Server, ServerConfig, SkillResult, StateRequest, Step,
+    Transport,
 };
 pub use asap_proto::server::{HandlerReply, SkillContext};
 use asap_proto::store::StoreError;
@@ -58,35 +59,24 @@ type PayloadFn =
     Arc<dyn Fn(Envelope, Payload) -> BoxFuture<Result<HandlerReply, HandlerError>> + Send + Sync>;
 type HealthFn = Arc<dyn Fn() -> HealthReport + Send + Sync>;
 
-/// An agent: manifest, policy, skills and payload handlers. Cheap to clone.
-#[derive(Clone)]
+/// An async agent: manifest, policy, async skills and payload handlers, task
+/// state on its recorder thread. Cheap to clone; mount it with [`router`].
+#[derive(Clone, Debug)]
 pub struct Agent {
     inner: Arc<AgentInner>,
 }
 
+#[derive(Debug)]
 struct AgentInner {
     core: Mutex<Server>,
     metrics: Mutex<Metrics>,
-    handlers: HandlerTable<SkillFn, PayloadFn>,
-    health: HealthFn,
-    stores: Option<TaskRecorder>,
+    code: AgentCode<SkillFn, PayloadFn, HealthFn, TaskRecorder>,
 }
 
-impl std::fmt::Debug for Agent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Agent")
-            .field("handlers", &self.inner.handlers)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Builds an [`Agent`].
+/// Builds an [`Agent`] from async handlers.
+#[derive(Debug)]
 pub struct AgentBuilder {
-    manifest: Manifest,
-    config: ServerConfig,
-    handlers: HandlerTable<SkillFn, PayloadFn>,
-    health: HealthFn,
-    stores: Option<TaskRecorder>,
+    parts: AgentParts<SkillFn, PayloadFn, HealthFn, TaskRecorder>,
 }
 
 impl Agent {
@@ -94,11 +84,7 @@ impl Agent {
     #[must_use]
     pub fn builder(manifest: Manifest) -> AgentBuilder {
         AgentBuilder {
-            manifest,
-            config: ServerConfig::default(),
-            handlers: HandlerTable::default(),
-            health: Arc::new(HealthReport::default),
-            stores: None,
+            parts: AgentParts::new(manifest),
         }
     }
 
@@ -119,7 +105,7 @@ impl AgentBuilder {
     /// Replaces the server policy.
     #[must_use]
     pub fn config(mut self, config: ServerConfig) -> Self {
-        self.config = config;
+        self.parts.config = config;
         self
     }
 
@@ -130,7 +116,8 @@ impl AgentBuilder {
         F: Fn(SkillContext, TaskRequest) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<SkillResult, HandlerError>> + Send + 'static,
     {
-        self.handlers
+        self.parts
+            .handlers
             .add_skill(skill_id, Arc::new(move |c, r| Box::pin(f(c, r))));
         self
     }
@@ -150,7 +137,8 @@ impl AgentBuilder {
         F: Fn(Envelope, Payload) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<HandlerReply, HandlerError>> + Send + 'static,
     {
-        self.handlers
+        self.parts
+            .handlers
             .add_kind(kind, Arc::new(move |e, p| Box::pin(f(e, p))));
         self
     }
@@ -162,7 +150,8 @@ impl AgentBuilder {
         F: Fn(Envelope, Payload) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<HandlerReply, HandlerError>> + Send + 'static,
     {
-        self.handlers
+        self.parts
+            .handlers
             .add_custom(payload_type, Arc::new(move |e, p| Box::pin(f(e, p))));
         self
     }
@@ -170,7 +159,7 @@ impl AgentBuilder {
     /// Supplies the health verdict and load figures served at `/.well-known/asap/health`.
     #[must_use]
     pub fn health<F: Fn() -> HealthReport + Send + Sync + 'static>(mut self, f: F) -> Self {
-        self.health = Arc::new(f);
+        self.parts.health = Some(Arc::new(f));
         self
     }
 
@@ -193,41 +182,37 @@ impl AgentBuilder {
     /// ```
     #[must_use]
     pub fn stores(mut self, recorder: TaskRecorder) -> Self {
-        self.stores = Some(recorder);
+        self.parts.stores = Some(recorder);
         self
     }
 
     /// Finishes the agent.
     #[must_use]
     pub fn build(self) -> Agent {
-        let mut core = Server::new(self.manifest, self.config, Instant::now(), random_seed());
-        let mut routes = self.handlers.routes();
-        if self.stores.is_some() {
-            routes.attach_task_state();
-        }
-        core.set_routes(routes);
+        let (core, code) = self.parts.into_server(Instant::now(), random_seed());
+        let inner = AgentInner {
+            core: Mutex::new(core),
+            metrics: Mutex::default(),
+            code,
+        };
         Agent {
-            inner: Arc::new(AgentInner {
-                core: Mutex::new(core),
-                metrics: Mutex::new(Metrics::default()),
-                handlers: self.handlers,
-                health: self.health,
-                stores: self.stores,
-            }),
+            inner: Arc::new(inner),
         }
     }
+}
+
+fn health(source: &Option<HealthFn>) -> HealthReport {
+    source.as_ref().map_or_else(HealthReport::default, |f| f())
 }
 
 fn random_seed() -> u64 {
     use ring::rand::{SecureRandom, SystemRandom};
     let mut b = [0u8; 8];
-    if SystemRandom::new().fill(&mut b).is_err() {
-        // No OS randomness: ids stay unique (time + counter), only less unpredictable.
-        return SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+    // Without OS randomness ids stay unique (time + counter), only less unpredictable.
+    match SystemRandom::new().fill(&mut b) {
+        Ok(()) => u64::from_le_bytes(b),
+        Err(_) => wall_now().as_micros().unsigned_abs(),
     }
-    u64::from_le_bytes(b)
 }
 
 fn wall_now() -> UnixTime {
@@ -310,7 +295,7 @@ async fn handle(
                 ex.handle_outcome(inv, outcome, wall_now());
             }
             Step::Persist(records) => {
-                let saved = match &inner.stores {
+                let saved = match &inner.code.stores {
                     Some(recorder) => recorder.record(records).await,
                     None => Err(StoreError::Backend("no task-state store".into())),
                 };
@@ -319,7 +304,7 @@ async fn handle(
             Step::QueryState(request) => {
                 ex.handle_state(run_state(&agent, request).await, wall_now())
             }
-            Step::CheckHealth => ex.handle_health((inner.health)(), Instant::now()),
+            Step::CheckHealth => ex.handle_health(health(&inner.code.health), Instant::now()),
             Step::RenderMetrics => ex.handle_metrics(&lock(&inner.metrics)),
             Step::Respond(reply) => break reply,
         }
@@ -342,7 +327,7 @@ async fn handle(
 }
 
 async fn run_state(agent: &Agent, request: StateRequest) -> Result<Payload, HandlerError> {
-    let Some(recorder) = &agent.inner.stores else {
+    let Some(recorder) = &agent.inner.code.stores else {
         return Err(HandlerError::failed("no task-state store"));
     };
     recorder
@@ -359,7 +344,7 @@ async fn run_handler(agent: &Agent, inv: &Invocation) -> HandlerOutcome {
     use futures_util::FutureExt as _;
     // A panicking handler must not take the connection down: catch it in place
     // (a spawned task would cost a cross-thread wake-up per request).
-    let joined = match (agent.inner.handlers.get(&inv.route), &inv.payload) {
+    let joined = match (agent.inner.code.handlers.get(&inv.route), &inv.payload) {
         (Some(HandlerRef::Skill(f)), Payload::TaskRequest(req)) => {
             let ctx = SkillContext {
                 envelope: inv.envelope.clone(),

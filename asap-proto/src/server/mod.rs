@@ -116,7 +116,7 @@ pub use handler::{
 pub use inline::{drive_inline, TaskState};
 pub use metrics::Metrics;
 pub use replay::{NonceStore, ReplayWindow, MAX_ENVELOPE_AGE, MAX_FUTURE_TOLERANCE, NONCE_TTL};
-pub use routes::{HandlerRef, HandlerTable, Route, Routes};
+pub use routes::{AgentCode, AgentParts, HandlerRef, HandlerTable, Route, Routes};
 pub use wellknown::{health_response, HealthReport, ManifestDocument, MANIFEST_CACHE_CONTROL};
 
 use crate::jsonrpc::ErrorResponse;

@@ -2,8 +2,10 @@
 //! adapter's code in a [`HandlerTable`].
 
 use std::collections::{HashMap, HashSet};
+use std::time::Instant;
 
-use crate::model::PayloadKind;
+use super::config::ServerConfig;
+use crate::model::{Manifest, PayloadKind};
 
 /// Which handler an accepted envelope goes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,5 +128,89 @@ impl<S, P> HandlerTable<S, P> {
             Route::Kind(k) => self.kinds.get(k).map(HandlerRef::Payload),
             Route::Custom(t) => self.custom.get(t).map(HandlerRef::Payload),
         }
+    }
+}
+
+/// An agent's pieces before it serves: manifest, policy, and the adapter's
+/// code — skill handlers `S`, payload handlers `P`, a health source `H`,
+/// task-state stores `T`. Each adapter's `AgentBuilder` fills one in with its
+/// own closure types; [`AgentParts::into_server`] makes the core from it.
+pub struct AgentParts<S, P, H, T> {
+    /// The served manifest.
+    pub manifest: Manifest,
+    /// Server policy.
+    pub config: ServerConfig,
+    /// Handler code by route.
+    pub handlers: HandlerTable<S, P>,
+    /// Where health verdicts come from (`None`: always healthy).
+    pub health: Option<H>,
+    /// Task state (`None`: skill runs are not recorded, `state.*` has no handler).
+    pub stores: Option<T>,
+}
+
+impl<S, P, H, T> AgentParts<S, P, H, T> {
+    /// Parts for `manifest` with the default policy and nothing registered.
+    #[must_use]
+    pub fn new(manifest: Manifest) -> Self {
+        Self {
+            manifest,
+            config: ServerConfig::default(),
+            handlers: HandlerTable::default(),
+            health: None,
+            stores: None,
+        }
+    }
+
+    /// The core [`Server`](super::Server) (routes registered, task state attached
+    /// when stores are) and the code it routes to.
+    #[must_use]
+    pub fn into_server(
+        self,
+        started: Instant,
+        id_seed: u64,
+    ) -> (super::Server, AgentCode<S, P, H, T>) {
+        let mut routes = self.handlers.routes();
+        if self.stores.is_some() {
+            routes.attach_task_state();
+        }
+        let mut server = super::Server::new(self.manifest, self.config, started, id_seed);
+        server.set_routes(routes);
+        let code = AgentCode {
+            handlers: self.handlers,
+            health: self.health,
+            stores: self.stores,
+        };
+        (server, code)
+    }
+}
+
+impl<S, P, H, T> std::fmt::Debug for AgentParts<S, P, H, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentParts")
+            .field("manifest", &self.manifest.id)
+            .field("handlers", &self.handlers)
+            .field("stores", &self.stores.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a serving agent runs besides the core: the adapter's handler code,
+/// health source and stores (from [`AgentParts::into_server`]).
+pub struct AgentCode<S, P, H, T> {
+    /// Handler code by route.
+    pub handlers: HandlerTable<S, P>,
+    /// Health source.
+    pub health: Option<H>,
+    /// Task-state stores.
+    pub stores: Option<T>,
+}
+
+impl<S, P, H, T> std::fmt::Debug for AgentCode<S, P, H, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentCode")
+            .field("handlers", &self.handlers)
+            .field("health", &self.health.is_some())
+            .field("stores", &self.stores.is_some())
+            .finish()
     }
 }
