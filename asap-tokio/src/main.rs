@@ -70,6 +70,10 @@ struct ServeArgs {
     /// Accept envelopes without a timestamp (the reference's behaviour; opens a replay bypass).
     #[arg(long)]
     allow_missing_timestamp: bool,
+    /// Request-serving threads: 1 runs everything on one thread (no cross-thread
+    /// wake-ups: lowest latency); default: one per CPU core.
+    #[arg(long, env = "ASAP_WORKERS")]
+    workers: Option<usize>,
     /// Accept envelopes addressed to any agent (gateways and relays); by default a
     /// `recipient` other than this agent's id is refused with -32602.
     #[arg(long)]
@@ -222,10 +226,16 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         builder = builder.echo_skill("echo");
     }
     let agent = builder.build();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let mut rt = match args.workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let rt = rt.enable_all().build().map_err(|e| e.to_string())?;
     rt.block_on(async move {
         let listener =
             tokio::net::TcpListener::from_std(std_listener).map_err(|e| e.to_string())?;

@@ -98,6 +98,11 @@ impl Default for SqliteOptions {
     }
 }
 
+/// WAL pages after which a commit runs SQLite's automatic checkpoint.
+pub const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;
+/// Bytes a WAL file is truncated to when it restarts.
+pub const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
 /// One SQLite connection shared by the snapshot and metering stores of a file.
 ///
 /// Sharing matters for speed: in WAL mode every commit through one connection
@@ -232,6 +237,16 @@ fn configure(
     conn.pragma_update(None, "mmap_size", 256i64 * 1024 * 1024)
         .map_err(sql_err)?;
     conn.pragma_update(None, "cache_size", -16_384i64)
+        .map_err(sql_err)?;
+    // SQLite checkpoints inside the commit that crosses this many WAL pages,
+    // and that one request waits for the checkpoint's fsyncs. At the default
+    // (1000) that was every ~155th single-task commit: the p99. Ten times
+    // fewer keeps the stall off the p99 for ~40 MiB of WAL at most.
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
+        .map_err(sql_err)?;
+    // A WAL file is cut back to this size when it restarts, so a burst does
+    // not leave hundreds of megabytes behind.
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)
         .map_err(sql_err)?;
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
