@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use asap_proto::client::{
-    BaseUrl, ClientState, ClientStateConfig, ClientStats, HttpPolicy, SendOutput,
+    BaseUrl, ClientState, ClientStateConfig, ClientStats, HttpPolicy, SendOutput, TransportError,
     TransportErrorKind,
 };
 use asap_proto::discovery::{
@@ -206,12 +206,6 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
-/// How one HTTP exchange failed below HTTP.
-enum Failure {
-    Transport(TransportErrorKind, String),
-    TooLarge,
-}
-
 impl Client {
     /// A client for the agent at `base_url` with default settings.
     pub fn new(base_url: &str) -> Result<Self, ClientError> {
@@ -272,21 +266,12 @@ impl Client {
         let (mut call, ticket) =
             self.state()
                 .begin_send(agent, envelope, key, random_u64(), self.now())?;
-        let mut detail = None;
-        let mut too_large = false;
         let outcome = loop {
             match call.poll_output(self.now()) {
                 Some(SendOutput::Transmit(req)) => {
                     match self.execute(req, self.inner.timeouts.request) {
                         Ok(resp) => call.handle_response(resp, self.now()),
-                        Err(Failure::Transport(kind, text)) => {
-                            detail = Some(text);
-                            call.handle_transport_error(kind, self.now());
-                        }
-                        Err(Failure::TooLarge) => {
-                            too_large = true;
-                            call.handle_transport_error(TransportErrorKind::Other, self.now());
-                        }
+                        Err(e) => call.handle_transport_error(e, self.now()),
                     }
                 }
                 Some(SendOutput::Timeout(at)) => {
@@ -295,21 +280,13 @@ impl Client {
                 }
                 Some(SendOutput::Done(outcome)) => break outcome,
                 // Only while a request is in flight, and this driver always reports one.
-                None => call.handle_transport_error(TransportErrorKind::Other, self.now()),
+                None => call.handle_transport_error(
+                    TransportError::new(TransportErrorKind::Other, "no response reported"),
+                    self.now(),
+                ),
             }
         };
-        let result = self
-            .state()
-            .finish_send(ticket, outcome, detail, self.now());
-        match result {
-            Err(ClientError::Transport { url, .. }) if too_large => {
-                Err(ClientError::ResponseTooLarge {
-                    url,
-                    limit: self.inner.max_response_size,
-                })
-            }
-            other => other,
-        }
+        self.state().finish_send(ticket, outcome, self.now())
     }
 
     /// The agent's manifest (`GET {base}/.well-known/asap/manifest.json`),
@@ -397,27 +374,13 @@ impl Client {
                     Err(DiscoveryError::NotModifiedWithoutCache) => continue,
                     other => return other.map_err(Into::into),
                 },
-                Err(f) => {
+                Err(e) => {
                     failed(&mut self.state());
-                    return Err(self.failure(url, f));
+                    return Err(ClientError::from_transport(url.to_owned(), e));
                 }
             }
         }
         Err(DiscoveryError::NotModifiedWithoutCache.into())
-    }
-
-    fn failure(&self, url: &str, f: Failure) -> ClientError {
-        match f {
-            Failure::Transport(kind, detail) => ClientError::Transport {
-                kind,
-                url: url.to_owned(),
-                detail,
-            },
-            Failure::TooLarge => ClientError::ResponseTooLarge {
-                url: url.to_owned(),
-                limit: self.inner.max_response_size,
-            },
-        }
     }
 
     /// Performs one HTTP exchange and reads the (bounded) body.
@@ -425,7 +388,7 @@ impl Client {
         &self,
         req: http::Request<Vec<u8>>,
         timeout: Duration,
-    ) -> Result<http::Response<Vec<u8>>, Failure> {
+    ) -> Result<http::Response<Vec<u8>>, TransportError> {
         let (parts, body) = req.into_parts();
         let resp = if body.is_empty() && parts.method == http::Method::GET {
             self.run(http::Request::from_parts(parts, ()), timeout)
@@ -437,7 +400,7 @@ impl Client {
             .with_config()
             .limit(self.inner.max_response_size)
             .read_to_vec()
-            .map_err(classify)?;
+            .map_err(|e| classify(e, self.inner.max_response_size))?;
         Ok(http::Response::from_parts(parts, bytes))
     }
 
@@ -445,22 +408,25 @@ impl Client {
         &self,
         req: http::Request<B>,
         timeout: Duration,
-    ) -> Result<http::Response<ureq::Body>, Failure> {
+    ) -> Result<http::Response<ureq::Body>, TransportError> {
         let req = self
             .inner
             .http
             .configure_request(req)
             .timeout_global(Some(timeout))
             .build();
-        self.inner.http.run(req).map_err(classify)
+        self.inner
+            .http
+            .run(req)
+            .map_err(|e| classify(e, self.inner.max_response_size))
     }
 }
 
 /// Maps ureq's error to the core's transport kinds (connect and timeout are retried).
-fn classify(e: ureq::Error) -> Failure {
+fn classify(e: ureq::Error, limit: u64) -> TransportError {
     use std::io::ErrorKind as K;
     let kind = match &e {
-        ureq::Error::BodyExceedsLimit(_) => return Failure::TooLarge,
+        ureq::Error::BodyExceedsLimit(_) => TransportErrorKind::ResponseTooLarge { limit },
         ureq::Error::Timeout(_) => TransportErrorKind::Timeout,
         ureq::Error::HostNotFound
         | ureq::Error::ConnectionFailed
@@ -477,7 +443,7 @@ fn classify(e: ureq::Error) -> Failure {
         },
         _ => TransportErrorKind::Other,
     };
-    Failure::Transport(kind, e.to_string())
+    TransportError::new(kind, e.to_string())
 }
 
 fn random_bytes<const N: usize>() -> [u8; N] {

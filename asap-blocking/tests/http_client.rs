@@ -515,10 +515,20 @@ fn oversized_and_malformed_responses_are_the_peers_fault() {
         .unwrap();
     let err = client.send(&request(AGENT, "echo")).unwrap_err();
     assert!(
-        matches!(err, ClientError::ResponseTooLarge { limit: 1024, .. }),
+        matches!(err, ClientError::ResponseTooLarge { limit: 1024, ref detail, .. } if !detail.is_empty()),
         "{err:?}"
     );
     assert_eq!(err.fault(), Fault::Peer);
+    // The user sees the URL, the limit and the HTTP library's text, and the agent was asked once.
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "response from {}/asap exceeds 1024 bytes (",
+            s.url()
+        )),
+        "{text}"
+    );
+    assert_eq!(s.seen().len(), 1, "not retried");
     let s = Scripted::start(vec![(200, vec![], b"not json".to_vec())]);
     let err = Client::new(&s.url())
         .unwrap()

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use asap_proto::client::{
     BaseUrl, ClientState, ClientStateConfig, ClientStats, HttpPolicy, SendOutput, SendTicket,
-    TransportErrorKind,
+    TransportError, TransportErrorKind,
 };
 use asap_proto::discovery::{
     DiscoveryError, HealthVerdict, LiteRegistry, Lookup, RegistryEntry, DEFAULT_REGISTRY_URL,
@@ -225,12 +225,6 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
-/// How one HTTP exchange failed below HTTP.
-enum Failure {
-    Transport(TransportErrorKind, String),
-    TooLarge,
-}
-
 /// Gives a half-open probe back if a `send` future is dropped mid-call.
 struct TicketGuard<'a> {
     inner: &'a Inner,
@@ -314,21 +308,12 @@ impl Client {
             inner: &self.inner,
             ticket: Some(ticket),
         };
-        let mut detail = None;
-        let mut too_large = false;
         let outcome = loop {
             match call.poll_output(self.now()) {
                 Some(SendOutput::Transmit(req)) => {
                     match self.execute(req, self.inner.timeouts.request).await {
                         Ok(resp) => call.handle_response(resp, self.now()),
-                        Err(Failure::Transport(kind, text)) => {
-                            detail = Some(text);
-                            call.handle_transport_error(kind, self.now());
-                        }
-                        Err(Failure::TooLarge) => {
-                            too_large = true;
-                            call.handle_transport_error(TransportErrorKind::Other, self.now());
-                        }
+                        Err(e) => call.handle_transport_error(e, self.now()),
                     }
                 }
                 Some(SendOutput::Timeout(at)) => {
@@ -337,25 +322,16 @@ impl Client {
                 }
                 Some(SendOutput::Done(outcome)) => break outcome,
                 // Only while a request is in flight, and this driver always reports one.
-                None => call.handle_transport_error(TransportErrorKind::Other, self.now()),
+                None => call.handle_transport_error(
+                    TransportError::new(TransportErrorKind::Other, "no response reported"),
+                    self.now(),
+                ),
             }
         };
         let Some(ticket) = guard.ticket.take() else {
             unreachable!("the ticket is taken only here")
         };
-        let result = self
-            .inner
-            .state()
-            .finish_send(ticket, outcome, detail, self.now());
-        match result {
-            Err(ClientError::Transport { url, .. }) if too_large => {
-                Err(ClientError::ResponseTooLarge {
-                    url,
-                    limit: self.inner.max_response_size,
-                })
-            }
-            other => other,
-        }
+        self.inner.state().finish_send(ticket, outcome, self.now())
     }
 
     /// The agent's manifest (`GET {base}/.well-known/asap/manifest.json`),
@@ -454,27 +430,13 @@ impl Client {
                     Err(DiscoveryError::NotModifiedWithoutCache) => continue,
                     other => return other.map_err(Into::into),
                 },
-                Err(f) => {
+                Err(e) => {
                     failed(&mut st);
-                    return Err(self.failure(url, f));
+                    return Err(ClientError::from_transport(url.to_owned(), e));
                 }
             }
         }
         Err(DiscoveryError::NotModifiedWithoutCache.into())
-    }
-
-    fn failure(&self, url: &str, f: Failure) -> ClientError {
-        match f {
-            Failure::Transport(kind, detail) => ClientError::Transport {
-                kind,
-                url: url.to_owned(),
-                detail,
-            },
-            Failure::TooLarge => ClientError::ResponseTooLarge {
-                url: url.to_owned(),
-                limit: self.inner.max_response_size,
-            },
-        }
     }
 
     /// Performs one HTTP exchange and reads the (bounded) body.
@@ -482,7 +444,7 @@ impl Client {
         &self,
         req: http::Request<Vec<u8>>,
         timeout: Duration,
-    ) -> Result<http::Response<Vec<u8>>, Failure> {
+    ) -> Result<http::Response<Vec<u8>>, TransportError> {
         let (parts, body) = req.into_parts();
         let mut builder = self
             .inner
@@ -495,8 +457,11 @@ impl Client {
         }
         let mut resp = builder.send().await.map_err(classify)?;
         let limit = self.inner.max_response_size;
-        if resp.content_length().is_some_and(|n| n > limit) {
-            return Err(Failure::TooLarge);
+        let too_large = |detail: String| {
+            TransportError::new(TransportErrorKind::ResponseTooLarge { limit }, detail)
+        };
+        if let Some(n) = resp.content_length().filter(|n| *n > limit) {
+            return Err(too_large(format!("Content-Length is {n}")));
         }
         let mut out = http::Response::builder()
             .status(resp.status())
@@ -506,18 +471,19 @@ impl Client {
         }
         let mut bytes = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(classify)? {
-            if bytes.len() as u64 + chunk.len() as u64 > limit {
-                return Err(Failure::TooLarge);
+            let read = bytes.len() as u64 + chunk.len() as u64;
+            if read > limit {
+                return Err(too_large(format!("body reached {read} bytes")));
             }
             bytes.extend_from_slice(&chunk);
         }
         out.body(bytes)
-            .map_err(|e| Failure::Transport(TransportErrorKind::Other, e.to_string()))
+            .map_err(|e| TransportError::new(TransportErrorKind::Other, e.to_string()))
     }
 }
 
 /// Maps reqwest's error to the core's transport kinds (connect and timeout are retried).
-fn classify(e: reqwest::Error) -> Failure {
+fn classify(e: reqwest::Error) -> TransportError {
     let kind = if e.is_timeout() {
         TransportErrorKind::Timeout
     } else if e.is_connect() {
@@ -525,7 +491,7 @@ fn classify(e: reqwest::Error) -> Failure {
     } else {
         TransportErrorKind::Other
     };
-    Failure::Transport(kind, error_chain(&e))
+    TransportError::new(kind, error_chain(&e))
 }
 
 /// The error and its sources, "a: b: c" (reqwest's own text names no cause).

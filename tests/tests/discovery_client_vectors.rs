@@ -283,7 +283,7 @@ fn circuit_breaker_trace() {
                 now += timeout;
             }
             assert_eq!(
-                b.can_attempt(now),
+                b.try_acquire(now).is_ok(),
                 step["result"].as_bool().unwrap(),
                 "{event}"
             );

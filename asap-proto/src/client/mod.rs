@@ -16,7 +16,7 @@
 //!     match call.poll_output(clock.now()) {
 //!         Some(SendOutput::Transmit(req)) => match http.execute(req) {   // add Authorization here if needed
 //!             Ok(resp)  => call.handle_response(resp, clock.now()),
-//!             Err(e)    => call.handle_transport_error(kind_of(e), clock.now()),
+//!             Err(e)    => call.handle_transport_error(TransportError::new(kind_of(&e), e.to_string()), clock.now()),
 //!         },
 //!         Some(SendOutput::Timeout(t)) => { sleep_until(t); call.handle_timeout(clock.now()); }
 //!         Some(SendOutput::Done(o)) => break o,
@@ -57,7 +57,7 @@ pub use state::{CallError, ClientState, ClientStateConfig, ClientStats, SendTick
 
 pub use crate::error::Fault;
 
-/// How an exchange failed below HTTP, as reported by the adapter.
+/// How an exchange failed below HTTP, as the adapter classifies it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 #[non_exhaustive]
 pub enum TransportErrorKind {
@@ -71,6 +71,51 @@ pub enum TransportErrorKind {
     /// the agent may have processed the request).
     #[error("connection lost")]
     Other,
+    /// The response body exceeded the client's limit; the adapter stopped
+    /// reading (not retried: the agent would send the same again).
+    #[error("response exceeds {limit} bytes")]
+    ResponseTooLarge {
+        /// The limit the adapter enforced.
+        limit: u64,
+    },
+}
+
+/// A failed exchange below HTTP, as the adapter reports it: the kind the
+/// core decides on, and the HTTP library's text that the user sees.
+///
+/// ```
+/// use asap_proto::client::{TransportError, TransportErrorKind};
+/// let e = TransportError::new(TransportErrorKind::Connect, "tcp connect error: Connection refused");
+/// assert_eq!(e.to_string(), "connection failed: tcp connect error: Connection refused");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {detail}")]
+#[non_exhaustive]
+pub struct TransportError {
+    /// What failed (decides retries and whose fault it is).
+    pub kind: TransportErrorKind,
+    /// The HTTP library's description.
+    pub detail: String,
+}
+
+impl TransportError {
+    /// A transport error of `kind` described by `detail`.
+    #[must_use]
+    pub fn new(kind: TransportErrorKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+        }
+    }
+
+    /// Whose fault it is: the peer's for an oversized response, else the network's.
+    #[must_use]
+    pub fn fault(&self) -> Fault {
+        match self.kind {
+            TransportErrorKind::ResponseTooLarge { .. } => Fault::Peer,
+            _ => Fault::Network,
+        }
+    }
 }
 
 /// Local misuse of the client core (always [`Fault::Local`]).

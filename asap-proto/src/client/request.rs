@@ -4,9 +4,9 @@ use http::header::{HeaderName, HeaderValue, ACCEPT, ACCEPT_ENCODING, CONTENT_TYP
 use serde_json::{Map, Value};
 
 use super::ClientError;
+use crate::canonical_json::{self, JsonStyle};
 use crate::jsonrpc::{RequestId, JSONRPC_VERSION, METHOD_SEND};
 use crate::model::{Envelope, Ulid};
-use crate::canonical_json::{self, JsonStyle};
 
 /// `X-Idempotency-Key`, sent with the same ULID as `params.idempotency_key`.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "x-idempotency-key";
@@ -286,7 +286,8 @@ impl ClientCore {
             "id".into(),
             serde_json::to_value(&request_id).unwrap_or(Value::Null),
         );
-        let body = canonical_json::to_string(&Value::Object(top), JsonStyle::default()).into_bytes();
+        let body =
+            canonical_json::to_string(&Value::Object(top), JsonStyle::default()).into_bytes();
 
         let mut headers = http::HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

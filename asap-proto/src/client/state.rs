@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::request::{BaseUrl, ClientConfig, ClientCore};
 use super::response::SendError;
 use super::send::{BreakerVerdict, SendCall, SendOutcome};
-use super::{ClientError, Fault, TransportErrorKind};
+use super::{ClientError, Fault, TransportError, TransportErrorKind};
 use crate::discovery::lru::LruMap;
 use crate::discovery::{
     manifest_ttl, DiscoveryError, HealthCache, HealthCacheConfig, HealthVerdict, LiteRegistry,
@@ -36,20 +36,24 @@ pub enum CallError {
     /// The peer could not be reached or the exchange broke off (network).
     #[error("transport failure talking to {url} ({kind}): {detail}")]
     Transport {
-        /// Connect, timeout, or other.
+        /// Connect, timeout, or other (never [`TransportErrorKind::ResponseTooLarge`]:
+        /// that is [`CallError::ResponseTooLarge`]).
         kind: TransportErrorKind,
         /// The URL requested.
         url: String,
         /// The HTTP library's description.
         detail: String,
     },
-    /// The response body exceeded the adapter's limit (peer).
-    #[error("response from {url} exceeds {limit} bytes")]
+    /// The response body exceeded the client's limit (peer); raise
+    /// `max_response_size` if the agent's answers are legitimately this large.
+    #[error("response from {url} exceeds {limit} bytes ({detail})")]
     ResponseTooLarge {
         /// The URL requested.
         url: String,
         /// The configured limit.
         limit: u64,
+        /// The HTTP library's (or adapter's) description.
+        detail: String,
     },
     /// `asap.send` failed: JSON-RPC error, HTTP status, malformed answer,
     /// or the circuit is open (see [`SendError::fault`]).
@@ -61,6 +65,18 @@ pub enum CallError {
 }
 
 impl CallError {
+    /// The user-facing error for a transport failure talking to `url`.
+    #[must_use]
+    pub fn from_transport(url: String, error: TransportError) -> Self {
+        let TransportError { kind, detail } = error;
+        match kind {
+            TransportErrorKind::ResponseTooLarge { limit } => {
+                Self::ResponseTooLarge { url, limit, detail }
+            }
+            kind => Self::Transport { kind, url, detail },
+        }
+    }
+
     /// Whose fault the failure is.
     #[must_use]
     pub fn fault(&self) -> Fault {
@@ -209,7 +225,7 @@ impl SendTicket {
 /// let agent = state.agent(base_url)?;                                  // http:// policy
 /// let (mut call, ticket) = state.begin_send(&agent, &env, ulid, seed, now)?;  // breaker
 /// /* drive `call` (see SendCall): Transmit → HTTP, Timeout → sleep, Done → outcome */
-/// let result = state.finish_send(ticket, outcome, transport_detail, now);    // breaker verdict
+/// let result = state.finish_send(ticket, outcome, now);              // breaker verdict
 /// // dropped mid-call instead (future cancelled): state.abandon_send(ticket)
 /// ```
 ///
@@ -379,13 +395,11 @@ impl ClientState {
     }
 
     /// Ends a call: tells the breaker what the outcome means and returns the
-    /// result. `transport_detail` is the HTTP library's text for the last
-    /// transport failure, if the adapter reported one.
+    /// result (a transport failure keeps the text the adapter reported).
     pub fn finish_send(
         &mut self,
         ticket: SendTicket,
         outcome: SendOutcome,
-        transport_detail: Option<String>,
         now: Instant,
     ) -> Result<Envelope, CallError> {
         self.stats.send_attempts += u64::from(outcome.attempts);
@@ -402,11 +416,7 @@ impl ClientState {
             }
         }
         outcome.result.map_err(|e| match e {
-            SendError::Transport(kind) => CallError::Transport {
-                kind,
-                url: ticket.agent.asap_url(),
-                detail: transport_detail.unwrap_or_else(|| kind.to_string()),
-            },
+            SendError::Transport(t) => CallError::from_transport(ticket.agent.asap_url(), t),
             other => CallError::Send(other),
         })
     }
@@ -590,7 +600,7 @@ mod tests {
                 None => unreachable!(),
             }
         };
-        state.finish_send(ticket, outcome, None, t)
+        state.finish_send(ticket, outcome, t)
     }
 
     #[test]
@@ -687,7 +697,10 @@ mod tests {
             match call.poll_output(t) {
                 Some(super::super::SendOutput::Transmit(req)) => {
                     assert_eq!(req.uri(), "http://127.0.0.1:1/asap");
-                    call.handle_transport_error(TransportErrorKind::Connect, t);
+                    call.handle_transport_error(
+                        TransportError::new(TransportErrorKind::Connect, "refused"),
+                        t,
+                    );
                 }
                 Some(super::super::SendOutput::Timeout(d)) => {
                     t = d;
@@ -698,9 +711,7 @@ mod tests {
             }
         };
         assert_eq!(t - now, Duration::from_secs(3));
-        let e = s
-            .finish_send(ticket, outcome, Some("refused".into()), t)
-            .unwrap_err();
+        let e = s.finish_send(ticket, outcome, t).unwrap_err();
         assert_eq!(e.fault(), Fault::Network);
         assert_eq!(
             e.to_string(),
@@ -708,6 +719,44 @@ mod tests {
         );
         assert_eq!(s.stats().send_attempts, 3);
         assert_eq!(s.breaker_state(&a), None);
+    }
+
+    #[test]
+    fn oversized_response_keeps_kind_and_text_in_the_users_error() {
+        let mut s = ClientState::default();
+        let a = s.agent("http://127.0.0.1:1").unwrap();
+        let now = base();
+        let (mut call, ticket) = s
+            .begin_send(&a, &env(), Ulid::from_u128(1), 0, now)
+            .unwrap();
+        let Some(super::super::SendOutput::Transmit(_)) = call.poll_output(now) else {
+            panic!("first attempt")
+        };
+        let limit = 1024;
+        call.handle_transport_error(
+            TransportError::new(
+                TransportErrorKind::ResponseTooLarge { limit },
+                "body reached 4096 bytes",
+            ),
+            now,
+        );
+        let Some(super::super::SendOutput::Done(outcome)) = call.poll_output(now) else {
+            panic!("an oversized answer is not retried")
+        };
+        let e = s.finish_send(ticket, outcome, now).unwrap_err();
+        assert_eq!(
+            e,
+            CallError::ResponseTooLarge {
+                url: "http://127.0.0.1:1/asap".into(),
+                limit,
+                detail: "body reached 4096 bytes".into(),
+            }
+        );
+        assert_eq!(e.fault(), Fault::Peer);
+        assert_eq!(
+            e.to_string(),
+            "response from http://127.0.0.1:1/asap exceeds 1024 bytes (body reached 4096 bytes)"
+        );
     }
 
     #[test]

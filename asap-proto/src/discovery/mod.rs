@@ -53,8 +53,8 @@ pub use validation::{
 };
 
 use crate::client::ClientError;
-use crate::error::Fault;
 use crate::error::DecodeError;
+use crate::error::Fault;
 
 /// Why a discovery step failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
