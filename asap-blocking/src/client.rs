@@ -360,27 +360,23 @@ impl Client {
             &mut ClientState,
             &http::Response<Vec<u8>>,
             Instant,
-        ) -> Result<Arc<T>, DiscoveryError>,
+        ) -> Result<Lookup<T>, DiscoveryError>,
         failed: impl Fn(&mut ClientState),
     ) -> Result<Arc<T>, ClientError> {
-        // A 304 for an entry evicted meanwhile asks for one unconditional fetch.
-        for _ in 0..2 {
-            let req = match lookup(&mut self.state(), self.now())? {
+        let mut step = lookup(&mut self.state(), self.now())?;
+        loop {
+            let req = match step {
                 Lookup::Fresh(v) => return Ok(v),
-                Lookup::Fetch(req) => req,
+                Lookup::Transmit(req) => req,
             };
             match self.execute(req, timeout) {
-                Ok(resp) => match handle(&mut self.state(), &resp, self.now()) {
-                    Err(DiscoveryError::NotModifiedWithoutCache) => continue,
-                    other => return other.map_err(Into::into),
-                },
+                Ok(resp) => step = handle(&mut self.state(), &resp, self.now())?,
                 Err(e) => {
                     failed(&mut self.state());
                     return Err(ClientError::from_transport(url.to_owned(), e));
                 }
             }
         }
-        Err(DiscoveryError::NotModifiedWithoutCache.into())
     }
 
     /// Performs one HTTP exchange and reads the (bounded) body.

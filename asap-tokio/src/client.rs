@@ -274,6 +274,10 @@ impl Client {
         self.inner.clock.now()
     }
 
+    fn state(&self) -> MutexGuard<'_, ClientState> {
+        self.inner.state()
+    }
+
     /// Sends `envelope` to the client's agent with `asap.send`; returns the response envelope.
     pub async fn send(&self, envelope: &Envelope) -> Result<Envelope, ClientError> {
         let agent = self.inner.base.clone().ok_or(ClientError::NoBaseUrl)?;
@@ -413,30 +417,23 @@ impl Client {
             &mut ClientState,
             &http::Response<Vec<u8>>,
             Instant,
-        ) -> Result<Arc<T>, DiscoveryError>,
+        ) -> Result<Lookup<T>, DiscoveryError>,
         failed: impl Fn(&mut ClientState),
     ) -> Result<Arc<T>, ClientError> {
-        // A 304 for an entry evicted meanwhile asks for one unconditional fetch.
-        for _ in 0..2 {
-            let looked = lookup(&mut self.inner.state(), self.now())?;
-            let req = match looked {
+        let mut step = lookup(&mut self.state(), self.now())?;
+        loop {
+            let req = match step {
                 Lookup::Fresh(v) => return Ok(v),
-                Lookup::Fetch(req) => req,
+                Lookup::Transmit(req) => req,
             };
-            let answer = self.execute(req, timeout).await;
-            let mut st = self.inner.state();
-            match answer {
-                Ok(resp) => match handle(&mut st, &resp, self.now()) {
-                    Err(DiscoveryError::NotModifiedWithoutCache) => continue,
-                    other => return other.map_err(Into::into),
-                },
+            match self.execute(req, timeout).await {
+                Ok(resp) => step = handle(&mut self.state(), &resp, self.now())?,
                 Err(e) => {
-                    failed(&mut st);
+                    failed(&mut self.state());
                     return Err(ClientError::from_transport(url.to_owned(), e));
                 }
             }
         }
-        Err(DiscoveryError::NotModifiedWithoutCache.into())
     }
 
     /// Performs one HTTP exchange and reads the (bounded) body.

@@ -2,7 +2,6 @@
 //! so that every adapter (`asap-tokio`, `asap-blocking`, yours) drives the
 //! same machines the same way.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::request::{BaseUrl, ClientConfig, ClientCore};
@@ -232,13 +231,16 @@ impl SendTicket {
 /// and for each discovery resource (manifest / health / registry):
 ///
 /// ```text
-/// match state.manifest_lookup(&agent, now)? {
-///     Lookup::Fresh(m) => m,
-///     Lookup::Fetch(req) => match http(req) {
-///         Ok(resp) => state.handle_manifest_response(&agent, &resp, now)?,
-///         Err(e) => { state.manifest_failed(&agent); return Err(transport(e)) }
-///     },
-/// }
+/// let mut step = state.manifest_lookup(&agent, now)?;
+/// let manifest = loop {
+///     match step {
+///         Lookup::Fresh(m) => break m,
+///         Lookup::Transmit(req) => match http(req) {
+///             Ok(resp) => step = state.handle_manifest_response(&agent, &resp, now)?,
+///             Err(e) => { state.manifest_failed(&agent); return Err(transport(e)) }
+///         },
+///     }
+/// };
 /// ```
 ///
 /// ```
@@ -250,17 +252,17 @@ impl SendTicket {
 /// let agent = state.agent("http://127.0.0.1:8000").unwrap();
 /// assert!(state.agent("http://agent.example.com").is_err()); // plain http off loopback
 /// let now = Instant::now(); // the adapter's clock
-/// let Lookup::Fetch(req) = state.manifest_lookup(&agent, now).unwrap() else { unreachable!() };
+/// let Lookup::Transmit(req) = state.manifest_lookup(&agent, now).unwrap() else { unreachable!() };
 /// assert_eq!(req.uri(), "http://127.0.0.1:8000/.well-known/asap/manifest.json");
 /// let body = br#"{"id":"urn:asap:agent:a","name":"A","version":"1.0.0","description":"d",
 ///     "capabilities":{},"endpoints":{"asap":"http://127.0.0.1:8000/asap"}}"#.to_vec();
 /// let resp = http::Response::builder().status(200).header("etag", "\"x\"")
 ///     .header("cache-control", "max-age=60").body(body).unwrap();
-/// let m = state.handle_manifest_response(&agent, &resp, now).unwrap();
+/// let m = state.handle_manifest_response(&agent, &resp, now).unwrap().fresh().unwrap();
 /// assert_eq!(m.name, "A");
 /// assert!(matches!(state.manifest_lookup(&agent, now).unwrap(), Lookup::Fresh(_)));
 /// let later = now + Duration::from_secs(60);
-/// let Lookup::Fetch(req) = state.manifest_lookup(&agent, later).unwrap() else { unreachable!() };
+/// let Lookup::Transmit(req) = state.manifest_lookup(&agent, later).unwrap() else { unreachable!() };
 /// assert_eq!(req.headers()["if-none-match"], "\"x\"");           // revalidate
 /// let not_modified = http::Response::builder().status(304).body(Vec::new()).unwrap();
 /// state.handle_manifest_response(&agent, &not_modified, later).unwrap();
@@ -453,23 +455,29 @@ impl ClientState {
         let l = self.manifests.lookup(agent.as_str(), now)?;
         match &l {
             Lookup::Fresh(_) => self.stats.manifest_hits += 1,
-            Lookup::Fetch(_) => self.stats.manifest_fetches += 1,
+            Lookup::Transmit(_) => self.stats.manifest_fetches += 1,
         }
         Ok(l)
     }
 
-    /// Feeds the manifest GET's response (200 / 304 / error).
+    /// Feeds the manifest GET's response (200 / 304 / error); a 304 for an
+    /// entry evicted meanwhile answers with the unconditional GET to perform next.
     pub fn handle_manifest_response(
         &mut self,
         agent: &BaseUrl,
         response: &http::Response<Vec<u8>>,
         now: Instant,
-    ) -> Result<Arc<Manifest>, DiscoveryError> {
+    ) -> Result<Lookup<Manifest>, DiscoveryError> {
         if response.status() == http::StatusCode::NOT_MODIFIED {
             self.stats.manifest_not_modified += 1;
         }
-        self.manifests
-            .handle_response(agent.as_str(), response, now)
+        let l = self
+            .manifests
+            .handle_response(agent.as_str(), response, now)?;
+        if let Lookup::Transmit(_) = l {
+            self.stats.manifest_fetches += 1;
+        }
+        Ok(l)
     }
 
     /// The manifest GET failed in the transport: forget the entry (as the reference does).
@@ -486,7 +494,7 @@ impl ClientState {
         let l = self.health.lookup(agent.as_str(), now)?;
         match &l {
             Lookup::Fresh(_) => self.stats.health_hits += 1,
-            Lookup::Fetch(_) => self.stats.health_fetches += 1,
+            Lookup::Transmit(_) => self.stats.health_fetches += 1,
         }
         Ok(l)
     }
@@ -499,7 +507,7 @@ impl ClientState {
         agent: &BaseUrl,
         response: &http::Response<Vec<u8>>,
         now: Instant,
-    ) -> Result<Arc<HealthVerdict>, DiscoveryError> {
+    ) -> Result<Lookup<HealthVerdict>, DiscoveryError> {
         let ttl = self
             .manifests
             .peek(agent.as_str())
@@ -507,7 +515,7 @@ impl ClientState {
                 manifest_ttl(&m)
             });
         self.health
-            .handle_response(agent.as_str(), response, ttl, now)
+            .handle_response_with_ttl(agent.as_str(), response, ttl, now)
     }
 
     /// The health GET failed in the transport: forget the verdict.
@@ -525,19 +533,24 @@ impl ClientState {
         let l = self.registries.lookup(url, now)?;
         match &l {
             Lookup::Fresh(_) => self.stats.registry_hits += 1,
-            Lookup::Fetch(_) => self.stats.registry_fetches += 1,
+            Lookup::Transmit(_) => self.stats.registry_fetches += 1,
         }
         Ok(l)
     }
 
-    /// Feeds the registry GET's response.
+    /// Feeds the registry GET's response (a 304 for an entry evicted
+    /// meanwhile answers with the unconditional GET to perform next).
     pub fn handle_registry_response(
         &mut self,
         url: &str,
         response: &http::Response<Vec<u8>>,
         now: Instant,
-    ) -> Result<Arc<LiteRegistry>, DiscoveryError> {
-        self.registries.handle_response(url, response, now)
+    ) -> Result<Lookup<LiteRegistry>, DiscoveryError> {
+        let l = self.registries.handle_response(url, response, now)?;
+        if let Lookup::Transmit(_) = l {
+            self.stats.registry_fetches += 1;
+        }
+        Ok(l)
     }
 
     /// The registry GET failed in the transport: forget the entry.
@@ -548,8 +561,8 @@ impl ClientState {
     /// Drops every cached manifest, health verdict and registry (breakers stay).
     pub fn clear_caches(&mut self) {
         self.manifests.clear();
-        self.health = HealthCache::new(self.config.health_cache);
-        self.registries = RegistryCache::new(self.config.registry_cache);
+        self.health.clear();
+        self.registries.clear();
     }
 }
 
@@ -770,7 +783,12 @@ mod tests {
             .body(body.to_vec())
             .unwrap();
         assert!(s.health_lookup(&a, now).unwrap().fresh().is_none());
-        assert!(s.handle_health_response(&a, &ok, now).unwrap().is_healthy());
+        assert!(s
+            .handle_health_response(&a, &ok, now)
+            .unwrap()
+            .fresh()
+            .unwrap()
+            .is_healthy());
         let just_before = now + Duration::from_secs(299);
         assert!(s.health_lookup(&a, just_before).unwrap().fresh().is_some());
         assert!(s
@@ -786,7 +804,11 @@ mod tests {
             .unwrap();
         let _ = s.manifest_lookup(&a, now).unwrap();
         s.handle_manifest_response(&a, &mr, now).unwrap();
-        let v = s.handle_health_response(&a, &status(503), now).unwrap();
+        let v = s
+            .handle_health_response(&a, &status(503), now)
+            .unwrap()
+            .fresh()
+            .unwrap();
         assert!(!v.is_healthy());
         assert!(s
             .health_lookup(&a, now + Duration::from_secs(9))
