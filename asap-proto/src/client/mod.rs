@@ -2,9 +2,15 @@
 //! reference client sends them, interpreting responses, and retrying.
 //!
 //! Nothing here performs I/O. An adapter (`asap-tokio`, `asap-blocking`, or
-//! your own) owns the HTTP library, the clock, randomness and one
-//! [`CircuitBreaker`](crate::reliability::CircuitBreaker) per agent, and
-//! drives a [`SendCall`]:
+//! your own) owns the HTTP library, the clock and randomness. Most adapters
+//! keep one [`ClientState`] (configured by [`ClientOptions`]: caches,
+//! breakers, counters) and drive each operation's [`Exchange`] with one
+//! loop — perform the `Transmit`, report the response or the classified
+//! [`TransportError`], sleep until a `Timeout` — see [`Exchange`].
+//!
+//! Below that, the pieces stand alone. A single agent without caches: own
+//! one [`CircuitBreaker`](crate::reliability::CircuitBreaker) and drive a
+//! [`SendCall`]:
 //!
 //! ```text
 //! let mut core = ClientCore::new(base_url, ClientConfig::default())?;   // once per agent
@@ -41,19 +47,28 @@
 //! `Date` header, and a `Retry-After` above [`RetryPolicy::max_retry_after`](crate::reliability::RetryPolicy::max_retry_after)
 //! ends the call instead of sleeping for it.
 
+mod exchange;
+mod options;
 mod request;
 mod response;
 mod send;
 mod state;
 
+pub use exchange::{Exchange, ExchangeOutput, FetchExchange, Fetchable, SendExchange};
+pub use options::{
+    ClientOptions, Timeouts, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DISCOVERY_TIMEOUT,
+    DEFAULT_MAX_AGENTS, DEFAULT_MAX_RESPONSE_SIZE, DEFAULT_REGISTRY_TIMEOUT,
+    DEFAULT_REQUEST_TIMEOUT,
+};
 pub(crate) use request::get_request;
 pub use request::{
-    BaseUrl, ClientConfig, ClientCore, HttpPolicy, PreparedSend, ASAP_PATH, HEALTH_PATH,
-    IDEMPOTENCY_KEY_HEADER, MANIFEST_PATH,
+    BaseUrl, ClientConfig, ClientCore, HttpPolicy, PreparedSend, ASAP_PATH,
+    DEFAULT_ACCEPT_ENCODING, DEFAULT_USER_AGENT, HEALTH_PATH, IDEMPOTENCY_KEY_HEADER,
+    MANIFEST_PATH,
 };
 pub use response::{decode_send_result, interpret_send_response, SendError};
 pub use send::{BreakerVerdict, SendCall, SendOutcome, SendOutput};
-pub use state::{CallError, ClientState, ClientStateConfig, ClientStats, SendTicket};
+pub use state::{CallError, ClientHandle, ClientState, ClientStats};
 
 pub use crate::error::Fault;
 
