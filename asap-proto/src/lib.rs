@@ -38,12 +38,12 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod canonical_json;
 pub mod client;
 pub mod discovery;
 pub mod error;
 pub mod jsonrpc;
 pub mod model;
-pub mod canonical_json;
 pub mod reliability;
 pub mod server;
 pub mod store;
