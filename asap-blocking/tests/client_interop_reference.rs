@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use asap_blocking::client::{Client, Clock};
+use asap_blocking::client::{Client, ClientHandle as _, ClientOptions, Clock};
 use asap_proto::discovery::{check_version_compatibility, require_skill};
 use asap_proto::model::{AgentUrn, Envelope, Payload, TaskRequest, Timestamp, UnixTime};
 
@@ -53,11 +53,8 @@ fn blocking_client_against_the_reference_server() {
         base: Instant::now(),
         offset: Mutex::new(Duration::ZERO),
     });
-    let client = Client::builder()
-        .base_url(&url)
-        .clock(clock.clone())
-        .build()
-        .unwrap();
+    let client =
+        Client::with_clock(ClientOptions::default().base_url(&url), clock.clone()).unwrap();
 
     // Discover: manifest validated, cached, then revalidated with If-None-Match → 304.
     let manifest = client.discover(&url).unwrap();

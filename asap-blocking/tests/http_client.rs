@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use asap_blocking::client::{Client, ClientError, Clock, Fault};
+use asap_blocking::client::{Client, ClientError, ClientHandle as _, ClientOptions, Clock, Fault};
 use asap_blocking::server::{serve, Agent, ServerHandle};
 use asap_proto::client::{ClientError as UrlError, SendError, TransportErrorKind};
 use asap_proto::discovery::HealthVerdict;
@@ -214,13 +214,13 @@ fn send_echo_round_trip() {
 #[test]
 fn remote_jsonrpc_error_is_a_typed_result_and_keeps_the_breaker_closed() {
     let (_h, url) = start(false);
-    let client = Client::builder()
-        .circuit_breaker(Some(CircuitBreakerConfig {
+    let client = Client::new(ClientOptions::default().circuit_breaker(Some(
+        CircuitBreakerConfig {
             failure_threshold: 1,
             ..CircuitBreakerConfig::default()
-        }))
-        .build()
-        .unwrap();
+        },
+    )))
+    .unwrap();
     let mut env = request(AGENT, "echo");
     env.payload_type = "no.such.type".into();
     let err = client.send_to(&url, &env).unwrap_err();
@@ -237,7 +237,7 @@ fn remote_jsonrpc_error_is_a_typed_result_and_keeps_the_breaker_closed() {
 fn discover_caches_then_revalidates_with_304() {
     let (_h, url) = start(false);
     let clock = ManualClock::new();
-    let client = Client::builder().clock(clock.clone()).build().unwrap();
+    let client = Client::with_clock(ClientOptions::default(), clock.clone()).unwrap();
     let m = client.discover(&url).unwrap();
     assert_eq!(m.id, AGENT);
     assert!(m.has_skill("echo"));
@@ -281,7 +281,7 @@ fn discover_sends_if_none_match_and_errors_are_typed() {
         (404, vec![], b"gone".to_vec()),
     ]);
     let clock = ManualClock::new();
-    let client = Client::builder().clock(clock.clone()).build().unwrap();
+    let client = Client::with_clock(ClientOptions::default(), clock.clone()).unwrap();
     client.discover(&s.url()).unwrap();
     clock.advance(Duration::from_secs(5));
     client.discover(&s.url()).unwrap();
@@ -314,7 +314,7 @@ fn discover_sends_if_none_match_and_errors_are_typed() {
 #[test]
 fn health_is_a_verdict_even_when_unhealthy() {
     let (_h, url) = start(false);
-    let client = Client::builder().build().unwrap();
+    let client = Client::new(ClientOptions::default()).unwrap();
     let v = client.health_check(&url).unwrap();
     assert!(v.is_healthy());
     let doc = v.status().unwrap();
@@ -341,7 +341,7 @@ fn registry_from_a_loopback_url() {
         {"id":"urn:asap:agent:b","name":"B","description":"b","endpoints":{"http":"http://127.0.0.1:2/asap"},"skills":["sum"],"asap_version":"0.1"}]}"#;
     let s = Scripted::start(vec![(200, vec![], registry.to_vec())]);
     let clock = ManualClock::new();
-    let client = Client::builder().clock(clock.clone()).build().unwrap();
+    let client = Client::with_clock(ClientOptions::default(), clock.clone()).unwrap();
     let url = format!("{}/registry.json", s.url());
     let found = client.find_by_skill(&url, "sum").unwrap();
     let ids: Vec<&str> = found.iter().map(|e| e.id.as_str()).collect();
@@ -367,7 +367,7 @@ fn registry_from_a_loopback_url() {
 #[test]
 fn invalid_registry_is_a_peer_error() {
     let s = Scripted::start(vec![(200, vec![], br#"{"version":"1"}"#.to_vec())]);
-    let client = Client::builder().build().unwrap();
+    let client = Client::new(ClientOptions::default()).unwrap();
     let err = client.registry(&s.url()).unwrap_err();
     assert_eq!(err.fault(), Fault::Peer);
     assert!(err.to_string().contains("updated_at"), "{err}");
@@ -385,12 +385,13 @@ fn retries_503_then_429_honouring_retry_after_with_the_same_bytes() {
         ),
     ]);
     let clock = ManualClock::new();
-    let client = Client::builder()
-        .base_url(s.url())
-        .clock(clock.clone())
-        .retry_policy(no_jitter(3))
-        .build()
-        .unwrap();
+    let client = Client::with_clock(
+        ClientOptions::default()
+            .base_url(s.url())
+            .retry_policy(no_jitter(3)),
+        clock.clone(),
+    )
+    .unwrap();
     let reply = client.send(&request(AGENT, "echo")).unwrap();
     assert_eq!(reply.payload_type, "task.response");
     assert_eq!(
@@ -424,11 +425,8 @@ fn exhausted_retries_report_the_last_status() {
         br#"{"jsonrpc":"2.0","id":null,"error":{"code":429,"message":"Rate limit exceeded","data":{"limit":"1 per 1 minute"}}}"#.to_vec(),
     )]);
     let clock = ManualClock::new();
-    let client = Client::builder()
-        .base_url(s.url())
-        .clock(clock.clone())
-        .build()
-        .unwrap();
+    let client =
+        Client::with_clock(ClientOptions::default().base_url(s.url()), clock.clone()).unwrap();
     let err = client.send(&request(AGENT, "echo")).unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -442,16 +440,17 @@ fn exhausted_retries_report_the_last_status() {
 fn breaker_opens_refuses_without_io_and_probes_after_the_timeout() {
     let s = Scripted::start(vec![(503, vec![], Vec::new())]);
     let clock = ManualClock::new();
-    let client = Client::builder()
-        .base_url(s.url())
-        .clock(clock.clone())
-        .retry_policy(RetryPolicy::no_retries())
-        .circuit_breaker(Some(CircuitBreakerConfig {
-            failure_threshold: 2,
-            ..CircuitBreakerConfig::default()
-        }))
-        .build()
-        .unwrap();
+    let client = Client::with_clock(
+        ClientOptions::default()
+            .base_url(s.url())
+            .retry_policy(RetryPolicy::no_retries())
+            .circuit_breaker(Some(CircuitBreakerConfig {
+                failure_threshold: 2,
+                ..CircuitBreakerConfig::default()
+            })),
+        clock.clone(),
+    )
+    .unwrap();
     let env = request(AGENT, "echo");
     for _ in 0..2 {
         let e = client.send(&env).unwrap_err();
@@ -480,12 +479,13 @@ fn transport_failures_are_retried_and_blamed_on_the_network() {
         .unwrap()
         .port();
     let clock = ManualClock::new();
-    let client = Client::builder()
-        .base_url(format!("http://127.0.0.1:{port}"))
-        .clock(clock.clone())
-        .retry_policy(no_jitter(3))
-        .build()
-        .unwrap();
+    let client = Client::with_clock(
+        ClientOptions::default()
+            .base_url(format!("http://127.0.0.1:{port}"))
+            .retry_policy(no_jitter(3)),
+        clock.clone(),
+    )
+    .unwrap();
     let err = client.send(&request(AGENT, "echo")).unwrap_err();
     match &err {
         ClientError::Transport { kind, url, .. } => {
@@ -508,19 +508,30 @@ fn transport_failures_are_retried_and_blamed_on_the_network() {
 #[test]
 fn oversized_and_malformed_responses_are_the_peers_fault() {
     let s = Scripted::start(vec![(200, vec![], vec![b' '; 4096])]);
-    let client = Client::builder()
-        .base_url(s.url())
-        .max_response_size(1024)
-        .build()
-        .unwrap();
+    let client = Client::new(
+        ClientOptions::default()
+            .base_url(s.url())
+            .max_response_size(1024),
+    )
+    .unwrap();
     let err = client.send(&request(AGENT, "echo")).unwrap_err();
     assert!(
-        matches!(err, ClientError::ResponseTooLarge { limit: 1024, .. }),
+        matches!(err, ClientError::ResponseTooLarge { limit: 1024, ref detail, .. } if !detail.is_empty()),
         "{err:?}"
     );
     assert_eq!(err.fault(), Fault::Peer);
+    // The user sees the URL, the limit and the HTTP library's text, and the agent was asked once.
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "response from {}/asap exceeds 1024 bytes (",
+            s.url()
+        )),
+        "{text}"
+    );
+    assert_eq!(s.seen().len(), 1, "not retried");
     let s = Scripted::start(vec![(200, vec![], b"not json".to_vec())]);
-    let err = Client::new(&s.url())
+    let err = Client::new(s.url())
         .unwrap()
         .send(&request(AGENT, "echo"))
         .unwrap_err();
@@ -532,8 +543,9 @@ fn oversized_and_malformed_responses_are_the_peers_fault() {
 fn plain_http_only_on_loopback_unless_allowed() {
     for bad in ["http://agent.example.com", "http://10.1.2.3:8000"] {
         let err = Client::new(bad).unwrap_err();
-        assert!(
-            matches!(err, ClientError::Config(UrlError::InsecureUrl { .. })),
+        assert_eq!(
+            err,
+            ClientError::Config(UrlError::InsecureUrl { url: bad.into() }),
             "{bad}"
         );
         assert_eq!(err.fault(), Fault::Local);
@@ -545,13 +557,25 @@ fn plain_http_only_on_loopback_unless_allowed() {
     ] {
         Client::new(ok).unwrap();
     }
-    Client::builder()
-        .base_url("http://agent.example.com")
-        .allow_insecure_http(true)
-        .build()
-        .unwrap();
-    let client = Client::builder().build().unwrap();
-    assert!(client.discover("http://agent.example.com").is_err());
+    Client::new(
+        ClientOptions::default()
+            .base_url("http://agent.example.com")
+            .allow_insecure_http(true),
+    )
+    .unwrap();
+    let client = Client::new(ClientOptions::default()).unwrap();
+    // Refused before any I/O, with the error that names the insecure URL.
+    for refused in [
+        client.discover("http://agent.example.com").unwrap_err(),
+        client.health_check("http://agent.example.com").unwrap_err(),
+    ] {
+        assert_eq!(
+            refused,
+            ClientError::Config(UrlError::InsecureUrl {
+                url: "http://agent.example.com".into()
+            })
+        );
+    }
     assert!(client.health_check("ftp://x").is_err());
 }
 
@@ -564,7 +588,7 @@ fn https_is_spoken_by_default() {
         let (mut conn, _) = listener.accept().unwrap();
         let _ = std::io::Write::write_all(&mut conn, b"HTTP/1.1 400 Bad Request\r\n\r\n");
     });
-    let client = Client::builder().build().unwrap();
+    let client = Client::new(ClientOptions::default()).unwrap();
     let err = client.health_check(&format!("https://{addr}")).unwrap_err();
     assert!(matches!(err, ClientError::Transport { .. }), "{err:?}");
     assert_eq!(err.fault(), Fault::Network);

@@ -11,8 +11,8 @@
 //! | [`model`] | the wire model: [`model::Envelope`], [`model::Payload`] (13 kinds, every spelling), parts, entities, ULIDs, agent URNs, timestamps |
 //! | [`jsonrpc`] | `asap.send` framing, ids echoed with their JSON type, every error code and body of the spec |
 //! | [`server`] | the `POST /asap` pipeline (size, rate limit, encodings, JSON-RPC, envelope, replay window, nonces, routing), well-known manifest (ETag/304) and health, task state around skill runs, metrics |
-//! | [`client`] | `asap.send` requests as the reference client sends them, response interpretation, the retrying [`client::SendCall`] |
-//! | [`discovery`] | manifest and health caches (ETag, max-age, `ttl_seconds`), manifest validation, Lite Registry |
+//! | [`client`] | `asap.send` requests as the reference client sends them, response interpretation, the retrying [`client::SendCall`], one [`client::ClientOptions`], and the [`client::ClientState`] whose exchanges every HTTP adapter drives with one loop |
+//! | [`discovery`] | one [`discovery::HttpCache`] (ETag, max-age, 304 / 2xx / error) behind the manifest, health and registry caches, manifest validation, Lite Registry |
 //! | [`reliability`] | backoff, retry policy, circuit breaker, moving-window rate limiter |
 //! | [`canonical_json`] | canonical JSON text (Python `json.dumps` bytes) for ETags, client request bodies and stored data |
 //! | [`error`] | [`DecodeError`] for every decoder, and [`Fault`]: whose fault a failure is |

@@ -15,7 +15,7 @@ use asap_proto::model::{
     AgentUrn, Envelope, Manifest, Payload, TaskRequest, Timestamp, Ulid, UnixTime,
 };
 use asap_proto::task::TaskStatus;
-use asap_tokio::client::{Client, ClientError, Fault};
+use asap_tokio::client::{Client, ClientError, ClientOptions, Fault};
 use serde_json::{json, Value};
 
 /// The exit codes, for `--help`.
@@ -174,7 +174,7 @@ fn client(opts: &ClientOpts, base: Option<&str>, attempts: u32) -> Result<Client
         .ok()
         .filter(|d| !d.is_zero())
         .ok_or_else(|| Failure::usage(format!("invalid --timeout {}", opts.timeout)))?;
-    let mut b = Client::builder()
+    let mut options = ClientOptions::default()
         .timeout(timeout)
         .allow_insecure_http(opts.allow_insecure_http)
         .retry_policy(asap_proto::reliability::RetryPolicy {
@@ -182,9 +182,9 @@ fn client(opts: &ClientOpts, base: Option<&str>, attempts: u32) -> Result<Client
             ..Default::default()
         });
     if let Some(url) = base {
-        b = b.base_url(url);
+        options = options.base_url(url);
     }
-    Ok(b.build()?)
+    Ok(Client::new(options)?)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {

@@ -3,18 +3,20 @@
 //!
 //! Every decision — request bytes, retries and their delays, `Retry-After`,
 //! the circuit breaker, manifest/health/registry caching with ETag
-//! revalidation, the `http://` policy — is made by
-//! [`asap_proto::client::ClientState`]; this module performs the HTTP
-//! requests it is handed and sleeps until the deadlines it is told.
-//! `asap_blocking::client::Client` has the same methods, blocking.
+//! revalidation, the `http://` policy, the options and their defaults — is
+//! [`asap_proto::client`]'s ([`ClientState`] and its exchanges); this module
+//! performs the HTTP requests it is handed, classifies failures, and sleeps
+//! until the deadlines it is told. `asap_blocking::client::Client` has the
+//! same methods, blocking.
 //!
 //! ```no_run
-//! use asap_tokio::client::Client;
+//! use asap_tokio::client::{Client, ClientOptions};
 //! # async fn run(envelope: asap_proto::model::Envelope) -> Result<(), asap_tokio::client::ClientError> {
 //! let client = Client::new("https://agent.example.com")?;
 //! let manifest = client.discover("https://agent.example.com").await?;   // cached, revalidated with ETag
 //! let health = client.health_check("https://agent.example.com").await?; // 503 → Unhealthy, not an error
 //! let reply = client.send(&envelope).await?;                            // retries, breaker
+//! let quick = Client::new(ClientOptions::default().timeout(std::time::Duration::from_secs(5)))?;
 //! # Ok(()) }
 //! ```
 //!
@@ -25,45 +27,13 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use asap_proto::client::{
-    BaseUrl, ClientState, ClientStateConfig, ClientStats, HttpPolicy, SendOutput, SendTicket,
-    TransportErrorKind,
-};
-use asap_proto::discovery::{
-    DiscoveryError, HealthVerdict, LiteRegistry, Lookup, RegistryEntry, DEFAULT_REGISTRY_URL,
-};
-use asap_proto::model::{Envelope, Manifest, Ulid, UnixTime};
-use asap_proto::reliability::{CircuitBreakerConfig, CircuitState, RetryPolicy};
+use asap_proto::client::{ClientState, Exchange, ExchangeOutput};
+use asap_proto::client::{TransportError, TransportErrorKind};
+use asap_proto::discovery::{HealthVerdict, LiteRegistry, RegistryEntry, DEFAULT_REGISTRY_URL};
+use asap_proto::model::{Envelope, Manifest, UnixTime};
 
 pub use asap_proto::client::CallError as ClientError;
-pub use asap_proto::client::Fault;
-
-/// Default limit on a response body (10 MiB, the reference server's request limit).
-pub const DEFAULT_MAX_RESPONSE_SIZE: u64 = 10 * 1024 * 1024;
-
-/// Per-phase timeouts (defaults follow the reference client).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
-    /// Whole `asap.send` attempt (reference: 60 s).
-    pub request: Duration,
-    /// Connection setup including TLS (10 s).
-    pub connect: Duration,
-    /// Manifest and health GETs; the smaller of this and `request` applies (reference: 10 s).
-    pub discovery: Duration,
-    /// Registry GET (reference: 30 s).
-    pub registry: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Self {
-            request: Duration::from_secs(60),
-            connect: Duration::from_secs(10),
-            discovery: Duration::from_secs(10),
-            registry: Duration::from_secs(30),
-        }
-    }
-}
+pub use asap_proto::client::{ClientHandle, ClientOptions, ClientStats, Fault, Timeouts};
 
 /// A sleep the client awaits.
 pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
@@ -93,129 +63,13 @@ impl Clock for TokioClock {
     }
 }
 
-/// Builds a [`Client`].
-#[derive(Debug, Clone, Default)]
-#[must_use]
-pub struct ClientBuilder {
-    base_url: Option<String>,
-    state: ClientStateConfig,
-    timeouts: Timeouts,
-    max_response_size: Option<u64>,
-    clock: Option<Arc<dyn Clock>>,
-}
-
-impl ClientBuilder {
-    /// The agent [`Client::send`] talks to.
-    pub fn base_url(mut self, url: impl Into<String>) -> Self {
-        self.base_url = Some(url.into());
-        self
-    }
-
-    /// Timeout of one `asap.send` attempt.
-    pub fn timeout(mut self, d: Duration) -> Self {
-        self.timeouts.request = d;
-        self
-    }
-
-    /// Connect (and TLS handshake) timeout.
-    pub fn connect_timeout(mut self, d: Duration) -> Self {
-        self.timeouts.connect = d;
-        self
-    }
-
-    /// All timeouts at once.
-    pub fn timeouts(mut self, t: Timeouts) -> Self {
-        self.timeouts = t;
-        self
-    }
-
-    /// Allows plain `http://` to hosts other than loopback (off by default, spec 14).
-    pub fn allow_insecure_http(mut self, allow: bool) -> Self {
-        self.state.client.http_policy = if allow {
-            HttpPolicy::AllowInsecure
-        } else {
-            HttpPolicy::LoopbackOnly
-        };
-        self
-    }
-
-    /// Retries of `asap.send`.
-    pub fn retry_policy(mut self, p: RetryPolicy) -> Self {
-        self.state.retry = p;
-        self
-    }
-
-    /// Circuit breaker per agent; `None` disables it.
-    pub fn circuit_breaker(mut self, c: Option<CircuitBreakerConfig>) -> Self {
-        self.state.breaker = c;
-        self
-    }
-
-    /// The whole core configuration (caches, retries, breaker, policy).
-    pub fn state_config(mut self, c: ClientStateConfig) -> Self {
-        self.state = c;
-        self
-    }
-
-    /// Largest response body accepted (default [`DEFAULT_MAX_RESPONSE_SIZE`]).
-    pub fn max_response_size(mut self, bytes: u64) -> Self {
-        self.max_response_size = Some(bytes);
-        self
-    }
-
-    /// The clock the core's timing runs on (default [`TokioClock`]).
-    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = Some(clock);
-        self
-    }
-
-    /// The client; fails on an unusable base URL or when TLS cannot be set up.
-    pub fn build(self) -> Result<Client, ClientError> {
-        let state = ClientState::new(self.state);
-        let base = self
-            .base_url
-            .as_deref()
-            .map(|u| state.agent(u))
-            .transpose()?;
-        let mut http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(self.timeouts.connect);
-        if let Some(ua) = state.config().client.user_agent.as_deref() {
-            http = http.user_agent(ua);
-        }
-        let http = http
-            .build()
-            .map_err(|e| ClientError::Setup(error_chain(&e)))?;
-        Ok(Client {
-            inner: Arc::new(Inner {
-                http,
-                base,
-                timeouts: self.timeouts,
-                max_response_size: self.max_response_size.unwrap_or(DEFAULT_MAX_RESPONSE_SIZE),
-                clock: self.clock.unwrap_or_else(|| Arc::new(TokioClock)),
-                state: Mutex::new(state),
-            }),
-        })
-    }
-}
-
 #[derive(Debug)]
 struct Inner {
     http: reqwest::Client,
-    base: Option<BaseUrl>,
-    timeouts: Timeouts,
+    base: Option<String>,
     max_response_size: u64,
     clock: Arc<dyn Clock>,
     state: Mutex<ClientState>,
-}
-
-impl Inner {
-    fn state(&self) -> MutexGuard<'_, ClientState> {
-        // The core's methods do not panic midway, so a poisoned lock holds a consistent value.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
 }
 
 /// An async ASAP client; cheap to clone, shareable across tasks (clones
@@ -225,65 +79,63 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
-/// How one HTTP exchange failed below HTTP.
-enum Failure {
-    Transport(TransportErrorKind, String),
-    TooLarge,
+/// Abandons the exchange if a future is dropped mid-call (returns a
+/// half-open probe); a no-op once the exchange is done.
+struct Abandon<'a, E: Exchange> {
+    client: &'a Client,
+    exchange: E,
 }
 
-/// Gives a half-open probe back if a `send` future is dropped mid-call.
-struct TicketGuard<'a> {
-    inner: &'a Inner,
-    ticket: Option<SendTicket>,
-}
-
-impl Drop for TicketGuard<'_> {
+impl<E: Exchange> Drop for Abandon<'_, E> {
     fn drop(&mut self) {
-        if let Some(t) = self.ticket.take() {
-            self.inner.state().abandon_send(t);
-        }
+        self.exchange.abandon(&mut self.client.state());
     }
 }
 
 impl Client {
-    /// A client for the agent at `base_url` with default settings.
-    pub fn new(base_url: &str) -> Result<Self, ClientError> {
-        Self::builder().base_url(base_url).build()
+    /// A client with `options` (or a base URL and default options) on the
+    /// tokio clock; without a base URL it can discover, check health, read
+    /// registries and [`send_to`](Self::send_to).
+    pub fn new(options: impl Into<ClientOptions>) -> Result<Self, ClientError> {
+        Self::with_clock(options.into(), Arc::new(TokioClock))
     }
 
-    /// A builder; without [`ClientBuilder::base_url`] the client can discover,
-    /// check health, read registries and [`send_to`](Self::send_to).
-    pub fn builder() -> ClientBuilder {
-        ClientBuilder::default()
+    /// A client whose timing runs on `clock`; fails on an unusable base URL
+    /// or when TLS cannot be set up.
+    pub fn with_clock(options: ClientOptions, clock: Arc<dyn Clock>) -> Result<Self, ClientError> {
+        let mut http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(options.timeouts.connect);
+        if let Some(ua) = options.request.user_agent.as_deref() {
+            http = http.user_agent(ua);
+        }
+        let http = http
+            .build()
+            .map_err(|e| ClientError::Setup(error_chain(&e)))?;
+        let max_response_size = options.max_response_size;
+        let state = ClientState::new(options)?;
+        let base = state.base_url().map(|b| b.as_str().to_owned());
+        let state = Mutex::new(state);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                max_response_size,
+                clock,
+                state,
+            }),
+        })
     }
 
     /// The agent `send` talks to, if any.
     #[must_use]
     pub fn base_url(&self) -> Option<&str> {
-        self.inner.base.as_ref().map(BaseUrl::as_str)
-    }
-
-    /// What the caches, retries and breakers did so far.
-    #[must_use]
-    pub fn stats(&self) -> ClientStats {
-        self.inner.state().stats()
-    }
-
-    /// The circuit breaker state for the agent at `base_url` (`None` before any send).
-    #[must_use]
-    pub fn breaker_state(&self, base_url: &str) -> Option<CircuitState> {
-        let st = self.inner.state();
-        st.agent(base_url).ok().and_then(|a| st.breaker_state(&a))
-    }
-
-    fn now(&self) -> Instant {
-        self.inner.clock.now()
+        self.inner.base.as_deref()
     }
 
     /// Sends `envelope` to the client's agent with `asap.send`; returns the response envelope.
     pub async fn send(&self, envelope: &Envelope) -> Result<Envelope, ClientError> {
-        let agent = self.inner.base.clone().ok_or(ClientError::NoBaseUrl)?;
-        self.send_agent(&agent, envelope).await
+        self.send_to_agent(None, envelope).await
     }
 
     /// Sends `envelope` to the agent at `base_url`.
@@ -292,112 +144,45 @@ impl Client {
         base_url: &str,
         envelope: &Envelope,
     ) -> Result<Envelope, ClientError> {
-        let agent = self.inner.state().agent(base_url)?;
-        self.send_agent(&agent, envelope).await
+        self.send_to_agent(Some(base_url), envelope).await
     }
 
-    async fn send_agent(
+    async fn send_to_agent(
         &self,
-        agent: &BaseUrl,
+        base_url: Option<&str>,
         envelope: &Envelope,
     ) -> Result<Envelope, ClientError> {
-        let key = Ulid::new(
-            UnixTime::from_system_time(SystemTime::now()),
-            u128::from_le_bytes(random_bytes()),
-        );
-        let seed = u64::from_le_bytes(random_bytes());
-        let (mut call, ticket) =
-            self.inner
-                .state()
-                .begin_send(agent, envelope, key, seed, self.now())?;
-        let mut guard = TicketGuard {
-            inner: &self.inner,
-            ticket: Some(ticket),
-        };
-        let mut detail = None;
-        let mut too_large = false;
-        let outcome = loop {
-            match call.poll_output(self.now()) {
-                Some(SendOutput::Transmit(req)) => {
-                    match self.execute(req, self.inner.timeouts.request).await {
-                        Ok(resp) => call.handle_response(resp, self.now()),
-                        Err(Failure::Transport(kind, text)) => {
-                            detail = Some(text);
-                            call.handle_transport_error(kind, self.now());
-                        }
-                        Err(Failure::TooLarge) => {
-                            too_large = true;
-                            call.handle_transport_error(TransportErrorKind::Other, self.now());
-                        }
-                    }
-                }
-                Some(SendOutput::Timeout(at)) => {
-                    self.inner.clock.sleep_until(at).await;
-                    call.handle_timeout(self.now());
-                }
-                Some(SendOutput::Done(outcome)) => break outcome,
-                // Only while a request is in flight, and this driver always reports one.
-                None => call.handle_transport_error(TransportErrorKind::Other, self.now()),
-            }
-        };
-        let Some(ticket) = guard.ticket.take() else {
-            unreachable!("the ticket is taken only here")
-        };
-        let result = self
-            .inner
+        use ring::rand::{SecureRandom, SystemRandom};
+        let mut random = [0u8; 24];
+        // Should the OS refuse, zeros still give unique keys (the core counts them).
+        let _ = SystemRandom::new().fill(&mut random);
+        let wall_clock = UnixTime::from_system_time(SystemTime::now());
+        let exchange = self
             .state()
-            .finish_send(ticket, outcome, detail, self.now());
-        match result {
-            Err(ClientError::Transport { url, .. }) if too_large => {
-                Err(ClientError::ResponseTooLarge {
-                    url,
-                    limit: self.inner.max_response_size,
-                })
-            }
-            other => other,
-        }
+            .begin_send(base_url, envelope, wall_clock, random, self.now());
+        self.run(exchange).await
     }
 
     /// The agent's manifest (`GET {base}/.well-known/asap/manifest.json`),
     /// cached per `Cache-Control: max-age` and the manifest's `ttl_seconds`,
     /// revalidated with `If-None-Match` once stale.
     pub async fn discover(&self, base_url: &str) -> Result<Arc<Manifest>, ClientError> {
-        let agent = self.inner.state().agent(base_url)?;
-        self.fetch(
-            &agent.manifest_url(),
-            self.discovery_timeout(),
-            |st, now| st.manifest_lookup(&agent, now).map_err(Into::into),
-            |st, resp, now| st.handle_manifest_response(&agent, resp, now),
-            |st| st.manifest_failed(&agent),
-        )
-        .await
+        let exchange = self.state().discover(base_url);
+        self.run(exchange).await
     }
 
     /// The agent's health (`GET {base}/.well-known/asap/health`): a 503 is
     /// [`HealthVerdict::Unhealthy`], not an error. Cached for the manifest's
     /// `ttl_seconds` (300 s when the manifest is not cached).
     pub async fn health_check(&self, base_url: &str) -> Result<Arc<HealthVerdict>, ClientError> {
-        let agent = self.inner.state().agent(base_url)?;
-        self.fetch(
-            &agent.health_url(),
-            self.discovery_timeout(),
-            |st, now| st.health_lookup(&agent, now).map_err(Into::into),
-            |st, resp, now| st.handle_health_response(&agent, resp, now),
-            |st| st.health_failed(&agent),
-        )
-        .await
+        let exchange = self.state().health_check(base_url);
+        self.run(exchange).await
     }
 
     /// The Lite Registry at `url` ([`DEFAULT_REGISTRY_URL`] is the public one), cached 15 min.
     pub async fn registry(&self, url: &str) -> Result<Arc<LiteRegistry>, ClientError> {
-        self.fetch(
-            url,
-            self.inner.timeouts.registry,
-            |st, now| st.registry_lookup(url, now),
-            |st, resp, now| st.handle_registry_response(url, resp, now),
-            |st| st.registry_failed(url),
-        )
-        .await
+        let exchange = self.state().registry(url);
+        self.run(exchange).await
     }
 
     /// The entries of the registry at `url` that offer `skill` (exact match), in registry order.
@@ -420,60 +205,36 @@ impl Client {
         self.registry(DEFAULT_REGISTRY_URL).await
     }
 
-    fn discovery_timeout(&self) -> Duration {
+    fn now(&self) -> Instant {
+        self.inner.clock.now()
+    }
+
+    fn state(&self) -> MutexGuard<'_, ClientState> {
+        // The core's methods do not panic midway, so a poisoned lock holds a consistent value.
         self.inner
-            .timeouts
-            .discovery
-            .min(self.inner.timeouts.request)
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// One cached GET: lookup → (request → handle) with the core deciding everything.
-    async fn fetch<T>(
-        &self,
-        url: &str,
-        timeout: Duration,
-        lookup: impl Fn(&mut ClientState, Instant) -> Result<Lookup<T>, ClientError>,
-        handle: impl Fn(
-            &mut ClientState,
-            &http::Response<Vec<u8>>,
-            Instant,
-        ) -> Result<Arc<T>, DiscoveryError>,
-        failed: impl Fn(&mut ClientState),
-    ) -> Result<Arc<T>, ClientError> {
-        // A 304 for an entry evicted meanwhile asks for one unconditional fetch.
-        for _ in 0..2 {
-            let looked = lookup(&mut self.inner.state(), self.now())?;
-            let req = match looked {
-                Lookup::Fresh(v) => return Ok(v),
-                Lookup::Fetch(req) => req,
-            };
-            let answer = self.execute(req, timeout).await;
-            let mut st = self.inner.state();
-            match answer {
-                Ok(resp) => match handle(&mut st, &resp, self.now()) {
-                    Err(DiscoveryError::NotModifiedWithoutCache) => continue,
-                    other => return other.map_err(Into::into),
-                },
-                Err(f) => {
-                    failed(&mut st);
-                    return Err(self.failure(url, f));
+    /// Drives one exchange: the core decides, this performs and sleeps.
+    async fn run<E: Exchange>(&self, exchange: E) -> Result<E::Value, ClientError> {
+        let mut guard = Abandon {
+            client: self,
+            exchange,
+        };
+        let e = &mut guard.exchange;
+        loop {
+            // The lock is taken per step, never across an await.
+            let step = e.poll_output(&mut self.state(), self.now());
+            match step {
+                ExchangeOutput::Transmit(req) => {
+                    let result = self.execute(req, e.request_timeout()).await;
+                    e.handle_result(&mut self.state(), result, self.now());
                 }
+                ExchangeOutput::Timeout(at) => self.inner.clock.sleep_until(at).await,
+                ExchangeOutput::Done(result) => return result,
             }
-        }
-        Err(DiscoveryError::NotModifiedWithoutCache.into())
-    }
-
-    fn failure(&self, url: &str, f: Failure) -> ClientError {
-        match f {
-            Failure::Transport(kind, detail) => ClientError::Transport {
-                kind,
-                url: url.to_owned(),
-                detail,
-            },
-            Failure::TooLarge => ClientError::ResponseTooLarge {
-                url: url.to_owned(),
-                limit: self.inner.max_response_size,
-            },
         }
     }
 
@@ -482,7 +243,7 @@ impl Client {
         &self,
         req: http::Request<Vec<u8>>,
         timeout: Duration,
-    ) -> Result<http::Response<Vec<u8>>, Failure> {
+    ) -> Result<http::Response<Vec<u8>>, TransportError> {
         let (parts, body) = req.into_parts();
         let mut builder = self
             .inner
@@ -495,8 +256,11 @@ impl Client {
         }
         let mut resp = builder.send().await.map_err(classify)?;
         let limit = self.inner.max_response_size;
-        if resp.content_length().is_some_and(|n| n > limit) {
-            return Err(Failure::TooLarge);
+        let too_large = |detail: String| {
+            TransportError::new(TransportErrorKind::ResponseTooLarge { limit }, detail)
+        };
+        if let Some(n) = resp.content_length().filter(|n| *n > limit) {
+            return Err(too_large(format!("Content-Length is {n}")));
         }
         let mut out = http::Response::builder()
             .status(resp.status())
@@ -506,18 +270,26 @@ impl Client {
         }
         let mut bytes = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(classify)? {
-            if bytes.len() as u64 + chunk.len() as u64 > limit {
-                return Err(Failure::TooLarge);
+            let read = bytes.len() as u64 + chunk.len() as u64;
+            if read > limit {
+                return Err(too_large(format!("body reached {read} bytes")));
             }
             bytes.extend_from_slice(&chunk);
         }
         out.body(bytes)
-            .map_err(|e| Failure::Transport(TransportErrorKind::Other, e.to_string()))
+            .map_err(|e| TransportError::new(TransportErrorKind::Other, e.to_string()))
+    }
+}
+
+/// `stats()` and `breaker_state()` come from here.
+impl ClientHandle for Client {
+    fn with_state<R>(&self, f: impl FnOnce(&mut ClientState) -> R) -> R {
+        f(&mut self.state())
     }
 }
 
 /// Maps reqwest's error to the core's transport kinds (connect and timeout are retried).
-fn classify(e: reqwest::Error) -> Failure {
+fn classify(e: reqwest::Error) -> TransportError {
     let kind = if e.is_timeout() {
         TransportErrorKind::Timeout
     } else if e.is_connect() {
@@ -525,7 +297,7 @@ fn classify(e: reqwest::Error) -> Failure {
     } else {
         TransportErrorKind::Other
     };
-    Failure::Transport(kind, error_chain(&e))
+    TransportError::new(kind, error_chain(&e))
 }
 
 /// The error and its sources, "a: b: c" (reqwest's own text names no cause).
@@ -541,19 +313,4 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
-}
-
-fn random_bytes<const N: usize>() -> [u8; N] {
-    use ring::rand::{SecureRandom, SystemRandom};
-    let mut b = [0u8; N];
-    if SystemRandom::new().fill(&mut b).is_err() {
-        // No OS randomness: keys stay unique by time, only less unpredictable.
-        let t = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        for (i, x) in b.iter_mut().enumerate() {
-            *x = (t >> ((i % 16) * 8)) as u8;
-        }
-    }
-    b
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use asap_proto::discovery::{check_version_compatibility, require_skill};
 use asap_proto::model::{AgentUrn, Envelope, Payload, TaskRequest, Timestamp, UnixTime};
-use asap_tokio::client::{Client, Clock, Sleep};
+use asap_tokio::client::{Client, ClientHandle as _, ClientOptions, Clock, Sleep};
 
 use asap_tests::interop::reference_or_skip;
 
@@ -57,11 +57,8 @@ async fn tokio_client_against_the_reference_server() {
         base: Instant::now(),
         offset: Mutex::new(Duration::ZERO),
     });
-    let client = Client::builder()
-        .base_url(&url)
-        .clock(clock.clone())
-        .build()
-        .unwrap();
+    let client =
+        Client::with_clock(ClientOptions::default().base_url(&url), clock.clone()).unwrap();
 
     // Discover: manifest validated, cached, then revalidated with If-None-Match → 304.
     let manifest = client.discover(&url).await.unwrap();

@@ -14,7 +14,9 @@ use asap_proto::model::{
 };
 use asap_proto::reliability::{Backoff, CircuitBreakerConfig, CircuitState, RetryPolicy};
 use asap_proto::server::{HealthReport, ServerConfig};
-use asap_tokio::client::{Client, ClientError, Clock, Fault, Sleep};
+use asap_tokio::client::{
+    Client, ClientError, ClientHandle as _, ClientOptions, Clock, Fault, Sleep,
+};
 use asap_tokio::Agent;
 use axum::body::Body;
 use axum::extract::State;
@@ -217,13 +219,13 @@ async fn send_echo_round_trip() {
 #[tokio::test]
 async fn remote_jsonrpc_error_is_a_typed_result_and_keeps_the_breaker_closed() {
     let url = start(false).await;
-    let client = Client::builder()
-        .circuit_breaker(Some(CircuitBreakerConfig {
+    let client = Client::new(ClientOptions::default().circuit_breaker(Some(
+        CircuitBreakerConfig {
             failure_threshold: 1,
             ..CircuitBreakerConfig::default()
-        }))
-        .build()
-        .unwrap();
+        },
+    )))
+    .unwrap();
     let mut env = request(AGENT, "echo");
     env.payload_type = "no.such.type".into();
     let err = client.send_to(&url, &env).await.unwrap_err();
@@ -240,7 +242,7 @@ async fn remote_jsonrpc_error_is_a_typed_result_and_keeps_the_breaker_closed() {
 async fn discover_caches_then_revalidates_with_304() {
     let url = start(false).await;
     let clock = ManualClock::new();
-    let client = Client::builder().clock(clock.clone()).build().unwrap();
+    let client = Client::with_clock(ClientOptions::default(), clock.clone()).unwrap();
     let m = client.discover(&url).await.unwrap();
     assert_eq!(m.id, AGENT);
     assert!(m.has_skill("echo"));
@@ -285,7 +287,7 @@ async fn discover_sends_if_none_match_and_errors_are_typed() {
     ])
     .await;
     let clock = ManualClock::new();
-    let client = Client::builder().clock(clock.clone()).build().unwrap();
+    let client = Client::with_clock(ClientOptions::default(), clock.clone()).unwrap();
     client.discover(&s.url()).await.unwrap();
     clock.advance(Duration::from_secs(5));
     client.discover(&s.url()).await.unwrap();
@@ -318,7 +320,7 @@ async fn discover_sends_if_none_match_and_errors_are_typed() {
 #[tokio::test]
 async fn health_is_a_verdict_even_when_unhealthy() {
     let url = start(false).await;
-    let client = Client::builder().build().unwrap();
+    let client = Client::new(ClientOptions::default()).unwrap();
     let v = client.health_check(&url).await.unwrap();
     assert!(v.is_healthy());
     let doc = v.status().unwrap();
@@ -345,7 +347,7 @@ async fn registry_from_a_loopback_url() {
         {"id":"urn:asap:agent:b","name":"B","description":"b","endpoints":{"http":"http://127.0.0.1:2/asap"},"skills":["sum"],"asap_version":"0.1"}]}"#;
     let s = Scripted::start(vec![(200, vec![], registry.to_vec())]).await;
     let clock = ManualClock::new();
-    let client = Client::builder().clock(clock.clone()).build().unwrap();
+    let client = Client::with_clock(ClientOptions::default(), clock.clone()).unwrap();
     let url = format!("{}/registry.json", s.url());
     let found = client.find_by_skill(&url, "sum").await.unwrap();
     let ids: Vec<&str> = found.iter().map(|e| e.id.as_str()).collect();
@@ -372,7 +374,7 @@ async fn registry_from_a_loopback_url() {
 #[tokio::test]
 async fn invalid_registry_is_a_peer_error() {
     let s = Scripted::start(vec![(200, vec![], br#"{"version":"1"}"#.to_vec())]).await;
-    let client = Client::builder().build().unwrap();
+    let client = Client::new(ClientOptions::default()).unwrap();
     let err = client.registry(&s.url()).await.unwrap_err();
     assert_eq!(err.fault(), Fault::Peer);
     assert!(err.to_string().contains("updated_at"), "{err}");
@@ -391,12 +393,13 @@ async fn retries_503_then_429_honouring_retry_after_with_the_same_bytes() {
     ])
     .await;
     let clock = ManualClock::new();
-    let client = Client::builder()
-        .base_url(s.url())
-        .clock(clock.clone())
-        .retry_policy(no_jitter(3))
-        .build()
-        .unwrap();
+    let client = Client::with_clock(
+        ClientOptions::default()
+            .base_url(s.url())
+            .retry_policy(no_jitter(3)),
+        clock.clone(),
+    )
+    .unwrap();
     let reply = client.send(&request(AGENT, "echo")).await.unwrap();
     assert_eq!(reply.payload_type, "task.response");
     assert_eq!(
@@ -430,11 +433,8 @@ async fn exhausted_retries_report_the_last_status() {
         br#"{"jsonrpc":"2.0","id":null,"error":{"code":429,"message":"Rate limit exceeded","data":{"limit":"1 per 1 minute"}}}"#.to_vec(),
     )]).await;
     let clock = ManualClock::new();
-    let client = Client::builder()
-        .base_url(s.url())
-        .clock(clock.clone())
-        .build()
-        .unwrap();
+    let client =
+        Client::with_clock(ClientOptions::default().base_url(s.url()), clock.clone()).unwrap();
     let err = client.send(&request(AGENT, "echo")).await.unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -448,16 +448,17 @@ async fn exhausted_retries_report_the_last_status() {
 async fn breaker_opens_refuses_without_io_and_probes_after_the_timeout() {
     let s = Scripted::start(vec![(503, vec![], Vec::new())]).await;
     let clock = ManualClock::new();
-    let client = Client::builder()
-        .base_url(s.url())
-        .clock(clock.clone())
-        .retry_policy(RetryPolicy::no_retries())
-        .circuit_breaker(Some(CircuitBreakerConfig {
-            failure_threshold: 2,
-            ..CircuitBreakerConfig::default()
-        }))
-        .build()
-        .unwrap();
+    let client = Client::with_clock(
+        ClientOptions::default()
+            .base_url(s.url())
+            .retry_policy(RetryPolicy::no_retries())
+            .circuit_breaker(Some(CircuitBreakerConfig {
+                failure_threshold: 2,
+                ..CircuitBreakerConfig::default()
+            })),
+        clock.clone(),
+    )
+    .unwrap();
     let env = request(AGENT, "echo");
     for _ in 0..2 {
         let e = client.send(&env).await.unwrap_err();
@@ -486,12 +487,13 @@ async fn transport_failures_are_retried_and_blamed_on_the_network() {
         .unwrap()
         .port();
     let clock = ManualClock::new();
-    let client = Client::builder()
-        .base_url(format!("http://127.0.0.1:{port}"))
-        .clock(clock.clone())
-        .retry_policy(no_jitter(3))
-        .build()
-        .unwrap();
+    let client = Client::with_clock(
+        ClientOptions::default()
+            .base_url(format!("http://127.0.0.1:{port}"))
+            .retry_policy(no_jitter(3)),
+        clock.clone(),
+    )
+    .unwrap();
     let err = client.send(&request(AGENT, "echo")).await.unwrap_err();
     match &err {
         ClientError::Transport { kind, url, .. } => {
@@ -515,19 +517,30 @@ async fn transport_failures_are_retried_and_blamed_on_the_network() {
 #[tokio::test]
 async fn oversized_and_malformed_responses_are_the_peers_fault() {
     let s = Scripted::start(vec![(200, vec![], vec![b' '; 4096])]).await;
-    let client = Client::builder()
-        .base_url(s.url())
-        .max_response_size(1024)
-        .build()
-        .unwrap();
+    let client = Client::new(
+        ClientOptions::default()
+            .base_url(s.url())
+            .max_response_size(1024),
+    )
+    .unwrap();
     let err = client.send(&request(AGENT, "echo")).await.unwrap_err();
     assert!(
-        matches!(err, ClientError::ResponseTooLarge { limit: 1024, .. }),
+        matches!(err, ClientError::ResponseTooLarge { limit: 1024, ref detail, .. } if !detail.is_empty()),
         "{err:?}"
     );
     assert_eq!(err.fault(), Fault::Peer);
+    // The user sees the URL, the limit and the HTTP library's text, and the agent was asked once.
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "response from {}/asap exceeds 1024 bytes (",
+            s.url()
+        )),
+        "{text}"
+    );
+    assert_eq!(s.seen().len(), 1, "not retried");
     let s = Scripted::start(vec![(200, vec![], b"not json".to_vec())]).await;
-    let err = Client::new(&s.url())
+    let err = Client::new(s.url())
         .unwrap()
         .send(&request(AGENT, "echo"))
         .await
@@ -540,8 +553,9 @@ async fn oversized_and_malformed_responses_are_the_peers_fault() {
 async fn plain_http_only_on_loopback_unless_allowed() {
     for bad in ["http://agent.example.com", "http://10.1.2.3:8000"] {
         let err = Client::new(bad).unwrap_err();
-        assert!(
-            matches!(err, ClientError::Config(UrlError::InsecureUrl { .. })),
+        assert_eq!(
+            err,
+            ClientError::Config(UrlError::InsecureUrl { url: bad.into() }),
             "{bad}"
         );
         assert_eq!(err.fault(), Fault::Local);
@@ -553,13 +567,31 @@ async fn plain_http_only_on_loopback_unless_allowed() {
     ] {
         Client::new(ok).unwrap();
     }
-    Client::builder()
-        .base_url("http://agent.example.com")
-        .allow_insecure_http(true)
-        .build()
-        .unwrap();
-    let client = Client::builder().build().unwrap();
-    assert!(client.discover("http://agent.example.com").await.is_err());
+    Client::new(
+        ClientOptions::default()
+            .base_url("http://agent.example.com")
+            .allow_insecure_http(true),
+    )
+    .unwrap();
+    let client = Client::new(ClientOptions::default()).unwrap();
+    // Refused before any I/O, with the error that names the insecure URL.
+    for refused in [
+        client
+            .discover("http://agent.example.com")
+            .await
+            .unwrap_err(),
+        client
+            .health_check("http://agent.example.com")
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(
+            refused,
+            ClientError::Config(UrlError::InsecureUrl {
+                url: "http://agent.example.com".into()
+            })
+        );
+    }
     assert!(client.health_check("ftp://x").await.is_err());
 }
 
@@ -572,16 +604,17 @@ async fn a_dropped_send_gives_its_half_open_probe_back() {
     ])
     .await;
     let clock = ManualClock::new();
-    let client = Client::builder()
-        .base_url(s.url())
-        .clock(clock.clone())
-        .retry_policy(RetryPolicy::no_retries())
-        .circuit_breaker(Some(CircuitBreakerConfig {
-            failure_threshold: 1,
-            ..CircuitBreakerConfig::default()
-        }))
-        .build()
-        .unwrap();
+    let client = Client::with_clock(
+        ClientOptions::default()
+            .base_url(s.url())
+            .retry_policy(RetryPolicy::no_retries())
+            .circuit_breaker(Some(CircuitBreakerConfig {
+                failure_threshold: 1,
+                ..CircuitBreakerConfig::default()
+            })),
+        clock.clone(),
+    )
+    .unwrap();
     let env = request(AGENT, "echo");
     client.send(&env).await.unwrap_err();
     assert_eq!(client.breaker_state(&s.url()), Some(CircuitState::Open));
@@ -612,10 +645,8 @@ async fn https_is_spoken_by_default() {
     // A plain-HTTP server behind an https:// URL: the TLS handshake fails in the transport.
     let s = Scripted::start(vec![(200, vec![], Vec::new())]).await;
     let url = format!("https://{}", s.addr);
-    let client = Client::builder()
-        .retry_policy(RetryPolicy::no_retries())
-        .build()
-        .unwrap();
+    let client =
+        Client::new(ClientOptions::default().retry_policy(RetryPolicy::no_retries())).unwrap();
     let err = client.health_check(&url).await.unwrap_err();
     assert!(matches!(err, ClientError::Transport { .. }), "{err:?}");
     assert_eq!(err.fault(), Fault::Network);

@@ -6,7 +6,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use asap_proto::client::{ClientConfig, ClientCore, SendCall, SendOutput, TransportErrorKind};
+use asap_proto::client::{
+    ClientConfig, ClientCore, SendCall, SendOutput, TransportError, TransportErrorKind,
+};
 use asap_proto::model::{AgentUrn, Envelope, Payload, TaskRequest, Timestamp, Ulid, UnixTime};
 use asap_proto::reliability::rate_limit::{RateDecision, RateLimitSpec, SlidingWindowLimiter};
 use asap_proto::reliability::{CircuitBreaker, CircuitBreakerConfig, RetryPolicy};
@@ -106,7 +108,12 @@ fuzz_target!(|data: &[u8]| {
             _ => {
                 if in_flight {
                     in_flight = false;
-                    call.handle_transport_error(if arg % 2 == 0 { TransportErrorKind::Connect } else { TransportErrorKind::Timeout }, now);
+                    let kind = [
+                        TransportErrorKind::Connect,
+                        TransportErrorKind::Timeout,
+                        TransportErrorKind::ResponseTooLarge { limit: 1024 },
+                    ][usize::from(arg % 3)];
+                    call.handle_transport_error(TransportError::new(kind, "fuzzed"), now);
                 }
                 call.handle_timeout(now);
                 if let Some(t) = call.poll_timeout() {

@@ -49,12 +49,14 @@ fuzz_target!(|data: &[u8]| {
             .expect("response");
         let stored = cache
             .handle_response("http://agent", &resp, t0)
-            .expect("valid manifest stored");
+            .expect("valid manifest stored")
+            .fresh()
+            .expect("a 200 is stored at once");
         assert_eq!(*stored, manifest);
         let ttl = Duration::from_secs(60.min(manifest.ttl_seconds));
         assert!(matches!(
             cache.lookup("http://agent", t0 + ttl).expect("lookup"),
-            Lookup::Fetch(_)
+            Lookup::Transmit(_)
         ));
     }
 

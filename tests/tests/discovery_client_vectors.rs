@@ -95,7 +95,7 @@ fn manifest_endpoint_seen_by_the_client_cache() {
     let t0 = Instant::now();
     let mut cache = ManifestCache::new(ManifestCacheConfig::default());
 
-    let Lookup::Fetch(req) = cache.lookup(base, t0).unwrap() else {
+    let Lookup::Transmit(req) = cache.lookup(base, t0).unwrap() else {
         panic!("empty cache must fetch")
     };
     assert_eq!(req.method(), http::Method::GET);
@@ -106,7 +106,11 @@ fn manifest_endpoint_seen_by_the_client_cache() {
     assert!(req.headers().get(http::header::IF_NONE_MATCH).is_none());
 
     let resp = response(200, &r200["headers"], r200["body_text"].as_str().unwrap());
-    let m = cache.handle_response(base, &resp, t0).unwrap();
+    let m = cache
+        .handle_response(base, &resp, t0)
+        .unwrap()
+        .fresh()
+        .unwrap();
     assert_eq!(serde_json::to_value(&*m).unwrap(), r200["body_json"]);
 
     // `public, max-age=300` and ttl_seconds 300: fresh for exactly 300 s.
@@ -115,7 +119,7 @@ fn manifest_endpoint_seen_by_the_client_cache() {
         cache.lookup(base, edge - Duration::from_nanos(1)).unwrap(),
         Lookup::Fresh(_)
     ));
-    let Lookup::Fetch(req) = cache.lookup(base, edge).unwrap() else {
+    let Lookup::Transmit(req) = cache.lookup(base, edge).unwrap() else {
         panic!("stale at the boundary")
     };
     // Revalidation sends the strong ETag the server computed.
@@ -125,8 +129,8 @@ fn manifest_endpoint_seen_by_the_client_cache() {
         let r = &v[key];
         assert_eq!(r["body_text"], "");
         let resp = response(304, &r["headers"], "");
-        let again = cache.handle_response(base, &resp, edge).unwrap();
-        assert_eq!(again, m);
+        let again = cache.handle_response(base, &resp, edge).unwrap().fresh();
+        assert_eq!(again, Some(m.clone()));
         assert_eq!(
             cache.fresh_until(base),
             Some(edge + Duration::from_secs(300))
@@ -238,13 +242,17 @@ fn lite_registry() {
     for t in [t0, t0 + Duration::from_secs(899)] {
         let got = match cache.lookup(url, t).unwrap() {
             Lookup::Fresh(r) => r,
-            Lookup::Fetch(req) => {
+            Lookup::Transmit(req) => {
                 requests.push(req.uri().to_string());
                 let resp = http::Response::builder()
                     .status(200)
                     .body(input.clone())
                     .unwrap();
-                cache.handle_response(url, &resp, t).unwrap()
+                cache
+                    .handle_response(url, &resp, t)
+                    .unwrap()
+                    .fresh()
+                    .unwrap()
             }
         };
         results.push(got);
@@ -283,7 +291,7 @@ fn circuit_breaker_trace() {
                 now += timeout;
             }
             assert_eq!(
-                b.can_attempt(now),
+                b.try_acquire(now).is_ok(),
                 step["result"].as_bool().unwrap(),
                 "{event}"
             );

@@ -16,6 +16,10 @@ pub const ASAP_PATH: &str = "/asap";
 pub const MANIFEST_PATH: &str = "/.well-known/asap/manifest.json";
 /// Path of the health document below the base URL.
 pub const HEALTH_PATH: &str = "/.well-known/asap/health";
+/// `User-Agent` sent by default.
+pub const DEFAULT_USER_AGENT: &str = concat!("asap-rs/", env!("CARGO_PKG_VERSION"));
+/// `Accept-Encoding` of `asap.send` by default: this core does not decompress.
+pub const DEFAULT_ACCEPT_ENCODING: &str = "identity";
 
 /// Whether plain `http://` is acceptable for a base URL (spec 14).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -145,7 +149,7 @@ pub struct ClientConfig {
     /// does not decompress (the reference server never compresses responses;
     /// the reference client sends `br, gzip, identity`).
     pub accept_encoding: String,
-    /// `User-Agent`, or `None` to leave it to the HTTP library. Default `asap-rs/<version>`.
+    /// `User-Agent`, or `None` to leave it to the HTTP library. Default [`DEFAULT_USER_AGENT`].
     pub user_agent: Option<String>,
 }
 
@@ -153,8 +157,8 @@ impl Default for ClientConfig {
     fn default() -> Self {
         Self {
             http_policy: HttpPolicy::LoopbackOnly,
-            accept_encoding: "identity".to_owned(),
-            user_agent: Some(concat!("asap-rs/", env!("CARGO_PKG_VERSION")).to_owned()),
+            accept_encoding: DEFAULT_ACCEPT_ENCODING.to_owned(),
+            user_agent: Some(DEFAULT_USER_AGENT.to_owned()),
         }
     }
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{Fault, TransportErrorKind};
+use super::{Fault, TransportError, TransportErrorKind};
 use crate::error::DecodeError;
 use crate::jsonrpc::codes;
 use crate::model::Envelope;
@@ -76,8 +76,8 @@ pub enum SendError {
     #[error("invalid envelope in response: {0}")]
     InvalidEnvelope(DecodeError),
     /// The adapter could not complete the exchange.
-    #[error("transport failure: {0}")]
-    Transport(TransportErrorKind),
+    #[error("transport failure ({0})")]
+    Transport(TransportError),
     /// The circuit breaker for this agent is open; nothing was sent.
     #[error(transparent)]
     CircuitOpen(#[from] CircuitOpen),
@@ -101,7 +101,7 @@ impl SendError {
                 Fault::Local
             }
             Self::PayloadTooLarge { .. } | Self::ClientError { .. } => Fault::Local,
-            Self::Transport(_) => Fault::Network,
+            Self::Transport(e) => e.fault(),
             _ => Fault::Peer,
         }
     }
@@ -116,9 +116,13 @@ impl SendError {
                 retry_after: *retry_after,
             },
             Self::ServerError { status, .. } => AttemptOutcome::ServerError { status: *status },
-            Self::Transport(TransportErrorKind::Connect) => AttemptOutcome::ConnectFailed,
-            Self::Transport(TransportErrorKind::Timeout) => AttemptOutcome::TimedOut,
-            Self::Transport(TransportErrorKind::Other) => AttemptOutcome::TransportFailed,
+            Self::Transport(e) => match e.kind {
+                TransportErrorKind::Connect => AttemptOutcome::ConnectFailed,
+                TransportErrorKind::Timeout => AttemptOutcome::TimedOut,
+                TransportErrorKind::Other => AttemptOutcome::TransportFailed,
+                // The agent answered; asking again gets the same oversized answer.
+                TransportErrorKind::ResponseTooLarge { .. } => AttemptOutcome::Rejected,
+            },
             _ => AttemptOutcome::Rejected,
         }
     }

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use super::request::PreparedSend;
 use super::response::{interpret_send_response, SendError};
-use super::TransportErrorKind;
+use super::TransportError;
 use crate::model::Envelope;
 use crate::reliability::{JitterSource, RetryDecision, RetryPolicy};
 
@@ -215,12 +215,14 @@ impl SendCall {
         self.after_attempt(result, now);
     }
 
-    /// Reports that the request in flight failed in the transport (ignored otherwise).
-    pub fn handle_transport_error(&mut self, kind: TransportErrorKind, now: Instant) {
+    /// Reports that the request in flight failed in the transport (ignored
+    /// otherwise); the error, with its text, ends up in the outcome when it
+    /// was the last attempt.
+    pub fn handle_transport_error(&mut self, error: TransportError, now: Instant) {
         if self.state != State::InFlight {
             return;
         }
-        self.after_attempt(Err(SendError::Transport(kind)), now);
+        self.after_attempt(Err(SendError::Transport(error)), now);
     }
 
     fn after_attempt(&mut self, result: Result<Envelope, SendError>, now: Instant) {
@@ -253,7 +255,7 @@ impl SendCall {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::{ClientConfig, ClientCore};
+    use crate::client::{ClientConfig, ClientCore, TransportErrorKind};
     use crate::model::{AgentUrn, Payload, TaskRequest, Timestamp, Ulid, UnixTime};
     use crate::reliability::Backoff;
     use std::time::Duration;
@@ -299,7 +301,9 @@ mod tests {
                     sent.push(req.body().clone());
                     match answers.pop().expect("scripted answer") {
                         Ok(r) => call.handle_response(r, now),
-                        Err(k) => call.handle_transport_error(k, now),
+                        Err(k) => {
+                            call.handle_transport_error(TransportError::new(k, "scripted"), now)
+                        }
                     }
                 }
                 Some(SendOutput::Timeout(t)) => {
@@ -366,7 +370,25 @@ mod tests {
         let (_, _, o) = drive(no_jitter(), vec![Err(TransportErrorKind::Other)]);
         assert_eq!(
             o.result,
-            Err(SendError::Transport(TransportErrorKind::Other))
+            Err(SendError::Transport(TransportError::new(
+                TransportErrorKind::Other,
+                "scripted"
+            )))
+        );
+        // An oversized answer is not retried, keeps the adapter's text, and is the peer's fault.
+        let too_large = TransportErrorKind::ResponseTooLarge { limit: 1024 };
+        let (sleeps, _, o) = drive(no_jitter(), vec![Err(too_large)]);
+        assert!(sleeps.is_empty());
+        assert_eq!(o.breaker_verdict(), BreakerVerdict::Failure);
+        let e = o.result.unwrap_err();
+        assert_eq!(
+            e,
+            SendError::Transport(TransportError::new(too_large, "scripted"))
+        );
+        assert_eq!(e.fault(), crate::error::Fault::Peer);
+        assert_eq!(
+            e.to_string(),
+            "transport failure (response exceeds 1024 bytes: scripted)"
         );
         let (sleeps, _, o) = drive(
             no_jitter(),
@@ -379,7 +401,10 @@ mod tests {
         assert_eq!(sleeps.len(), 2);
         assert_eq!(
             o.result,
-            Err(SendError::Transport(TransportErrorKind::Timeout))
+            Err(SendError::Transport(TransportError::new(
+                TransportErrorKind::Timeout,
+                "scripted"
+            )))
         );
     }
 
@@ -420,7 +445,7 @@ mod tests {
         let now = base();
         // Nothing in flight: reports are ignored.
         call.handle_response(status(200, &[]), now);
-        call.handle_transport_error(TransportErrorKind::Connect, now);
+        call.handle_transport_error(TransportError::new(TransportErrorKind::Connect, "x"), now);
         assert_eq!(call.attempts(), 0);
         assert!(call.poll_transmit(now).is_some());
         assert_eq!(call.prepared().envelope_id(), "01KDXZ0000ENVREQ0000000001");
@@ -453,10 +478,10 @@ mod tests {
                             0 => call.handle_response(status(500, &[]), now),
                             1 => call.handle_response(status(429, &[("retry-after", "2")]), now),
                             2 => call.handle_response(status(429, &[]), now),
-                            3 => call.handle_transport_error(TransportErrorKind::Timeout, now),
-                            4 => call.handle_transport_error(TransportErrorKind::Connect, now),
+                            3 => call.handle_transport_error(TransportError::new(TransportErrorKind::Timeout, "t"), now),
+                            4 => call.handle_transport_error(TransportError::new(TransportErrorKind::Connect, "c"), now),
                             5 => call.handle_response(status(404, &[]), now),
-                            6 => call.handle_transport_error(TransportErrorKind::Other, now),
+                            6 => call.handle_transport_error(TransportError::new(TransportErrorKind::Other, "o"), now),
                             _ => call.handle_response(status(200, &[]), now),
                         }
                         if let Some(t) = call.poll_timeout() {

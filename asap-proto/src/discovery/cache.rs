@@ -1,26 +1,27 @@
-//! The manifest cache: `Cache-Control: max-age`, `ETag` revalidation, the
-//! manifest's `ttl_seconds`, bounded size.
+//! One HTTP cache for every discovery document: freshness, `ETag`
+//! revalidation with `If-None-Match`, the 304 / 2xx / error classification,
+//! bounded LRU size. [`ManifestCache`](super::ManifestCache),
+//! [`HealthCache`](super::HealthCache) and [`RegistryCache`](super::RegistryCache)
+//! are this cache over their [`CacheDocument`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::lru::LruMap;
-use super::validation::validate_manifest_bytes;
 use super::DiscoveryError;
-use crate::client::{get_request, BaseUrl, HttpPolicy};
-use crate::model::{Manifest, DEFAULT_MANIFEST_TTL_SECONDS};
+use crate::client::get_request;
 
 /// Longest freshness taken from `Cache-Control: max-age` (one day, as the reference).
 pub const MAX_AGE_CAP: Duration = Duration::from_secs(86_400);
 
-/// The answer of a cache lookup.
+/// What a cache answers: a fresh value, or a request to perform first.
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // handed straight to the caller; boxing would only add an allocation
 pub enum Lookup<T> {
     /// A fresh value; no request needed.
     Fresh(Arc<T>),
     /// Perform this request and give the response to the cache's `handle_response`.
-    Fetch(http::Request<Vec<u8>>),
+    Transmit(http::Request<Vec<u8>>),
 }
 
 impl<T> Lookup<T> {
@@ -29,8 +30,268 @@ impl<T> Lookup<T> {
     pub fn fresh(self) -> Option<Arc<T>> {
         match self {
             Self::Fresh(v) => Some(v),
-            Self::Fetch(_) => None,
+            Self::Transmit(_) => None,
         }
+    }
+
+    /// The request to perform, if any.
+    #[must_use]
+    pub fn transmit(self) -> Option<http::Request<Vec<u8>>> {
+        match self {
+            Self::Fresh(_) => None,
+            Self::Transmit(r) => Some(r),
+        }
+    }
+}
+
+/// A document an [`HttpCache`] fetches with `GET` and stores: where it lives,
+/// how its answer decodes, how long it stays fresh.
+pub trait CacheDocument: Sized {
+    /// Settings of a cache of this document.
+    type Config: Copy + std::fmt::Debug + PartialEq;
+    /// Whether a stale entry with an ETag is revalidated with `If-None-Match`
+    /// (a 304 is only accepted from documents that revalidate).
+    const REVALIDATE: bool;
+    /// Entries a cache keeps at once (least recently used forgotten first).
+    fn capacity(config: &Self::Config) -> usize;
+    /// The cache key of the URL a caller names.
+    fn key(url: &str) -> String {
+        url.to_owned()
+    }
+    /// The URL to `GET` for a key.
+    fn request_url(key: &str) -> Result<String, DiscoveryError>;
+    /// How long `value` stays fresh after the 200 or 304 `response` that stored it.
+    fn freshness(
+        config: &Self::Config,
+        response: &http::Response<Vec<u8>>,
+        value: &Self,
+    ) -> Duration;
+    /// Whether a status outside 2xx is still an answer to decode (health: 503).
+    fn is_answer(_status: http::StatusCode) -> bool {
+        false
+    }
+    /// Decodes an answer: a 2xx with an identity body, or a status
+    /// [`is_answer`](Self::is_answer) accepts (body encoding unchecked).
+    fn decode(response: &http::Response<Vec<u8>>) -> Result<Self, DiscoveryError>;
+}
+
+#[derive(Debug, Clone)]
+struct Entry<T> {
+    value: Arc<T>,
+    etag: Option<String>,
+    fresh_until: Instant,
+}
+
+#[derive(Debug, Clone)]
+enum Slot<T> {
+    Stored(Entry<T>),
+    /// A 304 came for an entry that was gone (evicted or invalidated while the
+    /// revalidation was in flight) and an unconditional GET was handed out;
+    /// a 304 to that one is the server's fault.
+    Refetching,
+}
+
+/// Documents of one kind keyed by URL, fresh while `now < fresh_until`
+/// (set from [`CacheDocument::freshness`] when a 200 or 304 is handled).
+///
+/// Call protocol: [`lookup`](Self::lookup) → `Fresh(value)`, or
+/// `Transmit(req)`: perform `req` and hand the response to
+/// [`handle_response`](Self::handle_response), which answers with a
+/// `Lookup` again — `Fresh` with the stored value, or (a 304 for an entry
+/// evicted meanwhile) `Transmit` with an unconditional GET to perform the
+/// same way. On a transport failure, [`invalidate`](Self::invalidate).
+/// Status ≥ 400, an invalid document, or a 304 to an unconditional refetch
+/// evict the entry and return the error. Concurrent lookups of one URL each
+/// get a `Transmit`; coalescing them is the adapter's choice. Entries expire
+/// lazily at `lookup`; the cache needs no timer.
+#[derive(Debug, Clone)]
+pub struct HttpCache<T: CacheDocument> {
+    config: T::Config,
+    entries: LruMap<Slot<T>>,
+}
+
+impl<T: CacheDocument> HttpCache<T> {
+    /// An empty cache.
+    #[must_use]
+    pub fn new(config: T::Config) -> Self {
+        Self {
+            entries: LruMap::new(T::capacity(&config)),
+            config,
+        }
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &T::Config {
+        &self.config
+    }
+
+    /// A fresh value for `url`, or the `GET` to perform (with `If-None-Match`
+    /// when a stale entry has an ETag and the document revalidates).
+    pub fn lookup(&mut self, url: &str, now: Instant) -> Result<Lookup<T>, DiscoveryError> {
+        let key = T::key(url);
+        let etag = match self.entries.get_mut(&key) {
+            Some(Slot::Stored(e)) if now < e.fresh_until => {
+                return Ok(Lookup::Fresh(Arc::clone(&e.value)))
+            }
+            Some(Slot::Stored(e)) if T::REVALIDATE => e.etag.clone(),
+            _ => None,
+        };
+        request::<T>(url, &key, etag.as_deref()).map(Lookup::Transmit)
+    }
+
+    /// Takes the response to a request this cache handed out; freshness from
+    /// [`CacheDocument::freshness`].
+    pub fn handle_response(
+        &mut self,
+        url: &str,
+        response: &http::Response<Vec<u8>>,
+        now: Instant,
+    ) -> Result<Lookup<T>, DiscoveryError> {
+        self.store(url, response, None, now)
+    }
+
+    /// As [`handle_response`](Self::handle_response), but the value stays
+    /// fresh for `ttl` (e.g. a health verdict for its agent manifest's `ttl_seconds`).
+    pub fn handle_response_with_ttl(
+        &mut self,
+        url: &str,
+        response: &http::Response<Vec<u8>>,
+        ttl: Duration,
+        now: Instant,
+    ) -> Result<Lookup<T>, DiscoveryError> {
+        self.store(url, response, Some(ttl), now)
+    }
+
+    fn store(
+        &mut self,
+        url: &str,
+        response: &http::Response<Vec<u8>>,
+        ttl: Option<Duration>,
+        now: Instant,
+    ) -> Result<Lookup<T>, DiscoveryError> {
+        let key = T::key(url);
+        let result = self.apply(url, &key, response, ttl, now);
+        if result.is_err() {
+            self.entries.remove(&key);
+        }
+        result
+    }
+
+    fn apply(
+        &mut self,
+        url: &str,
+        key: &str,
+        response: &http::Response<Vec<u8>>,
+        ttl: Option<Duration>,
+        now: Instant,
+    ) -> Result<Lookup<T>, DiscoveryError> {
+        let mut etag = response
+            .headers()
+            .get(http::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let value = if T::REVALIDATE && response.status() == http::StatusCode::NOT_MODIFIED {
+            match self.entries.peek(key) {
+                Some(Slot::Stored(e)) => {
+                    etag = etag.or_else(|| e.etag.clone());
+                    Arc::clone(&e.value)
+                }
+                Some(Slot::Refetching) => return Err(DiscoveryError::NotModifiedWithoutCache),
+                None => {
+                    self.entries.insert(key.to_owned(), Slot::Refetching);
+                    return request::<T>(url, key, None).map(Lookup::Transmit);
+                }
+            }
+        } else {
+            Arc::new(decode_answer::<T>(response)?)
+        };
+        let fresh_for = ttl.unwrap_or_else(|| T::freshness(&self.config, response, &value));
+        self.entries.insert(
+            key.to_owned(),
+            Slot::Stored(Entry {
+                value: Arc::clone(&value),
+                etag,
+                fresh_until: now.checked_add(fresh_for).unwrap_or(now),
+            }),
+        );
+        Ok(Lookup::Fresh(value))
+    }
+
+    fn entry(&self, url: &str) -> Option<&Entry<T>> {
+        match self.entries.peek(&T::key(url)) {
+            Some(Slot::Stored(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The stored value for `url`, fresh or not, without changing recency.
+    #[must_use]
+    pub fn peek(&self, url: &str) -> Option<Arc<T>> {
+        self.entry(url).map(|e| Arc::clone(&e.value))
+    }
+
+    /// When the stored value for `url` stops being fresh.
+    #[must_use]
+    pub fn fresh_until(&self, url: &str) -> Option<Instant> {
+        self.entry(url).map(|e| e.fresh_until)
+    }
+
+    /// Forgets `url` (after a transport failure, as the reference does).
+    pub fn invalidate(&mut self, url: &str) {
+        self.entries.remove(&T::key(url));
+    }
+
+    /// Forgets everything.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    /// URLs remembered (including unconditional refetches in flight).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is remembered.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.entries.len() == 0
+    }
+}
+
+/// The `GET` for `key` (`url` is what the caller named, for the error).
+fn request<T: CacheDocument>(
+    url: &str,
+    key: &str,
+    etag: Option<&str>,
+) -> Result<http::Request<Vec<u8>>, DiscoveryError> {
+    get_request(&T::request_url(key)?, etag).map_err(|reason| DiscoveryError::InvalidUrl {
+        url: url.to_owned(),
+        reason,
+    })
+}
+
+/// Classifies a response other than an accepted 304: 2xx (identity body) and
+/// the document's extra answers decode; ≥ 400 and the rest are errors.
+pub(crate) fn decode_answer<T: CacheDocument>(
+    response: &http::Response<Vec<u8>>,
+) -> Result<T, DiscoveryError> {
+    let status = response.status();
+    if status.is_success() {
+        check_encoding(response)?;
+        T::decode(response)
+    } else if T::is_answer(status) {
+        T::decode(response)
+    } else if status.as_u16() >= 400 {
+        Err(DiscoveryError::HttpStatus {
+            status: status.as_u16(),
+            snippet: snippet(response.body()),
+        })
+    } else {
+        Err(DiscoveryError::UnexpectedStatus {
+            status: status.as_u16(),
+        })
     }
 }
 
@@ -55,6 +316,16 @@ pub(crate) fn check_encoding(resp: &http::Response<Vec<u8>>) -> Result<(), Disco
         }
         _ => Ok(()),
     }
+}
+
+/// The first usable `Cache-Control: max-age` of a response.
+pub(crate) fn max_age(response: &http::Response<Vec<u8>>) -> Option<Duration> {
+    response
+        .headers()
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(parse_max_age)
 }
 
 fn is_py_space(b: u8) -> bool {
@@ -104,282 +375,42 @@ pub fn parse_max_age(cache_control: &str) -> Option<Duration> {
     None
 }
 
-/// Settings of a [`ManifestCache`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ManifestCacheConfig {
-    /// Agents remembered at once (least recently used forgotten first). Default 1000.
-    pub capacity: usize,
-    /// Freshness when the response has no usable `max-age`. Default 300 s.
-    pub default_ttl: Duration,
-    /// Also bound freshness by the manifest's own `ttl_seconds`. Default `true`
-    /// (the reference client ignores `ttl_seconds`).
-    pub honour_manifest_ttl: bool,
-}
-
-impl Default for ManifestCacheConfig {
-    fn default() -> Self {
-        Self {
-            capacity: 1000,
-            default_ttl: Duration::from_secs(DEFAULT_MANIFEST_TTL_SECONDS),
-            honour_manifest_ttl: true,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Entry {
-    manifest: Arc<Manifest>,
-    etag: Option<String>,
-    fresh_until: Instant,
-}
-
-/// Discovered manifests keyed by agent base URL.
-///
-/// Freshness of a stored manifest, from the moment its 200 or 304 was handled:
-/// `min(max-age or default_ttl, manifest.ttl_seconds)` — the *smaller* of what
-/// the HTTP layer and the agent itself allow, so neither a long CDN
-/// `max-age` nor a long `ttl_seconds` can keep a manifest past what the other
-/// says. A manifest is served while `now < fresh_until`; at exactly
-/// `fresh_until` it is stale. A stale entry is kept for revalidation: the
-/// lookup's request carries `If-None-Match: <etag>`, and a 304 makes the
-/// stored manifest fresh again (freshness recomputed from the 304's headers)
-/// without a body.
-///
-/// Call protocol: [`lookup`](Self::lookup) → on `Fetch(req)` perform `req`,
-/// then [`handle_response`](Self::handle_response) with the same base URL;
-/// on a transport failure, [`invalidate`](Self::invalidate). Concurrent
-/// lookups of one URL each get a `Fetch`; coalescing them is the adapter's
-/// choice.
-///
-/// ```
-/// use std::time::{Duration, Instant};
-/// use asap_proto::discovery::{Lookup, ManifestCache, ManifestCacheConfig};
-/// let body = br#"{"id":"urn:asap:agent:echo-server","name":"Echo","version":"1.0.0","description":"d","capabilities":{},"endpoints":{"asap":"http://127.0.0.1:8000/asap"}}"#;
-/// let mut cache = ManifestCache::new(ManifestCacheConfig::default());
-/// let now = Instant::now(); // the adapter's clock
-/// let base = "http://127.0.0.1:8000";
-/// let Lookup::Fetch(req) = cache.lookup(base, now).unwrap() else { unreachable!() };
-/// assert_eq!(req.uri(), "http://127.0.0.1:8000/.well-known/asap/manifest.json");
-/// let resp = http::Response::builder().status(200)
-///     .header("etag", "\"abc\"").header("cache-control", "public, max-age=300")
-///     .body(body.to_vec()).unwrap();
-/// let m = cache.handle_response(base, &resp, now).unwrap();
-/// assert!(matches!(cache.lookup(base, now).unwrap(), Lookup::Fresh(_)));
-/// // 300 s later: revalidate with the ETag; a 304 refreshes without a body.
-/// let later = now + Duration::from_secs(300);
-/// let Lookup::Fetch(req) = cache.lookup(base, later).unwrap() else { unreachable!() };
-/// assert_eq!(req.headers()["if-none-match"], "\"abc\"");
-/// let not_modified = http::Response::builder().status(304).body(Vec::new()).unwrap();
-/// assert_eq!(cache.handle_response(base, &not_modified, later).unwrap(), m);
-/// ```
-#[derive(Debug, Clone)]
-pub struct ManifestCache {
-    config: ManifestCacheConfig,
-    entries: LruMap<Entry>,
-}
-
-impl ManifestCache {
-    /// An empty cache.
-    #[must_use]
-    pub fn new(config: ManifestCacheConfig) -> Self {
-        Self {
-            config,
-            entries: LruMap::new(config.capacity),
-        }
-    }
-
-    /// The configuration.
-    #[must_use]
-    pub fn config(&self) -> &ManifestCacheConfig {
-        &self.config
-    }
-
-    /// A fresh manifest for `base_url`, or the request to make
-    /// (`GET {base}/.well-known/asap/manifest.json`, with `If-None-Match`
-    /// when a stale entry has an ETag).
-    pub fn lookup(
-        &mut self,
-        base_url: &str,
-        now: Instant,
-    ) -> Result<Lookup<Manifest>, DiscoveryError> {
-        let key = base_key(base_url);
-        let etag = match self.entries.get_mut(&key) {
-            Some(e) if now < e.fresh_until => return Ok(Lookup::Fresh(Arc::clone(&e.manifest))),
-            Some(e) => e.etag.clone(),
-            None => None,
-        };
-        let base = BaseUrl::parse(&key, HttpPolicy::AllowInsecure)?;
-        get_request(&base.manifest_url(), etag.as_deref())
-            .map(Lookup::Fetch)
-            .map_err(|reason| DiscoveryError::InvalidUrl {
-                url: base_url.to_owned(),
-                reason,
-            })
-    }
-
-    /// The stored manifest for `base_url`, fresh or not, without changing recency.
-    #[must_use]
-    pub fn peek(&self, base_url: &str) -> Option<Arc<Manifest>> {
-        self.entries
-            .peek(&base_key(base_url))
-            .map(|e| Arc::clone(&e.manifest))
-    }
-
-    /// When the stored manifest for `base_url` stops being fresh.
-    #[must_use]
-    pub fn fresh_until(&self, base_url: &str) -> Option<Instant> {
-        self.entries
-            .peek(&base_key(base_url))
-            .map(|e| e.fresh_until)
-    }
-
-    fn ttl(&self, response: &http::Response<Vec<u8>>, manifest: &Manifest) -> Duration {
-        let header = response
-            .headers()
-            .get_all(http::header::CACHE_CONTROL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(parse_max_age);
-        let ttl = header.unwrap_or(self.config.default_ttl);
-        if self.config.honour_manifest_ttl {
-            ttl.min(Duration::from_secs(manifest.ttl_seconds))
-        } else {
-            ttl
-        }
-    }
-
-    /// Takes the response to a [`lookup`](Self::lookup) request: 2xx stores
-    /// the validated manifest and its ETag; 304 refreshes the stored one;
-    /// status ≥ 400, an invalid manifest or a 304 with nothing stored evict
-    /// the entry and return the error.
-    pub fn handle_response(
-        &mut self,
-        base_url: &str,
-        response: &http::Response<Vec<u8>>,
-        now: Instant,
-    ) -> Result<Arc<Manifest>, DiscoveryError> {
-        let key = base_key(base_url);
-        let result = self.apply(&key, response, now);
-        if result.is_err() {
-            self.entries.remove(&key);
-        }
-        result
-    }
-
-    fn apply(
-        &mut self,
-        key: &str,
-        response: &http::Response<Vec<u8>>,
-        now: Instant,
-    ) -> Result<Arc<Manifest>, DiscoveryError> {
-        let status = response.status().as_u16();
-        let etag = response
-            .headers()
-            .get(http::header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        match status {
-            304 => {
-                let (manifest, old_etag) = match self.entries.peek(key) {
-                    Some(e) => (Arc::clone(&e.manifest), e.etag.clone()),
-                    None => return Err(DiscoveryError::NotModifiedWithoutCache),
-                };
-                let fresh_until = now
-                    .checked_add(self.ttl(response, &manifest))
-                    .unwrap_or(now);
-                self.entries.insert(
-                    key.to_owned(),
-                    Entry {
-                        manifest: Arc::clone(&manifest),
-                        etag: etag.or(old_etag),
-                        fresh_until,
-                    },
-                );
-                Ok(manifest)
-            }
-            200..=299 => {
-                check_encoding(response)?;
-                let manifest = Arc::new(
-                    validate_manifest_bytes(response.body())
-                        .map_err(DiscoveryError::InvalidManifest)?,
-                );
-                let fresh_until = now
-                    .checked_add(self.ttl(response, &manifest))
-                    .unwrap_or(now);
-                self.entries.insert(
-                    key.to_owned(),
-                    Entry {
-                        manifest: Arc::clone(&manifest),
-                        etag,
-                        fresh_until,
-                    },
-                );
-                Ok(manifest)
-            }
-            400.. => Err(DiscoveryError::HttpStatus {
-                status,
-                snippet: snippet(response.body()),
-            }),
-            _ => Err(DiscoveryError::UnexpectedStatus { status }),
-        }
-    }
-
-    /// Forgets `base_url` (after a transport failure, as the reference does).
-    pub fn invalidate(&mut self, base_url: &str) {
-        self.entries.remove(&base_key(base_url));
-    }
-
-    /// Forgets everything.
-    pub fn clear(&mut self) {
-        self.entries.clear();
-    }
-
-    /// Agents remembered.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether nothing is remembered.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.entries.len() == 0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
     fn base() -> Instant {
         crate::test_clock::base()
     }
 
-    fn manifest_body(ttl: u64) -> Vec<u8> {
-        format!(r#"{{"id":"urn:asap:agent:echo-server","name":"Echo","version":"1.0.0","description":"d","capabilities":{{}},"endpoints":{{"asap":"http://a/asap"}},"ttl_seconds":{ttl}}}"#).into_bytes()
+    /// A document whose body is its value, fresh for `max-age` or 10 s.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Text(String);
+
+    impl CacheDocument for Text {
+        type Config = usize;
+        const REVALIDATE: bool = true;
+        fn capacity(config: &usize) -> usize {
+            *config
+        }
+        fn request_url(key: &str) -> Result<String, DiscoveryError> {
+            Ok(format!("http://docs.example/{key}"))
+        }
+        fn freshness(_: &usize, response: &http::Response<Vec<u8>>, _: &Self) -> Duration {
+            max_age(response).unwrap_or(Duration::from_secs(10))
+        }
+        fn decode(response: &http::Response<Vec<u8>>) -> Result<Self, DiscoveryError> {
+            Ok(Self(String::from_utf8_lossy(response.body()).into_owned()))
+        }
     }
 
-    fn ok(ttl: u64, cache_control: Option<&str>, etag: Option<&str>) -> http::Response<Vec<u8>> {
-        let mut b = http::Response::builder().status(200);
-        if let Some(cc) = cache_control {
-            b = b.header("cache-control", cc);
-        }
+    fn resp(status: u16, etag: Option<&str>, body: &str) -> http::Response<Vec<u8>> {
+        let mut b = http::Response::builder().status(status);
         if let Some(e) = etag {
             b = b.header("etag", e);
         }
-        b.body(manifest_body(ttl)).unwrap()
-    }
-
-    fn status(s: u16, cache_control: Option<&str>) -> http::Response<Vec<u8>> {
-        let mut b = http::Response::builder().status(s);
-        if let Some(cc) = cache_control {
-            b = b.header("cache-control", cc);
-        }
-        b.body(Vec::new()).unwrap()
-    }
-
-    fn is_fresh(c: &mut ManifestCache, url: &str, now: Instant) -> bool {
-        matches!(c.lookup(url, now).unwrap(), Lookup::Fresh(_))
+        b.body(body.as_bytes().to_vec()).unwrap()
     }
 
     #[test]
@@ -402,176 +433,124 @@ mod tests {
     }
 
     #[test]
-    fn freshness_boundary_is_min_of_max_age_and_ttl() {
+    fn classification_and_revalidation() {
         let t0 = base();
-        let url = "http://agent";
-        // max-age 300, ttl 60 → 60 s.
-        let mut c = ManifestCache::new(ManifestCacheConfig::default());
-        c.handle_response(url, &ok(60, Some("public, max-age=300"), None), t0)
-            .unwrap();
-        assert!(is_fresh(
-            &mut c,
-            url,
-            t0 + Duration::from_secs(60) - Duration::from_nanos(1)
-        ));
-        assert!(!is_fresh(&mut c, url, t0 + Duration::from_secs(60)));
-        // max-age 10, ttl 300 → 10 s.
-        c.handle_response(url, &ok(300, Some("max-age=10"), None), t0)
-            .unwrap();
-        assert_eq!(c.fresh_until(url), Some(t0 + Duration::from_secs(10)));
-        // No header → default 300 s (bounded by ttl 500 → 300).
-        c.handle_response(url, &ok(500, None, None), t0).unwrap();
-        assert_eq!(c.fresh_until(url), Some(t0 + Duration::from_secs(300)));
-        // Reference behaviour when the manifest TTL is not honoured.
-        let mut r = ManifestCache::new(ManifestCacheConfig {
-            honour_manifest_ttl: false,
-            ..Default::default()
-        });
-        r.handle_response(url, &ok(1, Some("max-age=999999"), None), t0)
-            .unwrap();
-        assert_eq!(r.fresh_until(url), Some(t0 + MAX_AGE_CAP));
-    }
-
-    #[test]
-    fn not_modified_path() {
-        let t0 = base();
-        let url = "http://agent/";
-        let mut c = ManifestCache::new(ManifestCacheConfig::default());
-        // First fetch has no If-None-Match.
-        let Lookup::Fetch(req) = c.lookup(url, t0).unwrap() else {
+        let mut c = HttpCache::<Text>::new(2);
+        let Lookup::Transmit(req) = c.lookup("a", t0).unwrap() else {
             panic!()
         };
-        assert!(req.headers().get("if-none-match").is_none());
-        assert_eq!(req.headers()["accept"], "application/json");
-        let m = c
-            .handle_response(url, &ok(300, Some("max-age=30"), Some("\"v1\"")), t0)
+        assert_eq!(req.uri(), "http://docs.example/a");
+        let v = c
+            .handle_response("a", &resp(200, Some("\"1\""), "one"), t0)
             .unwrap();
-        let t1 = t0 + Duration::from_secs(30);
-        let Lookup::Fetch(req) = c.lookup("http://agent", t1).unwrap() else {
-            panic!()
-        };
-        assert_eq!(req.headers()["if-none-match"], "\"v1\"");
-        // The stale entry is still there for the 304.
-        assert_eq!(c.peek(url), Some(m.clone()));
-        let back = c
-            .handle_response(url, &status(304, Some("max-age=100")), t1)
+        assert_eq!(v.fresh().unwrap().0, "one");
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(c.fresh_until("a"), Some(t1));
+        let req = c.lookup("a", t1).unwrap().transmit().unwrap();
+        assert_eq!(req.headers()["if-none-match"], "\"1\"");
+        // 304 keeps the value and the old ETag; max-age from the 304 applies.
+        let nm = http::Response::builder()
+            .status(304)
+            .header("cache-control", "max-age=99")
+            .body(Vec::new())
             .unwrap();
-        assert!(Arc::ptr_eq(&back, &m));
-        assert_eq!(c.fresh_until(url), Some(t1 + Duration::from_secs(100)));
-        // A 304 with nothing stored is an error the caller resolves by fetching again.
-        c.invalidate(url);
         assert_eq!(
-            c.handle_response(url, &status(304, None), t1),
-            Err(DiscoveryError::NotModifiedWithoutCache)
+            c.handle_response("a", &nm, t1).unwrap().fresh().unwrap().0,
+            "one"
         );
-        let Lookup::Fetch(req) = c.lookup(url, t1).unwrap() else {
-            panic!()
-        };
-        assert!(req.headers().get("if-none-match").is_none());
-    }
-
-    #[test]
-    fn errors_evict_and_capacity_bounds() {
-        let t0 = base();
-        let mut c = ManifestCache::new(ManifestCacheConfig {
-            capacity: 2,
-            ..Default::default()
-        });
-        c.handle_response("http://a", &ok(300, None, None), t0)
-            .unwrap();
+        assert_eq!(c.fresh_until("a"), Some(t1 + Duration::from_secs(99)));
+        // Errors evict and say what happened.
         assert!(matches!(
-            c.handle_response("http://a", &status(404, None), t0),
-            Err(DiscoveryError::HttpStatus { status: 404, .. })
+            c.handle_response("a", &resp(503, None, "busy"), t1),
+            Err(DiscoveryError::HttpStatus { status: 503, ref snippet }) if snippet == "busy"
         ));
-        assert!(c.is_empty());
-        let bad = http::Response::builder()
+        assert!(c.peek("a").is_none());
+        assert_eq!(
+            c.handle_response("b", &resp(301, None, ""), t1)
+                .unwrap_err(),
+            DiscoveryError::UnexpectedStatus { status: 301 }
+        );
+        let gz = http::Response::builder()
             .status(200)
-            .body(b"{}".to_vec())
+            .header("content-encoding", "gzip")
+            .body(Vec::new())
             .unwrap();
         assert!(matches!(
-            c.handle_response("http://a", &bad, t0),
-            Err(DiscoveryError::InvalidManifest(_))
+            c.handle_response("b", &gz, t1),
+            Err(DiscoveryError::UnsupportedContentEncoding(_))
         ));
-        assert!(matches!(
-            c.handle_response("http://a", &status(302, None), t0),
-            Err(DiscoveryError::UnexpectedStatus { status: 302 })
-        ));
-        for u in ["http://a", "http://b", "http://c"] {
-            c.handle_response(u, &ok(300, None, None), t0).unwrap();
-        }
-        assert_eq!(c.len(), 2);
-        assert!(c.peek("http://a").is_none());
-        assert!(matches!(
-            c.lookup("::", t0),
-            Err(DiscoveryError::InvalidUrl { .. })
-        ));
+        // With a caller's TTL the document's own freshness is not consulted.
+        c.handle_response_with_ttl("c", &resp(200, None, "c"), Duration::from_secs(3), t1)
+            .unwrap();
+        assert_eq!(c.fresh_until("c"), Some(t1 + Duration::from_secs(3)));
         c.clear();
         assert!(c.is_empty());
-        assert_eq!(c.config().capacity, 2);
+        assert_eq!(*c.config(), 2);
     }
 
-    #[derive(Debug, Clone)]
-    enum Op {
-        Advance(u64),
-        Lookup(usize),
-        Ok(usize, u64, Option<u64>),
-        NotModified(usize, Option<u64>),
-        Fail(usize),
-    }
-
-    fn op() -> impl Strategy<Value = Op> {
-        prop_oneof![
-            3 => (0u64..400).prop_map(Op::Advance),
-            4 => (0usize..4).prop_map(Op::Lookup),
-            2 => (0usize..4, 1u64..400, proptest::option::of(0u64..400)).prop_map(|(u, t, m)| Op::Ok(u, t, m)),
-            2 => (0usize..4, proptest::option::of(0u64..400)).prop_map(|(u, m)| Op::NotModified(u, m)),
-            1 => (0usize..4).prop_map(Op::Fail),
-        ]
+    #[test]
+    fn not_modified_after_eviction_fetches_again() {
+        let t0 = base();
+        let mut c = HttpCache::<Text>::new(1);
+        c.handle_response("a", &resp(200, Some("\"1\""), "one"), t0)
+            .unwrap();
+        let stale = t0 + Duration::from_secs(10);
+        let conditional = c.lookup("a", stale).unwrap().transmit().unwrap();
+        assert!(conditional.headers().contains_key("if-none-match"));
+        // Another document takes the only slot while the revalidation is in flight.
+        c.handle_response("b", &resp(200, None, "two"), stale)
+            .unwrap();
+        assert!(c.peek("a").is_none());
+        let Lookup::Transmit(again) = c.handle_response("a", &resp(304, None, ""), stale).unwrap()
+        else {
+            panic!("a 304 for an evicted entry is a new fetch")
+        };
+        assert_eq!(again.uri(), "http://docs.example/a");
+        assert!(!again.headers().contains_key("if-none-match"));
+        let v = c
+            .handle_response("a", &resp(200, Some("\"2\""), "uno"), stale)
+            .unwrap();
+        assert_eq!(v.fresh().unwrap().0, "uno");
+        assert_eq!(c.len(), 1);
     }
 
     proptest! {
-        /// A cache never serves an entry past its freshness: every `Fresh`
-        /// answer comes before `stored_at + min(max-age|300, ttl_seconds)` of
-        /// the last 200/304 for that URL.
+        /// Whatever the server answers (including 304 to everything): every
+        /// lookup ends in a value or an error after at most two requests,
+        /// the second one unconditional, and the cache stays within capacity.
         #[test]
-        fn never_serves_past_freshness(ops in proptest::collection::vec(op(), 0..120)) {
-            let urls = ["http://a", "http://b", "http://c", "http://d"];
-            let t0 = base();
-            let mut now = t0;
-            let mut c = ManifestCache::new(ManifestCacheConfig { capacity: 3, ..Default::default() });
-            // Model: url -> (deadline, ttl_seconds of stored manifest)
-            let mut model: std::collections::HashMap<usize, (Instant, u64)> = Default::default();
-            for op in ops {
-                match op {
-                    Op::Advance(s) => now += Duration::from_secs(s),
-                    Op::Lookup(u) => {
-                        if let Lookup::Fresh(_) = c.lookup(urls[u], now).unwrap() {
-                            let (deadline, _) = model.get(&u).copied().expect("fresh entry without a store");
-                            prop_assert!(now < deadline);
+        fn every_lookup_ends_within_two_requests(
+            answers in proptest::collection::vec((0u8..4, 0usize..3, 0u64..30), 1..80),
+        ) {
+            let keys = ["a", "b", "c"];
+            let mut c = HttpCache::<Text>::new(2);
+            let mut now = base();
+            for (answer, k, step) in answers {
+                now += Duration::from_secs(step);
+                let mut looked = c.lookup(keys[k], now).unwrap();
+                let mut requests = 0;
+                while let Lookup::Transmit(req) = looked {
+                    requests += 1;
+                    prop_assert!(requests <= 2, "a third request for one lookup");
+                    if requests == 2 {
+                        prop_assert!(!req.headers().contains_key("if-none-match"));
+                    }
+                    let r = match answer {
+                        0 => resp(200, Some("\"e\""), "v"),
+                        1 => resp(500, None, ""),
+                        // Evict someone else first, so a 304 may find nothing.
+                        2 => {
+                            c.invalidate(keys[(k + 1) % 3]);
+                            resp(304, None, "")
                         }
-                    }
-                    Op::Ok(u, ttl, max_age) => {
-                        let cc = max_age.map(|m| format!("max-age={m}"));
-                        c.handle_response(urls[u], &ok(ttl, cc.as_deref(), Some("\"e\"")), now).unwrap();
-                        let hdr = max_age.filter(|m| *m > 0).unwrap_or(300);
-                        model.insert(u, (now + Duration::from_secs(hdr.min(ttl)), ttl));
-                    }
-                    Op::NotModified(u, max_age) => {
-                        let cc = max_age.map(|m| format!("max-age={m}"));
-                        match c.handle_response(urls[u], &status(304, cc.as_deref()), now) {
-                            Ok(m) => {
-                                let hdr = max_age.filter(|m| *m > 0).unwrap_or(300);
-                                model.insert(u, (now + Duration::from_secs(hdr.min(m.ttl_seconds)), m.ttl_seconds));
-                            }
-                            Err(_) => { model.remove(&u); }
-                        }
-                    }
-                    Op::Fail(u) => {
-                        let _ = c.handle_response(urls[u], &status(500, None), now);
-                        model.remove(&u);
+                        _ => resp(304, None, ""),
+                    };
+                    match c.handle_response(keys[k], &r, now) {
+                        Ok(l) => looked = l,
+                        Err(_) => break,
                     }
                 }
-                prop_assert!(c.len() <= 3);
+                prop_assert!(c.len() <= 2);
             }
         }
     }

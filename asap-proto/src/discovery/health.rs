@@ -1,15 +1,13 @@
 //! The health document (`GET /.well-known/asap/health`) and a cached liveness verdict.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::cache::{check_encoding, snippet, Lookup};
-use super::lru::LruMap;
+use super::cache::{base_key, check_encoding, decode_answer, CacheDocument, HttpCache};
 use super::DiscoveryError;
 use crate::client::{get_request, BaseUrl, HttpPolicy};
-use crate::model::{Manifest, ASAP_PROTOCOL_VERSION};
+use crate::model::{Manifest, ASAP_PROTOCOL_VERSION, DEFAULT_MANIFEST_TTL_SECONDS};
 
 /// `status` of a healthy agent.
 pub const STATUS_HEALTHY: &str = "healthy";
@@ -139,8 +137,8 @@ impl HealthVerdict {
 
 /// `GET {base}/.well-known/asap/health`.
 pub fn health_request(base_url: &str) -> Result<http::Request<Vec<u8>>, DiscoveryError> {
-    let base = BaseUrl::parse(base_url, HttpPolicy::AllowInsecure)?;
-    get_request(&base.health_url(), None).map_err(|reason| DiscoveryError::InvalidUrl {
+    let url = HealthVerdict::request_url(&base_key(base_url))?;
+    get_request(&url, None).map_err(|reason| DiscoveryError::InvalidUrl {
         url: base_url.to_owned(),
         reason,
     })
@@ -151,30 +149,53 @@ pub fn health_request(base_url: &str) -> Result<http::Request<Vec<u8>>, Discover
 pub fn interpret_health_response(
     response: &http::Response<Vec<u8>>,
 ) -> Result<HealthVerdict, DiscoveryError> {
-    let status = response.status().as_u16();
-    if status == 503 {
-        let doc = check_encoding(response)
-            .ok()
-            .and_then(|()| HealthStatus::from_slice(response.body()).ok());
-        return Ok(HealthVerdict::Unhealthy(doc));
+    decode_answer(response)
+}
+
+impl CacheDocument for HealthVerdict {
+    type Config = HealthCacheConfig;
+    // The reference's health check is never conditional.
+    const REVALIDATE: bool = false;
+
+    fn capacity(config: &HealthCacheConfig) -> usize {
+        config.capacity
     }
-    if !(200..300).contains(&status) {
-        return Err(if status >= 400 {
-            DiscoveryError::HttpStatus {
-                status,
-                snippet: snippet(response.body()),
-            }
+
+    fn key(base_url: &str) -> String {
+        base_key(base_url)
+    }
+
+    fn request_url(key: &str) -> Result<String, DiscoveryError> {
+        // Only builds the URL: the http:// policy is the client's, checked before.
+        Ok(BaseUrl::parse(key, HttpPolicy::AllowInsecure)?.health_url())
+    }
+
+    /// Without the agent's manifest at hand, the manifest default; callers
+    /// that have it use `handle_response_with_ttl` and [`manifest_ttl`].
+    fn freshness(_: &HealthCacheConfig, _: &http::Response<Vec<u8>>, _: &Self) -> Duration {
+        Duration::from_secs(DEFAULT_MANIFEST_TTL_SECONDS)
+    }
+
+    fn is_answer(status: http::StatusCode) -> bool {
+        status == http::StatusCode::SERVICE_UNAVAILABLE
+    }
+
+    fn decode(response: &http::Response<Vec<u8>>) -> Result<Self, DiscoveryError> {
+        if response.status() == http::StatusCode::SERVICE_UNAVAILABLE {
+            // The agent said it is down; its document, if readable, is a bonus.
+            let doc = check_encoding(response)
+                .ok()
+                .and_then(|()| HealthStatus::from_slice(response.body()).ok());
+            return Ok(Self::Unhealthy(doc));
+        }
+        let doc =
+            HealthStatus::from_slice(response.body()).map_err(DiscoveryError::InvalidHealth)?;
+        Ok(if doc.is_healthy() {
+            Self::Healthy(doc)
         } else {
-            DiscoveryError::UnexpectedStatus { status }
-        });
+            Self::Unhealthy(Some(doc))
+        })
     }
-    check_encoding(response)?;
-    let doc = HealthStatus::from_slice(response.body()).map_err(DiscoveryError::InvalidHealth)?;
-    Ok(if doc.is_healthy() {
-        HealthVerdict::Healthy(doc)
-    } else {
-        HealthVerdict::Unhealthy(Some(doc))
-    })
 }
 
 /// Settings of a [`HealthCache`].
@@ -190,33 +211,26 @@ impl Default for HealthCacheConfig {
     }
 }
 
-#[derive(Debug, Clone)]
-struct HealthEntry {
-    verdict: Arc<HealthVerdict>,
-    fresh_until: Instant,
-}
-
 /// Cached liveness verdicts keyed by base URL. A verdict stays fresh for the
-/// TTL the caller passes with the answer — the agent manifest's
-/// `ttl_seconds` ([`manifest_ttl`]) — and is fresh while `now < stored + ttl`.
-/// Errors are not cached.
+/// TTL the caller passes with the answer to
+/// [`handle_response_with_ttl`](HttpCache::handle_response_with_ttl) — the
+/// agent manifest's `ttl_seconds` ([`manifest_ttl`]) — and is fresh while
+/// `now < stored + ttl`. Errors are not cached; no `If-None-Match` is sent.
 ///
 /// ```
 /// use std::time::{Duration, Instant};
 /// use asap_proto::discovery::{HealthCache, HealthCacheConfig, Lookup};
 /// let mut cache = HealthCache::new(HealthCacheConfig::default());
 /// let now = Instant::now(); // the adapter's clock
-/// let Lookup::Fetch(req) = cache.lookup("http://127.0.0.1:8000", now).unwrap() else { unreachable!() };
+/// let Lookup::Transmit(req) = cache.lookup("http://127.0.0.1:8000", now).unwrap() else { unreachable!() };
 /// assert_eq!(req.uri(), "http://127.0.0.1:8000/.well-known/asap/health");
 /// let resp = http::Response::builder().status(503).body(Vec::new()).unwrap();
-/// let verdict = cache.handle_response("http://127.0.0.1:8000", &resp, Duration::from_secs(300), now).unwrap();
+/// let ttl = Duration::from_secs(300);
+/// let verdict = cache.handle_response_with_ttl("http://127.0.0.1:8000", &resp, ttl, now).unwrap().fresh().unwrap();
 /// assert!(!verdict.is_healthy());                      // an answer, not an error
 /// assert!(matches!(cache.lookup("http://127.0.0.1:8000/", now).unwrap(), Lookup::Fresh(_)));
 /// ```
-#[derive(Debug, Clone)]
-pub struct HealthCache {
-    entries: LruMap<HealthEntry>,
-}
+pub type HealthCache = HttpCache<HealthVerdict>;
 
 /// The freshness a manifest asks for (`ttl_seconds`).
 #[must_use]
@@ -224,81 +238,11 @@ pub fn manifest_ttl(manifest: &Manifest) -> Duration {
     Duration::from_secs(manifest.ttl_seconds)
 }
 
-impl HealthCache {
-    /// An empty cache.
-    #[must_use]
-    pub fn new(config: HealthCacheConfig) -> Self {
-        Self {
-            entries: LruMap::new(config.capacity),
-        }
-    }
-
-    /// A fresh verdict, or the request to make.
-    pub fn lookup(
-        &mut self,
-        base_url: &str,
-        now: Instant,
-    ) -> Result<Lookup<HealthVerdict>, DiscoveryError> {
-        let key = super::cache::base_key(base_url);
-        if let Some(e) = self.entries.get_mut(&key) {
-            if now < e.fresh_until {
-                return Ok(Lookup::Fresh(Arc::clone(&e.verdict)));
-            }
-        }
-        health_request(&key).map(Lookup::Fetch)
-    }
-
-    /// Interprets the answer to the request from [`lookup`](Self::lookup) and
-    /// caches the verdict for `ttl`. Errors evict the entry.
-    pub fn handle_response(
-        &mut self,
-        base_url: &str,
-        response: &http::Response<Vec<u8>>,
-        ttl: Duration,
-        now: Instant,
-    ) -> Result<Arc<HealthVerdict>, DiscoveryError> {
-        let key = super::cache::base_key(base_url);
-        match interpret_health_response(response) {
-            Ok(v) => {
-                let verdict = Arc::new(v);
-                let fresh_until = now.checked_add(ttl).unwrap_or(now);
-                self.entries.insert(
-                    key,
-                    HealthEntry {
-                        verdict: Arc::clone(&verdict),
-                        fresh_until,
-                    },
-                );
-                Ok(verdict)
-            }
-            Err(e) => {
-                self.entries.remove(&key);
-                Err(e)
-            }
-        }
-    }
-
-    /// Forgets the verdict for `base_url` (e.g. after a transport failure).
-    pub fn invalidate(&mut self, base_url: &str) {
-        self.entries.remove(&super::cache::base_key(base_url));
-    }
-
-    /// Agents remembered.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether nothing is remembered.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.entries.len() == 0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::discovery::Lookup;
+    use std::time::Instant;
     fn base() -> Instant {
         crate::test_clock::base()
     }
@@ -360,7 +304,7 @@ mod tests {
         let mut c = HealthCache::new(HealthCacheConfig { capacity: 2 });
         let t0 = base();
         let ttl = Duration::from_secs(300);
-        c.handle_response("http://a", &resp(200, HEALTHY), ttl, t0)
+        c.handle_response_with_ttl("http://a", &resp(200, HEALTHY), ttl, t0)
             .unwrap();
         assert!(matches!(
             c.lookup("http://a/", t0 + ttl - Duration::from_nanos(1))
@@ -369,14 +313,15 @@ mod tests {
         ));
         assert!(matches!(
             c.lookup("http://a", t0 + ttl).unwrap(),
-            Lookup::Fetch(_)
+            Lookup::Transmit(_)
         ));
         // An error evicts; capacity bounds the cache.
-        c.handle_response("http://a", &resp(500, ""), ttl, t0)
+        c.handle_response_with_ttl("http://a", &resp(500, ""), ttl, t0)
             .unwrap_err();
         assert!(c.is_empty());
         for u in ["http://a", "http://b", "http://c"] {
-            c.handle_response(u, &resp(200, HEALTHY), ttl, t0).unwrap();
+            c.handle_response_with_ttl(u, &resp(200, HEALTHY), ttl, t0)
+                .unwrap();
         }
         assert_eq!(c.len(), 2);
         c.invalidate("http://c");

@@ -1,9 +1,14 @@
 //! Discovery: finding an agent's manifest, checking its health, and the Lite
 //! Registry — caches and validation, without I/O.
 //!
-//! * [`ManifestCache`]: manifests keyed by base URL; `Cache-Control: max-age`,
-//!   the manifest's `ttl_seconds` (the smaller wins), `ETag` revalidation with
-//!   `If-None-Match` (304 refreshes without a body), bounded LRU size.
+//! * [`HttpCache`]: the one cache every document below shares — `ETag`
+//!   revalidation with `If-None-Match` (a 304 refreshes without a body; a 304
+//!   for an entry evicted meanwhile becomes a new unconditional fetch),
+//!   freshness, 304 / 2xx / error classification, bounded LRU size. A
+//!   [`CacheDocument`] says where a document lives, how it decodes and how
+//!   long it stays fresh.
+//! * [`ManifestCache`]: manifests keyed by base URL; `Cache-Control: max-age`
+//!   and the manifest's `ttl_seconds` (the smaller wins).
 //! * [`HealthCache`] / [`interpret_health_response`]: a liveness verdict;
 //!   a 503 is an [`HealthVerdict::Unhealthy`] answer, not an error.
 //! * [`validate_manifest_bytes`], [`check_version_compatibility`],
@@ -14,35 +19,39 @@
 //! and the clock:
 //!
 //! ```text
-//! let manifest = match cache.lookup(base_url, clock.now())? {
-//!     Lookup::Fresh(m) => m,
-//!     Lookup::Fetch(req) => match http.execute(req) {          // GET .../manifest.json (+ If-None-Match)
-//!         Ok(resp) => cache.handle_response(base_url, &resp, clock.now())?,   // 200 / 304 / error
-//!         Err(e) => { cache.invalidate(base_url); return Err(e.into()) }
-//!     },
+//! let mut step = cache.lookup(base_url, clock.now())?;
+//! let manifest = loop {
+//!     match step {
+//!         Lookup::Fresh(m) => break m,
+//!         Lookup::Transmit(req) => match http.execute(req) {   // GET .../manifest.json (+ If-None-Match)
+//!             // 200 / 304 → Fresh; a 304 for an evicted entry → Transmit again (unconditional)
+//!             Ok(resp) => step = cache.handle_response(base_url, &resp, clock.now())?,
+//!             Err(e) => { cache.invalidate(base_url); return Err(e.into()) }
+//!         },
+//!     }
 //! };
 //! check_version_compatibility(&manifest, None)?;                // optional, as in the reference
 //! require_skill(&manifest, "echo")?;
-//! let verdict = match health.lookup(base_url, clock.now())? {
-//!     Lookup::Fresh(v) => v,
-//!     Lookup::Fetch(req) => health.handle_response(base_url, &http.execute(req)?, manifest_ttl(&manifest), clock.now())?,
-//! };
+//! // health: the same loop, with health.handle_response_with_ttl(base_url, &resp, manifest_ttl(&manifest), now)
 //! ```
 //!
-//! Caches expire lazily at `lookup`; none needs a timer. A runnable example is
-//! on [`ManifestCache`].
+//! `asap_proto::client::ClientState` runs this loop for an adapter (see
+//! its `FetchExchange`). Caches expire lazily at `lookup`; none needs a
+//! timer. A runnable example is on [`ManifestCache`].
 
 mod cache;
 mod health;
 pub(crate) mod lru;
+mod manifest;
 mod registry;
 mod validation;
 
-pub use cache::{parse_max_age, Lookup, ManifestCache, ManifestCacheConfig, MAX_AGE_CAP};
+pub use cache::{parse_max_age, CacheDocument, HttpCache, Lookup, MAX_AGE_CAP};
 pub use health::{
     health_request, interpret_health_response, manifest_ttl, HealthCache, HealthCacheConfig,
     HealthLoad, HealthStatus, HealthVerdict, STATUS_HEALTHY, STATUS_UNHEALTHY,
 };
+pub use manifest::{ManifestCache, ManifestCacheConfig};
 pub use registry::{
     generate_registry_entry, LiteRegistry, RegistryCache, RegistryCacheConfig, RegistryEndpoints,
     RegistryEntry, DEFAULT_REGISTRY_TTL, DEFAULT_REGISTRY_URL,
@@ -82,9 +91,10 @@ pub enum DiscoveryError {
         /// The status.
         status: u16,
     },
-    /// A 304 arrived but nothing is cached to refresh (the entry was evicted
-    /// or invalidated meanwhile): look up again, which fetches unconditionally.
-    #[error("304 Not Modified but nothing is cached; fetch again")]
+    /// A 304 answered the unconditional fetch that a cache asks for when a
+    /// 304 comes for an entry it no longer holds: the server claims a
+    /// version the client never had.
+    #[error("304 Not Modified to a request without If-None-Match; the server's cache validation is broken")]
     NotModifiedWithoutCache,
     /// The body is compressed with an encoding this core does not decode.
     #[error("unsupported Content-Encoding {0:?}")]
@@ -105,7 +115,7 @@ impl DiscoveryError {
     #[must_use]
     pub fn fault(&self) -> Fault {
         match self {
-            Self::InvalidUrl { .. } | Self::NotModifiedWithoutCache => Fault::Local,
+            Self::InvalidUrl { .. } => Fault::Local,
             Self::InvalidManifest(e) => e.fault(),
             _ => Fault::Peer,
         }

@@ -1,16 +1,13 @@
 //! The Lite Registry: a static `registry.json` listing agents, its cache and queries.
 
 use std::fmt;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::cache::{check_encoding, snippet, Lookup};
-use super::lru::LruMap;
+use super::cache::{CacheDocument, HttpCache};
 use super::DiscoveryError;
-use crate::client::get_request;
 use crate::error::DecodeError;
 use crate::model::{AgentUrn, Manifest, Timestamp};
 
@@ -225,19 +222,12 @@ impl Default for RegistryCacheConfig {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Entry {
-    registry: Arc<LiteRegistry>,
-    etag: Option<String>,
-    fresh_until: Instant,
-}
-
 /// Fetched registries keyed by URL, fresh for `ttl` (default 15 min) from
 /// the moment the response was handled (`now < stored + ttl`). A stale entry
 /// is revalidated with `If-None-Match` when the server gave an ETag.
 ///
-/// Call protocol as [`ManifestCache`](super::ManifestCache): `lookup` →
-/// perform `Fetch` → `handle_response`. A registry read from a local file
+/// Call protocol: [`HttpCache`]'s (`lookup` → perform `Transmit` →
+/// `handle_response`). A registry read from a local file
 /// needs no cache: [`LiteRegistry::from_slice`].
 ///
 /// ```
@@ -245,18 +235,14 @@ struct Entry {
 /// use asap_proto::discovery::{Lookup, RegistryCache, RegistryCacheConfig, DEFAULT_REGISTRY_URL};
 /// let mut cache = RegistryCache::new(RegistryCacheConfig::default());
 /// let now = Instant::now();
-/// let Lookup::Fetch(req) = cache.lookup(DEFAULT_REGISTRY_URL, now).unwrap() else { unreachable!() };
+/// let Lookup::Transmit(req) = cache.lookup(DEFAULT_REGISTRY_URL, now).unwrap() else { unreachable!() };
 /// let resp = http::Response::builder().status(200)
 ///     .body(br#"{"version":"1.0","updated_at":"2026-02-07T00:00:00Z"}"#.to_vec()).unwrap();
 /// cache.handle_response(DEFAULT_REGISTRY_URL, &resp, now).unwrap();
 /// assert!(matches!(cache.lookup(DEFAULT_REGISTRY_URL, now + Duration::from_secs(899)).unwrap(), Lookup::Fresh(_)));
-/// assert!(matches!(cache.lookup(DEFAULT_REGISTRY_URL, now + Duration::from_secs(900)).unwrap(), Lookup::Fetch(_)));
+/// assert!(matches!(cache.lookup(DEFAULT_REGISTRY_URL, now + Duration::from_secs(900)).unwrap(), Lookup::Transmit(_)));
 /// ```
-#[derive(Debug, Clone)]
-pub struct RegistryCache {
-    config: RegistryCacheConfig,
-    entries: LruMap<Entry>,
-}
+pub type RegistryCache = HttpCache<LiteRegistry>;
 
 fn check_registry_url(url: &str) -> Result<(), DiscoveryError> {
     let invalid = |reason: &str| DiscoveryError::InvalidUrl {
@@ -276,116 +262,35 @@ fn check_registry_url(url: &str) -> Result<(), DiscoveryError> {
     Ok(())
 }
 
-impl RegistryCache {
-    /// An empty cache.
-    #[must_use]
-    pub fn new(config: RegistryCacheConfig) -> Self {
-        Self {
-            config,
-            entries: LruMap::new(config.capacity),
-        }
+impl CacheDocument for LiteRegistry {
+    type Config = RegistryCacheConfig;
+    const REVALIDATE: bool = true;
+
+    fn capacity(config: &RegistryCacheConfig) -> usize {
+        config.capacity
     }
 
-    /// A fresh registry for `url`, or the request to make.
-    pub fn lookup(
-        &mut self,
-        url: &str,
-        now: Instant,
-    ) -> Result<Lookup<LiteRegistry>, DiscoveryError> {
-        let etag = match self.entries.get_mut(url) {
-            Some(e) if now < e.fresh_until => return Ok(Lookup::Fresh(Arc::clone(&e.registry))),
-            Some(e) => e.etag.clone(),
-            None => None,
-        };
+    fn request_url(url: &str) -> Result<String, DiscoveryError> {
         check_registry_url(url)?;
-        get_request(url, etag.as_deref())
-            .map(Lookup::Fetch)
-            .map_err(|reason| DiscoveryError::InvalidUrl {
-                url: url.to_owned(),
-                reason,
-            })
+        Ok(url.to_owned())
     }
 
-    /// Takes the response to a [`lookup`](Self::lookup) request: 2xx parses
-    /// and stores the registry, 304 refreshes the stored one, anything else
-    /// evicts the entry and returns the error.
-    pub fn handle_response(
-        &mut self,
-        url: &str,
-        response: &http::Response<Vec<u8>>,
-        now: Instant,
-    ) -> Result<Arc<LiteRegistry>, DiscoveryError> {
-        let result = self.apply(url, response, now);
-        if result.is_err() {
-            self.entries.remove(url);
-        }
-        result
+    /// The configured TTL: the reference ignores the registry's `Cache-Control`.
+    fn freshness(config: &RegistryCacheConfig, _: &http::Response<Vec<u8>>, _: &Self) -> Duration {
+        config.ttl
     }
 
-    fn apply(
-        &mut self,
-        url: &str,
-        response: &http::Response<Vec<u8>>,
-        now: Instant,
-    ) -> Result<Arc<LiteRegistry>, DiscoveryError> {
-        let status = response.status().as_u16();
-        let fresh_until = now.checked_add(self.config.ttl).unwrap_or(now);
-        let etag = response
-            .headers()
-            .get(http::header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let (registry, etag) = match status {
-            304 => match self.entries.peek(url) {
-                Some(e) => (Arc::clone(&e.registry), etag.or_else(|| e.etag.clone())),
-                None => return Err(DiscoveryError::NotModifiedWithoutCache),
-            },
-            200..=299 => {
-                check_encoding(response)?;
-                let reg = LiteRegistry::from_slice(response.body())
-                    .map_err(DiscoveryError::InvalidRegistry)?;
-                (Arc::new(reg), etag)
-            }
-            400.. => {
-                return Err(DiscoveryError::HttpStatus {
-                    status,
-                    snippet: snippet(response.body()),
-                })
-            }
-            _ => return Err(DiscoveryError::UnexpectedStatus { status }),
-        };
-        self.entries.insert(
-            url.to_owned(),
-            Entry {
-                registry: Arc::clone(&registry),
-                etag,
-                fresh_until,
-            },
-        );
-        Ok(registry)
-    }
-
-    /// Forgets `url`.
-    pub fn invalidate(&mut self, url: &str) {
-        self.entries.remove(url);
-    }
-
-    /// Registries remembered.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether nothing is remembered.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.entries.len() == 0
+    fn decode(response: &http::Response<Vec<u8>>) -> Result<Self, DiscoveryError> {
+        Self::from_slice(response.body()).map_err(DiscoveryError::InvalidRegistry)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::discovery::Lookup;
+    use std::sync::Arc;
+    use std::time::Instant;
     fn base() -> Instant {
         crate::test_clock::base()
     }
@@ -435,12 +340,12 @@ mod tests {
             .header("etag", "\"r1\"")
             .body(REG.as_bytes().to_vec())
             .unwrap();
-        let first = c.handle_response(url, &resp, t0).unwrap();
+        let first = c.handle_response(url, &resp, t0).unwrap().fresh().unwrap();
         let Lookup::Fresh(again) = c.lookup(url, t0 + Duration::from_secs(899)).unwrap() else {
             panic!()
         };
         assert!(Arc::ptr_eq(&first, &again));
-        let Lookup::Fetch(req) = c.lookup(url, t0 + Duration::from_secs(900)).unwrap() else {
+        let Lookup::Transmit(req) = c.lookup(url, t0 + Duration::from_secs(900)).unwrap() else {
             panic!()
         };
         assert_eq!(req.headers()["if-none-match"], "\"r1\"");
@@ -450,7 +355,7 @@ mod tests {
             .unwrap();
         let t1 = t0 + Duration::from_secs(900);
         assert!(Arc::ptr_eq(
-            &c.handle_response(url, &nm, t1).unwrap(),
+            &c.handle_response(url, &nm, t1).unwrap().fresh().unwrap(),
             &first
         ));
         assert!(c
@@ -464,9 +369,13 @@ mod tests {
             .unwrap();
         assert!(c.handle_response(url, &e500, t1).is_err());
         assert!(c.is_empty());
+        // A 304 with nothing stored: the whole registry again, unconditionally.
+        let req = c.handle_response(url, &nm, t1).unwrap().transmit().unwrap();
+        assert_eq!(req.uri(), url);
+        assert!(req.headers().get("if-none-match").is_none());
         assert_eq!(
-            c.handle_response(url, &nm, t1),
-            Err(DiscoveryError::NotModifiedWithoutCache)
+            c.handle_response(url, &nm, t1).unwrap_err(),
+            DiscoveryError::NotModifiedWithoutCache
         );
         let bad = http::Response::builder()
             .status(200)

@@ -66,7 +66,8 @@ pub struct CircuitOpen {
 /// Plain methods, explicit `now`, no clock. Call protocol:
 ///
 /// 1. Before each logical request: [`try_acquire(now)`](Self::try_acquire)
-///    (or [`can_attempt`](Self::can_attempt)). `Err` → fail fast.
+///    (the reference's `can_attempt`; it takes the half-open probe, hence
+///    the name). `Err` → fail fast.
 /// 2. When the request is finished: [`record_success(now)`](Self::record_success)
 ///    or [`record_failure(now)`](Self::record_failure); if it was abandoned
 ///    without a verdict, [`release_probe()`](Self::release_probe).
@@ -194,12 +195,6 @@ impl CircuitBreaker {
         }
     }
 
-    /// Whether a request may go out now (the reference's `can_attempt`).
-    /// While half-open this consumes a probe permit.
-    pub fn can_attempt(&mut self, now: Instant) -> bool {
-        self.try_acquire(now).is_ok()
-    }
-
     /// Lets a request through or refuses it; while half-open, at most
     /// `half_open_max_probes` are let through until one reports back.
     pub fn try_acquire(&mut self, now: Instant) -> Result<(), CircuitOpen> {
@@ -298,19 +293,19 @@ mod tests {
             (b.state(), b.consecutive_failures()),
             (CircuitState::Open, 3)
         );
-        assert!(!b.can_attempt(t0));
+        assert!(b.try_acquire(t0).is_err());
         // One tick before the timeout: still open. Exactly at it: half-open.
-        assert!(!b.can_attempt(t(t0, 199)));
-        assert!(b.can_attempt(t(t0, 200)));
+        assert!(b.try_acquire(t(t0, 199)).is_err());
+        assert!(b.try_acquire(t(t0, 200)).is_ok());
         assert_eq!(b.state(), CircuitState::HalfOpen);
-        assert!(!b.can_attempt(t(t0, 200)));
+        assert!(b.try_acquire(t(t0, 200)).is_err());
         b.record_failure(t(t0, 210));
         assert_eq!(
             (b.state(), b.consecutive_failures()),
             (CircuitState::Open, 4)
         );
-        assert!(!b.can_attempt(t(t0, 409)));
-        assert!(b.can_attempt(t(t0, 410)));
+        assert!(b.try_acquire(t(t0, 409)).is_err());
+        assert!(b.try_acquire(t(t0, 410)).is_ok());
         b.record_success(t(t0, 420));
         assert_eq!(
             (b.state(), b.consecutive_failures()),
@@ -367,11 +362,11 @@ mod tests {
         });
         b.record_failure(t0);
         let t1 = t(t0, 1000);
-        assert!(b.can_attempt(t1));
-        assert!(b.can_attempt(t1));
-        assert!(!b.can_attempt(t1));
+        assert!(b.try_acquire(t1).is_ok());
+        assert!(b.try_acquire(t1).is_ok());
+        assert!(b.try_acquire(t1).is_err());
         b.release_probe();
-        assert!(b.can_attempt(t1));
+        assert!(b.try_acquire(t1).is_ok());
         assert_eq!(b.probes_outstanding(), 2);
     }
 
@@ -416,7 +411,7 @@ mod tests {
                 let before = b.state();
                 match op {
                     Op::Acquire => {
-                        let ok = b.can_attempt(now);
+                        let ok = b.try_acquire(now).is_ok();
                         if before != CircuitState::HalfOpen && b.state() == CircuitState::HalfOpen {
                             let_through = 0;
                         }
