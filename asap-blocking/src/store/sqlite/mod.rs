@@ -19,6 +19,7 @@
 //! its own store on the same file (SQLite serialises writers), or put one
 //! behind a lock.
 
+mod checkpoint;
 mod metering;
 mod snapshot;
 
@@ -98,8 +99,6 @@ impl Default for SqliteOptions {
     }
 }
 
-/// WAL pages after which a commit runs SQLite's automatic checkpoint.
-pub const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;
 /// Bytes a WAL file is truncated to when it restarts.
 pub const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
@@ -114,6 +113,11 @@ pub const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 pub struct SharedConnection(std::sync::Arc<std::sync::Mutex<Connection>>);
 
 impl SharedConnection {
+    /// A handle that does not keep the connection open (the checkpointer's).
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<std::sync::Mutex<Connection>> {
+        std::sync::Arc::downgrade(&self.0)
+    }
+
     /// Wraps an open connection.
     pub(crate) fn new(conn: Connection) -> Self {
         Self(std::sync::Arc::new(std::sync::Mutex::new(conn)))
@@ -133,11 +137,18 @@ pub(crate) fn open_shared(
     path: &Path,
     options: &SqliteOptions,
 ) -> Result<(SqliteSnapshotStore, SqliteMeteringStore, SharedConnection), StoreError> {
-    let conn = SharedConnection::new(open_connection(
+    let writer = open_connection(
         path,
         options,
         &[SNAPSHOTS_DDL, USAGE_EVENTS_DDL, USAGE_EVENTS_INDEX_DDL],
-    )?);
+    )?;
+    // Checkpoints move to their own thread (see `checkpoint`): SQLite's
+    // automatic one runs inside a commit and that request waits for its fsyncs.
+    writer
+        .pragma_update(None, "wal_autocheckpoint", 0i64)
+        .map_err(sql_err)?;
+    let conn = SharedConnection::new(writer);
+    checkpoint::spawn(path, options, &conn)?;
     Ok((
         SqliteSnapshotStore::with_connection(conn.clone(), Some(path.to_owned())),
         SqliteMeteringStore::with_connection(conn.clone(), Some(path.to_owned())),
@@ -237,12 +248,6 @@ fn configure(
     conn.pragma_update(None, "mmap_size", 256i64 * 1024 * 1024)
         .map_err(sql_err)?;
     conn.pragma_update(None, "cache_size", -16_384i64)
-        .map_err(sql_err)?;
-    // SQLite checkpoints inside the commit that crosses this many WAL pages,
-    // and that one request waits for the checkpoint's fsyncs. At the default
-    // (1000) that was every ~155th single-task commit: the p99. Ten times
-    // fewer keeps the stall off the p99 for ~40 MiB of WAL at most.
-    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
         .map_err(sql_err)?;
     // A WAL file is cut back to this size when it restarts, so a burst does
     // not leave hundreds of megabytes behind.

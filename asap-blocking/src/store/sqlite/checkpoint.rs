@@ -1,0 +1,62 @@
+//! WAL checkpoints off the commit path. SQLite's automatic checkpoint runs
+//! inside the commit that crosses 1000 WAL pages, and that request waits for
+//! the checkpoint's fsyncs (milliseconds: the p99 of single-task commits).
+//! Here a thread with its own connection copies committed frames into the
+//! database while the writer keeps committing; when the WAL has grown, it
+//! holds the writer back only for the last few frames, so the next commit
+//! restarts the log from its beginning and the file stays small.
+
+use std::path::Path;
+use std::sync::{Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use asap_proto::store::StoreError;
+use rusqlite::Connection;
+
+use super::{open_connection, SharedConnection, SqliteOptions};
+
+/// How often the checkpointer copies frames.
+const INTERVAL: Duration = Duration::from_millis(50);
+/// WAL pages past which the log is caught up completely, so it restarts
+/// (SQLite's own trigger: 1000 pages, ~4 MiB).
+const RESTART_PAGES: i64 = 1_000;
+
+/// Starts the checkpointer of `path`; it ends when `writer` is dropped.
+pub(super) fn spawn(
+    path: &Path,
+    options: &SqliteOptions,
+    writer: &SharedConnection,
+) -> Result<(), StoreError> {
+    let conn = open_connection(path, options, &[])?;
+    let writer = writer.downgrade();
+    std::thread::Builder::new()
+        .name("asap-wal-checkpoint".to_owned())
+        .spawn(move || run(&conn, &writer))
+        .map_err(|e| StoreError::Backend(format!("cannot start the WAL checkpoint thread: {e}")))?;
+    Ok(())
+}
+
+fn run(conn: &Connection, writer: &Weak<Mutex<Connection>>) {
+    loop {
+        std::thread::sleep(INTERVAL);
+        // Copy what is committed, concurrently with the writer (fsyncs here).
+        let Some(log_pages) = passive(conn) else {
+            continue;
+        };
+        let Some(writer) = writer.upgrade() else {
+            return;
+        };
+        if log_pages >= RESTART_PAGES {
+            // The writer waits for the frames committed since the pass above only.
+            let _paused = writer.lock().unwrap_or_else(PoisonError::into_inner);
+            let _ = passive(conn);
+        }
+    }
+}
+
+/// One passive checkpoint; the WAL's size in pages (`None` if SQLite refused,
+/// e.g. busy: the next round retries).
+fn passive(conn: &Connection) -> Option<i64> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
+        .ok()
+}
