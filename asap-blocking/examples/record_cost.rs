@@ -38,12 +38,13 @@ fn main() {
         let now = UnixTime::from_secs(1_767_225_600);
         let mut input = serde_json::Map::new();
         input.insert("message".into(), "hello".into());
+        let request = TaskRequest::new("conv", "echo", input);
         let env = Envelope::new(
             "01KDXZ0000ENVREQ0000000001".into(),
             Timestamp::from_unix(now),
             AgentUrn::new("urn:asap:agent:bench").unwrap(),
             AgentUrn::new("urn:asap:agent:echo").unwrap(),
-            Payload::TaskRequest(TaskRequest::new("conv", "echo", input)),
+            Payload::TaskRequest(request.clone()),
         );
         let payload = env.payload().unwrap();
         let inv = Invocation {
@@ -64,7 +65,8 @@ fn main() {
                 let r = task_records(
                     &format!("task_{sync:?}_{}", done + i),
                     format!("snap_{}", done + i),
-                    &inv,
+                    &inv.envelope,
+                    request.clone(),
                     &result,
                     now,
                     now,

@@ -103,17 +103,13 @@ impl Agent {
                     }
                 }
                 Step::Admit => lock(&inner.core).handle_admission(&mut ex, now()),
-                Step::Invoke(inv) => {
-                    let outcome = self.run_handler(&inv);
-                    ex.handle_outcome(inv, outcome, wall_now());
-                }
+                Step::Invoke(inv) => ex.handle_outcome(self.run_handler(inv), wall_now()),
                 Step::Persist(records) => {
-                    let saved = inner.code.stores.as_ref().map_or_else(no_store, |s| {
-                        lock(s).record_tasks(
-                            std::slice::from_ref(&records.snapshot),
-                            std::slice::from_ref(&records.usage),
-                        )
-                    });
+                    let saved = inner
+                        .code
+                        .stores
+                        .as_ref()
+                        .map_or_else(no_store, |s| lock(s).record_task(records));
                     ex.handle_persisted(saved, wall_now());
                 }
                 Step::QueryState(request) => {
@@ -137,19 +133,17 @@ impl Agent {
         reply.response
     }
 
-    fn run_handler(&self, inv: &Invocation) -> HandlerOutcome {
-        let run = || -> Result<HandlerOutcome, HandlerError> {
-            match (self.inner.code.handlers.get(&inv.route), &inv.payload) {
+    fn run_handler(&self, inv: Invocation) -> HandlerOutcome {
+        let run = move || -> Result<HandlerOutcome, HandlerError> {
+            match (self.inner.code.handlers.get(&inv.route), inv.payload) {
                 (Some(HandlerRef::Skill(f)), Payload::TaskRequest(req)) => f(
                     SkillContext {
-                        envelope: inv.envelope.clone(),
+                        envelope: inv.envelope,
                     },
-                    req.clone(),
+                    req,
                 )
                 .map(HandlerOutcome::Skill),
-                (Some(HandlerRef::Payload(f)), p) => {
-                    f(inv.envelope.clone(), p.clone()).map(HandlerOutcome::from)
-                }
+                (Some(HandlerRef::Payload(f)), p) => f(inv.envelope, p).map(HandlerOutcome::from),
                 _ => Err(HandlerError::failed("route has no handler")),
             }
         };

@@ -119,7 +119,7 @@ proptest! {
                 Step::Admit => s.handle_admission(&mut ex, now()),
                 Step::Invoke(inv) => {
                     let o = HandlerOutcome::Skill(SkillResult::echo(&inv));
-                    ex.handle_outcome(inv, o, now().wall);
+                    ex.handle_outcome(o, now().wall);
                 }
                 Step::Respond(reply) => {
                     prop_assert!(serde_json::from_slice::<Value>(reply.response.body()).is_ok());

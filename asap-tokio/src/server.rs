@@ -290,10 +290,7 @@ async fn handle(
                 Err(e) => ex.handle_body_error(e),
             },
             Step::Admit => lock(&inner.core).handle_admission(&mut ex, now()),
-            Step::Invoke(inv) => {
-                let outcome = run_handler(&agent, &inv).await;
-                ex.handle_outcome(inv, outcome, wall_now());
-            }
+            Step::Invoke(inv) => ex.handle_outcome(run_handler(&agent, inv).await, wall_now()),
             Step::Persist(records) => {
                 let saved = match &inner.code.stores {
                     Some(recorder) => recorder.record(records).await,
@@ -340,16 +337,16 @@ async fn run_state(agent: &Agent, request: StateRequest) -> Result<Payload, Hand
         })
 }
 
-async fn run_handler(agent: &Agent, inv: &Invocation) -> HandlerOutcome {
+async fn run_handler(agent: &Agent, inv: Invocation) -> HandlerOutcome {
     use futures_util::FutureExt as _;
     // A panicking handler must not take the connection down: catch it in place
     // (a spawned task would cost a cross-thread wake-up per request).
-    let joined = match (agent.inner.code.handlers.get(&inv.route), &inv.payload) {
+    let joined = match (agent.inner.code.handlers.get(&inv.route), inv.payload) {
         (Some(HandlerRef::Skill(f)), Payload::TaskRequest(req)) => {
             let ctx = SkillContext {
-                envelope: inv.envelope.clone(),
+                envelope: inv.envelope,
             };
-            match std::panic::AssertUnwindSafe(f(ctx, req.clone()))
+            match std::panic::AssertUnwindSafe(f(ctx, req))
                 .catch_unwind()
                 .await
             {
@@ -357,8 +354,8 @@ async fn run_handler(agent: &Agent, inv: &Invocation) -> HandlerOutcome {
                 Err(_) => Err(HandlerError::failed("skill handler panicked")),
             }
         }
-        (Some(HandlerRef::Payload(f)), _) => {
-            match std::panic::AssertUnwindSafe(f(inv.envelope.clone(), inv.payload.clone()))
+        (Some(HandlerRef::Payload(f)), payload) => {
+            match std::panic::AssertUnwindSafe(f(inv.envelope, payload))
                 .catch_unwind()
                 .await
             {

@@ -346,10 +346,7 @@ impl TaskRecorder {
                 let mut s = stores
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                return s.record_tasks(
-                    std::slice::from_ref(&records.snapshot),
-                    std::slice::from_ref(&records.usage),
-                );
+                return s.record_task(records);
             }
         };
         let (reply, answer) = oneshot::channel();

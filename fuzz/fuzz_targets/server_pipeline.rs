@@ -74,7 +74,7 @@ fn out_of_order(f: &mut Fixture, ops: &[u8]) {
             Step::Admit => f.server.handle_admission(&mut ex, now()),
             Step::Invoke(inv) => {
                 let o = HandlerOutcome::Skill(SkillResult::echo(&inv));
-                ex.handle_outcome(inv, o, now().wall);
+                ex.handle_outcome(o, now().wall);
             }
             Step::Persist(_) => ex.handle_persisted(Ok(()), now().wall),
             Step::QueryState(_) => ex.handle_state(Err(asap_proto::server::HandlerError::failed("x")), now().wall),

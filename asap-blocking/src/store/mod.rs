@@ -18,6 +18,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use asap_proto::model::StateSnapshot;
+use asap_proto::server::state::TaskRecords;
 use asap_proto::store::{
     MemoryMeteringStore, MemorySnapshotStore, MeteringStore, SnapshotStore, StorageBackend,
     StorageConfig, StorageConfigError, StoreError, UsageEvent, STORAGE_BACKEND_ENV,
@@ -54,6 +55,20 @@ impl Stores {
             config,
             shared: None,
         }
+    }
+
+    /// Persists the records of one skill run (one commit on SQLite; moved, not
+    /// copied, into in-memory stores).
+    pub fn record_task(&mut self, records: TaskRecords) -> Result<(), StoreError> {
+        if self.shared.is_some() {
+            return self.record_tasks(
+                std::slice::from_ref(&records.snapshot),
+                std::slice::from_ref(&records.usage),
+            );
+        }
+        self.snapshots
+            .save_owned(records.snapshot)
+            .and_then(|()| self.metering.record(&records.usage))
     }
 
     /// Persists the snapshots and usage events of finished tasks: for SQLite in

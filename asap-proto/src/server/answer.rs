@@ -5,7 +5,7 @@ use http::{header, Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::config::ServerConfig;
-use super::handler::{HandlerError, HandlerOutcome, Invocation};
+use super::handler::{HandlerError, HandlerOutcome};
 use crate::jsonrpc::{self, ErrorResponse, RequestId, SuccessResponse};
 use crate::model::{
     AgentUrn, Envelope, JsonObject, Payload, TaskResponse, Timestamp, UlidGenerator, UnixTime,
@@ -68,20 +68,22 @@ pub fn handler_error(
 }
 
 /// Encodes a handler's outcome (spec 8.3 / 9): a reply envelope from `agent`
-/// to the sender, or the error of [`handler_error`].
+/// to the sender of `request` (whose JSON-RPC id was `request_id`), or the
+/// error of [`handler_error`].
+#[allow(clippy::too_many_arguments)]
 pub(super) fn reply(
     config: &ServerConfig,
     agent: &AgentUrn,
     ids: &mut UlidGenerator,
-    inv: Invocation,
+    request_id: RequestId,
+    request: &Envelope,
+    task_id: Option<String>,
     outcome: HandlerOutcome,
     now: UnixTime,
 ) -> Response<Vec<u8>> {
     let payload = match outcome {
         HandlerOutcome::Skill(r) => Payload::TaskResponse(TaskResponse {
-            task_id: inv
-                .task_id
-                .unwrap_or_else(|| format!("task_{}", ids.next(now))),
+            task_id: task_id.unwrap_or_else(|| format!("task_{}", ids.next(now))),
             status: r.status,
             result: r.result,
             final_state: r.final_state,
@@ -91,18 +93,16 @@ pub(super) fn reply(
         HandlerOutcome::Envelope(env) => {
             return json_response(
                 StatusCode::OK,
-                SuccessResponse::new(env, inv.request_id).to_vec(),
+                SuccessResponse::new(env, request_id).to_vec(),
             );
         }
         HandlerOutcome::Failed(err) => {
-            return rpc_error(&handler_error(config, Some(inv.request_id), &err))
+            return rpc_error(&handler_error(config, Some(request_id), &err))
         }
     };
     let id = ids.next_string(now);
-    let mut reply = inv
-        .envelope
-        .reply(id, Timestamp::from_unix(now), agent.clone(), payload);
-    if config.trace_extensions && !has_remote_trace_context(&inv.envelope) {
+    let mut reply = request.reply(id, Timestamp::from_unix(now), agent.clone(), payload);
+    if config.trace_extensions && !has_remote_trace_context(request) {
         let trace = format!("{:016x}{:016x}", ids.next_u64(), ids.next_u64());
         let span = format!("{:016x}", ids.next_u64());
         let mut ext = JsonObject::new();
@@ -113,7 +113,7 @@ pub(super) fn reply(
     }
     json_response(
         StatusCode::OK,
-        SuccessResponse::new(reply, inv.request_id).to_vec(),
+        SuccessResponse::new(reply, request_id).to_vec(),
     )
 }
 

@@ -164,7 +164,8 @@ pub enum Step {
     /// Take the core lock and call [`Server::handle_admission`](super::Server::handle_admission)
     /// (nonce, per-sender rate limit: state shared by every request).
     Admit,
-    /// Run the handler for this invocation, then [`Exchange::handle_outcome`].
+    /// Run the handler for this invocation (it is the adapter's to move into
+    /// the handler), then [`Exchange::handle_outcome`].
     Invoke(Invocation),
     /// Save these records (one commit), then [`Exchange::handle_persisted`]:
     /// an answered task is on disk.
@@ -185,8 +186,8 @@ enum Stage {
     ReadBody(BodyPlan),
     Admit(Box<Pending>),
     Invoke(Box<Invocation>),
-    Persist(Box<(Invocation, SkillResult)>, Option<TaskRecords>),
-    State(Box<Invocation>, Option<StateRequest>),
+    Persist(Box<(Answering, SkillResult)>, Option<TaskRecords>),
+    State(Box<Answering>, Option<StateRequest>),
     Health,
     Metrics,
     Waiting(Waiting),
@@ -197,11 +198,53 @@ enum Stage {
 #[derive(Debug)]
 enum Waiting {
     Body(BodyPlan),
-    Outcome,
-    Persisted(Box<(Invocation, SkillResult)>),
-    State(Box<Invocation>),
+    Outcome(Box<Answering>),
+    Persisted(Box<(Answering, SkillResult)>),
+    State(Box<Answering>),
     Health,
     Metrics,
+}
+
+/// What the answer needs of an invocation handed to the adapter.
+#[derive(Debug)]
+struct Answering {
+    request_id: crate::jsonrpc::RequestId,
+    /// The request envelope without its payload (ids, addresses, trace context).
+    envelope: crate::model::Envelope,
+    task_id: Option<String>,
+    accepted_at: UnixTime,
+    /// The skill's request, kept for the task records when task state is attached.
+    task: Option<crate::model::TaskRequest>,
+}
+
+impl Answering {
+    fn of(inv: &Invocation, keep_task: bool) -> Self {
+        let e = &inv.envelope;
+        let envelope = crate::model::Envelope {
+            id: e.id.clone(),
+            asap_version: e.asap_version.clone(),
+            timestamp: e.timestamp,
+            sender: e.sender.clone(),
+            recipient: e.recipient.clone(),
+            payload_type: e.payload_type.clone(),
+            payload: crate::model::JsonObject::new(),
+            correlation_id: e.correlation_id.clone(),
+            trace_id: e.trace_id.clone(),
+            requires_ack: e.requires_ack,
+            extensions: e.extensions.clone(),
+        };
+        let task = match (&inv.payload, keep_task && inv.task_id.is_some()) {
+            (Payload::TaskRequest(r), true) => Some(r.clone()),
+            _ => None,
+        };
+        Self {
+            request_id: inv.request_id.clone(),
+            envelope,
+            task_id: inv.task_id.clone(),
+            accepted_at: inv.accepted_at,
+            task,
+        }
+    }
 }
 
 /// One request, from arrival to answer. Owned by the adapter's task; only
@@ -297,7 +340,8 @@ impl Exchange {
                 Step::Admit
             }
             Stage::Invoke(inv) => {
-                self.stage = Stage::Waiting(Waiting::Outcome);
+                let answering = Answering::of(&inv, self.shared.routes.task_state);
+                self.stage = Stage::Waiting(Waiting::Outcome(Box::new(answering)));
                 Step::Invoke(*inv)
             }
             Stage::Persist(run, records) => match records {
@@ -431,24 +475,33 @@ impl Exchange {
             accepted_at: now,
         };
         self.stage = match state {
-            Some(request) => Stage::State(Box::new(inv), Some(request)),
+            Some(request) => Stage::State(Box::new(Answering::of(&inv, false)), Some(request)),
             None => Stage::Invoke(Box::new(inv)),
         };
     }
 
-    /// Input for [`Step::Invoke`]: the invocation back, and what its handler did.
-    pub fn handle_outcome(&mut self, inv: Invocation, outcome: HandlerOutcome, now: UnixTime) {
-        if !matches!(self.stage, Stage::Waiting(Waiting::Outcome)) {
+    /// Input for [`Step::Invoke`]: what the handler of the invocation did.
+    pub fn handle_outcome(&mut self, outcome: HandlerOutcome, now: UnixTime) {
+        let Stage::Waiting(Waiting::Outcome(mut answering)) =
+            std::mem::replace(&mut self.stage, Stage::Over)
+        else {
             return;
-        }
-        match (outcome, &inv.task_id) {
-            (HandlerOutcome::Skill(result), Some(task_id)) if self.shared.routes.task_state => {
+        };
+        match (outcome, answering.task.take(), answering.task_id.clone()) {
+            (HandlerOutcome::Skill(result), Some(request), Some(task_id)) => {
                 let snapshot_id = format!("snap_{}", self.ids.next(now));
-                let records =
-                    task_records(task_id, snapshot_id, &inv, &result, inv.accepted_at, now);
-                self.stage = Stage::Persist(Box::new((inv, result)), Some(records));
+                let records = task_records(
+                    &task_id,
+                    snapshot_id,
+                    &answering.envelope,
+                    request,
+                    &result,
+                    answering.accepted_at,
+                    now,
+                );
+                self.stage = Stage::Persist(Box::new((*answering, result)), Some(records));
             }
-            (outcome, _) => self.reply(inv, outcome, now),
+            (outcome, _, _) => self.reply(*answering, outcome, now),
         }
     }
 
@@ -460,25 +513,26 @@ impl Exchange {
         else {
             return;
         };
-        let (inv, skill) = *run;
+        let (answering, skill) = *run;
         let outcome = match result {
             Ok(()) => HandlerOutcome::Skill(skill),
             Err(e) => HandlerOutcome::Failed(HandlerError::failed(format!(
                 "could not persist task state: {e}"
             ))),
         };
-        self.reply(inv, outcome, now);
+        self.reply(answering, outcome, now);
     }
 
     /// Input for [`Step::QueryState`]: the result of [`StateRequest::run`]
     /// (`Err` also when the store could not be reached).
     pub fn handle_state(&mut self, result: Result<Payload, HandlerError>, now: UnixTime) {
-        let Stage::Waiting(Waiting::State(inv)) = std::mem::replace(&mut self.stage, Stage::Over)
+        let Stage::Waiting(Waiting::State(answering)) =
+            std::mem::replace(&mut self.stage, Stage::Over)
         else {
             return;
         };
         let outcome = result.map_or_else(HandlerOutcome::Failed, HandlerOutcome::Reply);
-        self.reply(*inv, outcome, now);
+        self.reply(*answering, outcome, now);
     }
 
     /// Input for [`Step::CheckHealth`]: the application's verdict.
@@ -502,14 +556,16 @@ impl Exchange {
         }
     }
 
-    fn reply(&mut self, inv: Invocation, outcome: HandlerOutcome, now: UnixTime) {
+    fn reply(&mut self, answering: Answering, outcome: HandlerOutcome, now: UnixTime) {
         let ok = !matches!(outcome, HandlerOutcome::Failed(_));
         let shared = Arc::clone(&self.shared);
         let response = answer::reply(
             &shared.config,
             &shared.manifest.manifest().id,
             &mut self.ids,
-            inv,
+            answering.request_id,
+            &answering.envelope,
+            answering.task_id,
             outcome,
             now,
         );
@@ -620,8 +676,8 @@ mod tests {
             panic!("no Admit without nonce or sender limits")
         };
         let task_id = inv.task_id.clone().unwrap();
+        drop(inv); // the adapter's to move into the handler
         ex.handle_outcome(
-            inv,
             HandlerOutcome::Skill(SkillResult::echo_input(crate::model::JsonObject::new())),
             now().wall,
         );
@@ -645,7 +701,7 @@ mod tests {
                 panic!()
             };
             let o = HandlerOutcome::Skill(SkillResult::echo(&inv));
-            ex.handle_outcome(inv, o, now().wall);
+            ex.handle_outcome(o, now().wall);
             let Step::Persist(_) = ex.poll_step() else {
                 panic!()
             };

@@ -42,7 +42,7 @@ pub fn drive_inline(
             Step::Admit => server.handle_admission(&mut ex, now),
             Step::Invoke(inv) => {
                 let outcome = handler(&inv);
-                ex.handle_outcome(inv, outcome, now.wall);
+                ex.handle_outcome(outcome, now.wall);
             }
             Step::Persist(records) => {
                 let saved = match state.as_mut() {

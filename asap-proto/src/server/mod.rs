@@ -15,7 +15,7 @@
 //!                                            recipient, timestamp window, routing)
 //!   Admit               lock ─────────────▶ Server::handle_admission(&mut ex, now)
 //!                                           (nonce, per-sender rate limit; only when on)
-//!   Invoke(inv)         run the handler ──▶ handle_outcome(inv, outcome, wall)
+//!   Invoke(inv)         run the handler ──▶ handle_outcome(outcome, wall)
 //!   Persist(records)    save, one commit ─▶ handle_persisted(result, wall)
 //!   QueryState(req)     req.run(store) ───▶ handle_state(result, wall)
 //!   CheckHealth         app's verdict ────▶ handle_health(report, now)
@@ -61,7 +61,7 @@
 //!         Step::Admit => server.handle_admission(&mut ex, now), // lock 2, only when needed
 //!         Step::Invoke(inv) => {
 //!             let outcome = HandlerOutcome::Skill(SkillResult::echo(&inv));
-//!             ex.handle_outcome(inv, outcome, now.wall);
+//!             ex.handle_outcome(outcome, now.wall);
 //!         }
 //!         Step::Persist(records) => {
 //!             let saved = snapshots.save(&records.snapshot).and_then(|()| metering.record(&records.usage));

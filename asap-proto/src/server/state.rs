@@ -9,11 +9,11 @@
 
 use serde_json::{json, Value};
 
-use super::{HandlerError, Invocation, SkillResult};
+use super::{HandlerError, SkillResult};
 use crate::jsonrpc::{asap_codes, AsapError};
 use crate::model::{
-    JsonObject, Payload, StateQuery, StateRestore, StateSnapshot, Task, TaskResponse, Timestamp,
-    UnixTime,
+    Envelope, JsonObject, Payload, StateQuery, StateRestore, StateSnapshot, Task, TaskRequest,
+    TaskResponse, Timestamp, UnixTime,
 };
 use crate::store::{SnapshotStore, StoreError, UsageEvent, UsageMetrics};
 use crate::task::TaskStatus;
@@ -45,20 +45,19 @@ fn metric(metrics: Option<&JsonObject>, key: &str) -> u64 {
 pub fn task_records(
     task_id: &str,
     snapshot_id: String,
-    inv: &Invocation,
+    envelope: &Envelope,
+    request: TaskRequest,
     result: &SkillResult,
     started: UnixTime,
     now: UnixTime,
 ) -> TaskRecords {
-    let (conversation_id, parent, skill_id, input) = match &inv.payload {
-        Payload::TaskRequest(r) => (
-            r.conversation_id.clone(),
-            r.parent_task_id.clone(),
-            r.skill_id.clone(),
-            r.input.clone(),
-        ),
-        _ => (String::new(), None, String::new(), JsonObject::new()),
-    };
+    let TaskRequest {
+        conversation_id,
+        parent_task_id: parent,
+        skill_id,
+        input,
+        ..
+    } = request;
     let created = Timestamp::from_unix(started);
     let mut task = Task {
         id: task_id.to_owned(),
@@ -103,7 +102,7 @@ pub fn task_records(
             .clone()
             .map_or(Value::Null, Value::Object),
     );
-    data.insert("envelope_id".into(), inv.envelope.id.clone().into());
+    data.insert("envelope_id".into(), envelope.id.clone().into());
     let snapshot = StateSnapshot {
         id: snapshot_id,
         task_id: task_id.to_owned(),
@@ -116,8 +115,8 @@ pub fn task_records(
     let duration_ms = u64::try_from(now.micros_since(started).max(0) / 1000).unwrap_or(0);
     let usage = UsageEvent {
         task_id: task_id.to_owned(),
-        agent_id: inv.envelope.recipient.to_string(),
-        consumer_id: inv.envelope.sender.to_string(),
+        agent_id: envelope.recipient.to_string(),
+        consumer_id: envelope.sender.to_string(),
         metrics: UsageMetrics {
             tokens_in: metric(m, "tokens_in"),
             tokens_out: metric(m, "tokens_out"),

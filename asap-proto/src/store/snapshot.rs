@@ -25,6 +25,12 @@ pub trait SnapshotStore {
     /// Fails with [`StoreError::InvalidInput`] if the version is below 1 (nothing is written).
     fn save(&mut self, snapshot: &StateSnapshot) -> Result<(), StoreError>;
 
+    /// As [`save`](Self::save), taking the snapshot: a store that keeps values
+    /// (the in-memory one) moves it instead of copying.
+    fn save_owned(&mut self, snapshot: StateSnapshot) -> Result<(), StoreError> {
+        self.save(&snapshot)
+    }
+
     /// The snapshot of `task_id` at exactly `version`, if stored.
     fn get(&self, task_id: &str, version: i64) -> Result<Option<StateSnapshot>, StoreError>;
 
@@ -52,6 +58,9 @@ pub trait SnapshotStore {
 impl<S: SnapshotStore + ?Sized> SnapshotStore for Box<S> {
     fn save(&mut self, snapshot: &StateSnapshot) -> Result<(), StoreError> {
         (**self).save(snapshot)
+    }
+    fn save_owned(&mut self, snapshot: StateSnapshot) -> Result<(), StoreError> {
+        (**self).save_owned(snapshot)
     }
     fn get(&self, task_id: &str, version: i64) -> Result<Option<StateSnapshot>, StoreError> {
         (**self).get(task_id, version)
@@ -167,17 +176,22 @@ impl MemorySnapshotStore {
 
 impl SnapshotStore for MemorySnapshotStore {
     fn save(&mut self, snapshot: &StateSnapshot) -> Result<(), StoreError> {
-        check_snapshot(snapshot)?;
+        self.save_owned(snapshot.clone())
+    }
+
+    fn save_owned(&mut self, snapshot: StateSnapshot) -> Result<(), StoreError> {
+        check_snapshot(&snapshot)?;
         self.seq += 1;
         let seq = self.seq;
+        let task_id = snapshot.task_id.clone();
         let entry = self
             .tasks
-            .entry(snapshot.task_id.clone())
+            .entry(task_id.clone())
             .or_insert_with(|| (seq, BTreeMap::new()));
         let previous = std::mem::replace(&mut entry.0, seq);
-        entry.1.insert(snapshot.version, snapshot.clone());
+        entry.1.insert(snapshot.version, snapshot);
         self.order.remove(&previous);
-        self.order.insert(seq, snapshot.task_id.clone());
+        self.order.insert(seq, task_id);
         while self.tasks.len() > self.retained_tasks {
             let Some((_, oldest)) = self.order.pop_first() else {
                 break;
