@@ -3,7 +3,8 @@
 # (in-memory and SQLite state), in one run of the shared kit's bench/run.sh.
 #
 # Usage: bench/compare.sh            (from anywhere; env DURATION, CONNS, THREADS go to run.sh)
-# Env:   ASAP_SHARED_DIR   the shared kit (default ../shared, relative to the repo root);
+# Env:   ASAP_BENCH_WORKERS  asap serve --workers (default 1)
+#        ASAP_SHARED_DIR   the shared kit (default ../shared, relative to the repo root);
 #                          its interop/ folder holds setup.sh, ref_server.py, bench/run.sh
 #        CARGO_TARGET_DIR  where cargo builds (default target, relative to the repo root)
 #        BENCH_PORT        first of four consecutive loopback ports (default 18100)
@@ -25,6 +26,9 @@ TARGET=${CARGO_TARGET_DIR:-target}
 case $TARGET in /*) ;; *) TARGET=$ROOT/$TARGET ;; esac
 BIN=$TARGET/release
 PORT=${BENCH_PORT:-18100}
+# One request thread, like the null responder and the reference: on a 2-core machine the load
+# generator needs the other core. Set ASAP_BENCH_WORKERS to compare other thread counts.
+WORKERS=${ASAP_BENCH_WORKERS:-1}
 P_NULL=$PORT P_REF=$((PORT + 1)) P_MEM=$((PORT + 2)) P_SQL=$((PORT + 3))
 
 cargo build --release -p asap-tokio --bin asap --example null_responder >&2
@@ -44,10 +48,10 @@ trap 'exit 130' INT TERM
 PIDS+=($!)
 "$PY" "$KIT/ref_server.py" --port "$P_REF" >"$TMP/reference.log" 2>&1 &
 PIDS+=($!)
-ASAP_STORAGE_BACKEND=memory "$BIN/asap" serve --bind "127.0.0.1:$P_MEM" --rate-limit none \
+ASAP_STORAGE_BACKEND=memory "$BIN/asap" serve --bind "127.0.0.1:$P_MEM" --rate-limit none --workers "$WORKERS" \
   >"$TMP/memory.log" 2>&1 &
 PIDS+=($!)
-"$BIN/asap" serve --bind "127.0.0.1:$P_SQL" --rate-limit none --db "$TMP/bench.db" \
+"$BIN/asap" serve --bind "127.0.0.1:$P_SQL" --rate-limit none --workers "$WORKERS" --db "$TMP/bench.db" \
   >"$TMP/sqlite.log" 2>&1 &
 PIDS+=($!)
 
