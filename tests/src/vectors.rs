@@ -2,8 +2,8 @@
 //! and the register of which test consumes each vector file.
 //!
 //! The vectors directory is `$ASAP_VECTORS_DIR` when set, otherwise
-//! `../../shared/vectors` relative to this crate (`/work/main/tests` →
-//! `/work/shared/vectors`).
+//! `../../shared/vectors` relative to this crate (the shared kit beside the
+//! repository).
 
 use std::path::{Path, PathBuf};
 
