@@ -161,26 +161,37 @@ impl Serialize for RequestId {
 
 impl<'de> Deserialize<'de> for RequestId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = RequestId;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string or an integer")
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RequestId, E> {
-                Ok(RequestId::Int(v))
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RequestId, E> {
-                Ok(i64::try_from(v).map_or_else(|_| RequestId::Big(v.to_string()), RequestId::Int))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RequestId, E> {
-                Ok(RequestId::Str(v.to_owned()))
-            }
-            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<RequestId, E> {
-                Ok(RequestId::Str(v))
-            }
+        use serde::de::Error as _;
+        // serde_json hands integers outside i64/u64 (and `-0`) to visitors as
+        // f64, losing their digits: read the literal so `Big` ids round-trip.
+        let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+        let text = raw.get();
+        if text.starts_with('"') {
+            return serde_json::from_str(text)
+                .map(RequestId::Str)
+                .map_err(D::Error::custom);
         }
-        d.deserialize_any(V)
+        RequestId::from_integer_literal(text).ok_or_else(|| {
+            D::Error::invalid_type(
+                serde::de::Unexpected::Other(text),
+                &"a string or an integer",
+            )
+        })
+    }
+}
+
+impl RequestId {
+    /// An integer literal's id: `Int` when it fits `i64` (so `-0` is 0, as in
+    /// Python), else `Big` with its digits. `None` for anything else.
+    fn from_integer_literal(text: &str) -> Option<Self> {
+        let digits = text.strip_prefix('-').unwrap_or(text);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(
+            text.parse::<i64>()
+                .map_or_else(|_| Self::Big(text.to_owned()), Self::Int),
+        )
     }
 }
 
@@ -532,7 +543,9 @@ pub fn decode_request(body: Value) -> Result<JsonRpcRequest, ErrorResponse> {
 /// its exact digits, as the reference (Python ints) does.
 pub fn decode_request_raw(body: Value, raw: &[u8]) -> Result<JsonRpcRequest, ErrorResponse> {
     let big = match body.get("id") {
-        Some(Value::Number(n)) if n.is_f64() => raw_integer_id(raw),
+        Some(Value::Number(n)) if n.is_f64() => raw_integer_id(raw)
+            .as_deref()
+            .and_then(RequestId::from_integer_literal),
         _ => None,
     };
     decode_request_with_big_id(body, big)
@@ -552,7 +565,7 @@ fn raw_integer_id(raw: &[u8]) -> Option<String> {
 
 fn decode_request_with_big_id(
     body: Value,
-    big_id: Option<String>,
+    big_id: Option<RequestId>,
 ) -> Result<JsonRpcRequest, ErrorResponse> {
     let Value::Object(mut obj) = body else {
         return Err(ErrorResponse::new(
@@ -617,10 +630,7 @@ fn decode_request_with_big_id(
                 "msg": "Input should be a valid integer"}));
             None
         }
-        Some(v) => match big_id
-            .map(RequestId::Big)
-            .or_else(|| RequestId::from_json(v))
-        {
+        Some(v) => match big_id.or_else(|| RequestId::from_json(v)) {
             Some(id) => Some(id),
             None => {
                 bad_id = true;

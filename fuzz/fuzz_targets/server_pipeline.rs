@@ -31,7 +31,8 @@ fn fixture() -> Fixture {
     let mut server = Server::new(m, config, Instant::now(), 7);
     server.routes_mut().add_skill("echo");
     server.routes_mut().attach_task_state();
-    Fixture { server, metrics: Metrics::default(), snapshots: MemorySnapshotStore::new(), metering: MemoryMeteringStore::new() }
+    // Small retention: the fixture lives for the whole run; its memory must not grow with it.
+    Fixture { server, metrics: Metrics::default(), snapshots: MemorySnapshotStore::with_retained_tasks(64), metering: MemoryMeteringStore::with_retained_events(64) }
 }
 
 static FIXTURE: Mutex<Option<Fixture>> = Mutex::new(None);

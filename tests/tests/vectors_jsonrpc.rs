@@ -351,3 +351,37 @@ fn python_client_request_body_bytes() {
     );
     let _ = EnvelopeInput::from_slice(&serde_json::to_vec(answer).unwrap()).unwrap();
 }
+
+/// Fuzz finding (jsonrpc_request, issue 15): the error body echoes an integer id
+/// of any size verbatim, and our own `ErrorResponse` decoder must read it back.
+#[test]
+fn big_integer_ids_echoed_in_errors_decode_back() {
+    use asap_proto::jsonrpc::{decode_request_raw, parse_json, ErrorResponse, RequestId};
+    let fuzz = format!(
+        r#"{{"j\\u0000":{{}},"+id":{{}},"id":5{}5}}"#,
+        "5".repeat(75)
+    );
+    for body in [
+        fuzz.as_str(),
+        r#"{"id":56666666666666699999}"#,
+        r#"{"id":18446744073709551616}"#,
+        r#"{"id":-9223372036854775809}"#,
+        r#"{"jsonrpc":"2.0","method":"asap.send","params":{},"id":18446744073709551616}"#,
+    ] {
+        let value = parse_json(body.as_bytes()).unwrap();
+        let err = decode_request_raw(value, body.as_bytes())
+            .and_then(|mut r| r.take_envelope().map(|_| ()))
+            .expect_err(body);
+        let bytes = err.to_vec();
+        let back: ErrorResponse = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("{body}: our own error body does not decode: {e}"));
+        assert_eq!(back, err, "{body}");
+        if let Some(RequestId::Big(digits)) = &back.id {
+            assert!(body.contains(digits.as_str()), "{body}: digits kept");
+        }
+    }
+    // `-0` is the integer 0, as in Python.
+    let body = br#"{"jsonrpc":"2.0","method":"asap.send","params":{},"id":-0}"#;
+    let req = decode_request_raw(parse_json(body).unwrap(), body).unwrap();
+    assert_eq!(req.id, RequestId::Int(0));
+}
