@@ -1,9 +1,9 @@
 //! The whole core exchange on arbitrary bodies, encodings and driver orders:
 //! no panic, every answer is a well-formed HTTP response with a JSON body,
-//! a driver loop always ends, and the server keeps serving afterwards.
+//! a driver loop always ends, and the server keeps serving afterwards. A fresh
+//! server per input, so a saved crash reproduces from its input alone.
 #![no_main]
 
-use std::sync::Mutex;
 use std::time::Instant;
 
 use asap_proto::model::{AgentUrn, Manifest, Skill, UnixTime};
@@ -31,11 +31,8 @@ fn fixture() -> Fixture {
     let mut server = Server::new(m, config, Instant::now(), 7);
     server.routes_mut().add_skill("echo");
     server.routes_mut().attach_task_state();
-    // Small retention: the fixture lives for the whole run; its memory must not grow with it.
-    Fixture { server, metrics: Metrics::default(), snapshots: MemorySnapshotStore::with_retained_tasks(64), metering: MemoryMeteringStore::with_retained_events(64) }
+    Fixture { server, metrics: Metrics::default(), snapshots: MemorySnapshotStore::new(), metering: MemoryMeteringStore::new() }
 }
-
-static FIXTURE: Mutex<Option<Fixture>> = Mutex::new(None);
 
 fn now() -> Now {
     Now { monotonic: Instant::now(), wall: UnixTime::from_secs(NOW_SECS) }
@@ -88,8 +85,7 @@ fn out_of_order(f: &mut Fixture, ops: &[u8]) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut guard = FIXTURE.lock().unwrap();
-    let f = guard.get_or_insert_with(fixture);
+    let f = &mut fixture();
     let (selector, body) = match data.split_first() {
         Some((b, rest)) => (*b, rest),
         None => (0, data),
@@ -102,7 +98,8 @@ fuzz_target!(|data: &[u8]| {
     assert!(matches!(r.status().as_u16(), 200 | 400 | 413 | 415), "status {}", r.status());
     let v: serde_json::Value = serde_json::from_slice(r.body()).expect("every answer is JSON");
     assert!(v.get("result").is_some() || v.get("error").is_some() || v.get("detail").is_some());
-    // Nothing the input did stops the next good request.
+    // Nothing the input did stops the next good request (or its replay: nonces are on,
+    // the valid request carries none, so a second one is served too).
     let ok = run(f, None, VALID);
     let v: serde_json::Value = serde_json::from_slice(ok.body()).unwrap();
     assert!(v.get("result").is_some(), "valid request refused after fuzz input: {v}");
