@@ -1,29 +1,15 @@
 //! Files written by the Python reference's SQLite stores are read by ours and
-//! the other way round. Needs the interop venv (`../shared/interop/setup.sh`);
-//! skipped with a notice when it is not installed.
+//! the other way round. Needs the interop venv (installed by the shared helper);
+//! skipped with a notice when it cannot be had, and failed instead with
+//! `ASAP_REQUIRE_INTEROP=1` (CI).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use asap_blocking::store::{SqliteMeteringStore, SqliteSnapshotStore};
 use asap_proto::model::{JsonObject, StateSnapshot, Timestamp, UnixTime};
 use asap_proto::store::{AggregatePeriod, MeteringStore, SnapshotStore, UsageEvent, UsageMetrics};
 use serde_json::{json, Value};
-
-/// The venv's python, if the reference is installed there.
-fn reference_python() -> Option<PathBuf> {
-    let venv = std::env::var_os("ASAP_INTEROP_VENV")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/asap-interop/venv"))
-        })?;
-    let python = venv.join("bin/python");
-    let ok = Command::new(&python)
-        .args(["-c", "import asap.state.stores.sqlite"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    ok.then_some(python)
-}
 
 fn run(python: &Path, mode: &str, db: &Path) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/ref_store.py");
@@ -47,11 +33,8 @@ fn at(s: &str) -> UnixTime {
 
 #[test]
 fn reference_and_asap_rs_read_each_others_files() {
-    let Some(python) = reference_python() else {
-        println!(
-            "NOTICE: skipping SQLite interop test: reference venv not found \
-             (run ../shared/interop/setup.sh or set ASAP_INTEROP_VENV)"
-        );
+    let Some(python) = asap_tests::interop::python_or_skip("SQLite interop with the reference")
+    else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -86,17 +86,28 @@ pub fn start_reference() -> Result<(RefServer, String), String> {
     }
 }
 
-/// The reference server, or `None` (with a notice) when it is unavailable and
-/// `ASAP_REQUIRE_INTEROP` is not `1`.
-pub fn reference_or_skip() -> Option<(RefServer, String)> {
-    match start_reference() {
-        Ok(s) => Some(s),
+/// `Some(value)`, or `None` with a notice when the reference is unavailable;
+/// with `ASAP_REQUIRE_INTEROP=1` (as in CI) unavailability fails the test instead.
+pub fn required_or_skip<T>(what: &str, found: Result<T, String>) -> Option<T> {
+    match found {
+        Ok(v) => Some(v),
         Err(e) if std::env::var("ASAP_REQUIRE_INTEROP").as_deref() == Ok("1") => {
-            panic!("reference server required (ASAP_REQUIRE_INTEROP=1) but unavailable: {e}")
+            panic!("{what} required (ASAP_REQUIRE_INTEROP=1) but unavailable: {e}")
         }
         Err(e) => {
-            eprintln!("NOTICE: skipping reference-server interop: {e}");
+            eprintln!("NOTICE: skipping {what}: {e}");
             None
         }
     }
+}
+
+/// The reference server, or `None` (with a notice) when it is unavailable and
+/// `ASAP_REQUIRE_INTEROP` is not `1`.
+pub fn reference_or_skip() -> Option<(RefServer, String)> {
+    required_or_skip("reference-server interop", start_reference())
+}
+
+/// The reference venv's python, or `None` as [`required_or_skip`] says.
+pub fn python_or_skip(what: &str) -> Option<PathBuf> {
+    required_or_skip(what, interop_python())
 }
