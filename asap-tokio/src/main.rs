@@ -40,8 +40,9 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8000")]
+    /// Address to listen on: `HOST:PORT`, the host an IP address or a name
+    /// (`localhost:8000`); port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:8000", value_parser = parse_bind)]
     bind: SocketAddr,
     /// Manifest JSON file (default: a built-in echo agent manifest).
     #[arg(long)]
@@ -152,6 +153,30 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(2)
         }
     }
+}
+
+/// `HOST:PORT` to the first address it resolves to, with an error that says what to write.
+fn parse_bind(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!(
+            "{text:?} has no port; write HOST:PORT, e.g. 127.0.0.1:8000 or localhost:8000"
+        ));
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(format!(
+            "port {port:?} is not a number from 0 to 65535; write HOST:PORT, e.g. {host}:8000"
+        ));
+    }
+    let mut addrs = text.to_socket_addrs().map_err(|e| {
+        format!("cannot resolve host {host:?} ({e}); use an IP address such as 127.0.0.1")
+    })?;
+    addrs.next().ok_or_else(|| {
+        format!("host {host:?} resolves to no address; use an IP address such as 127.0.0.1")
+    })
 }
 
 fn serve(args: ServeArgs) -> Result<(), String> {

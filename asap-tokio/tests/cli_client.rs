@@ -253,3 +253,44 @@ async fn help_documents_exit_codes() {
         assert!(text.contains(s), "{s}: {text}");
     }
 }
+
+/// `asap serve --bind` takes host names, and a bad value says what to write.
+#[tokio::test]
+async fn serve_bind_accepts_host_names_and_explains_bad_values() {
+    for (bind, says) in [
+        ("127.0.0.1", "has no port; write HOST:PORT"),
+        ("localhost:http", "is not a number from 0 to 65535"),
+        (
+            "no-such-host.invalid:8000",
+            "cannot resolve host \"no-such-host.invalid\"",
+        ),
+    ] {
+        let o = asap(&["serve", "--bind", bind]).await;
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(code(&o), 2, "{bind}: {err}");
+        assert!(err.contains(says), "{bind}: {err}");
+    }
+    // A host name binds: the agent starts and names the address it got.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_asap"))
+        .args(["serve", "--bind", "localhost:0", "--rate-limit", "none"])
+        .env("ASAP_STORAGE_BACKEND", "memory")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(std::time::Duration::from_secs(30));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("asap serve --bind localhost:0 printed nothing");
+    assert!(
+        line.contains("listening on http://127.0.0.1:")
+            || line.contains("listening on http://[::1]:"),
+        "{line}"
+    );
+}
