@@ -169,6 +169,26 @@ impl From<ClientError> for Failure {
     }
 }
 
+/// Refuses an endpoint URL where the agent's base URL belongs, naming the fix:
+/// the banner of `asap serve` prints the endpoint, and clients add `/asap` themselves.
+fn check_base_url(url: &str) -> Result<(), Failure> {
+    let trimmed = url.trim_end_matches('/');
+    for endpoint in [
+        "/asap",
+        "/.well-known/asap/manifest.json",
+        "/.well-known/asap/health",
+    ] {
+        if let Some(base) = trimmed.strip_suffix(endpoint) {
+            if base.contains("://") && !base.ends_with(':') && !base.ends_with('/') {
+                return Err(Failure::usage(format!(
+                    "{url} is an endpoint of the agent; pass the agent's base URL {base}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn client(opts: &ClientOpts, base: Option<&str>, attempts: u32) -> Result<Client, Failure> {
     let timeout = Duration::try_from_secs_f64(opts.timeout)
         .ok()
@@ -246,6 +266,7 @@ async fn run_send(args: SendArgs) -> Result<(Value, String, u8), Failure> {
     };
     let sender = AgentUrn::new(args.sender.as_str())
         .map_err(|e| Failure::usage(format!("invalid --sender: {e}")))?;
+    check_base_url(&args.url)?;
     let client = client(&args.opts, Some(&args.url), args.attempts)?;
     let recipient = match &args.recipient {
         Some(r) => AgentUrn::new(r.as_str())
@@ -302,6 +323,7 @@ pub fn discover(args: DiscoverArgs) -> ExitCode {
         json,
         runtime().and_then(|rt| {
             rt.block_on(async {
+                check_base_url(&args.url)?;
                 let m = client(&args.opts, None, 1)?.discover(&args.url).await?;
                 Ok((
                     serde_json::to_value(&*m).unwrap_or(Value::Null),
@@ -340,6 +362,7 @@ pub fn health(args: HealthArgs) -> ExitCode {
         json,
         runtime().and_then(|rt| {
             rt.block_on(async {
+                check_base_url(&args.url)?;
                 let v = client(&args.opts, None, 1)?.health_check(&args.url).await?;
                 Ok(health_output(&v))
             })

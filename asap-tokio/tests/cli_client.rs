@@ -294,3 +294,54 @@ async fn serve_bind_accepts_host_names_and_explains_bad_values() {
         "{line}"
     );
 }
+
+/// The endpoint URL the `asap serve` banner prints, given where the base URL
+/// belongs, gets the base URL back as the fix (issue 13, item 5).
+#[tokio::test]
+async fn an_endpoint_url_is_answered_with_the_base_url() {
+    let url = start(false).await;
+    for (args, endpoint) in [
+        (vec!["send", "--skill", "echo"], format!("{url}/asap")),
+        (
+            vec!["discover"],
+            format!("{url}/.well-known/asap/manifest.json"),
+        ),
+        (vec!["health"], format!("{url}/.well-known/asap/health/")),
+    ] {
+        let mut argv: Vec<&str> = vec![args[0], endpoint.as_str()];
+        argv.extend(&args[1..]);
+        let o = asap(&argv).await;
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(code(&o), 2, "{argv:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "is an endpoint of the agent; pass the agent's base URL {url}"
+            )),
+            "{argv:?}: {err}"
+        );
+    }
+}
+
+/// `--db` in a directory that does not exist says so, once.
+#[tokio::test]
+async fn serve_with_a_database_in_a_missing_directory_says_so() {
+    let o = asap(&[
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "--db",
+        "/missing-dir-asap/x.db",
+    ])
+    .await;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(code(&o), 0, "{err}");
+    assert!(
+        err.contains("directory /missing-dir-asap does not exist"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("/missing-dir-asap/x.db").count(),
+        1,
+        "the path once: {err}"
+    );
+}

@@ -104,6 +104,14 @@ pub enum OpenStoresError {
     /// The environment names an unusable configuration.
     #[error(transparent)]
     Config(#[from] StorageConfigError),
+    /// The directory the SQLite file should be created in does not exist.
+    #[error("cannot create the SQLite state database {}: directory {} does not exist; create it, or choose another path", path.display(), dir.display())]
+    MissingDirectory {
+        /// The database file asked for.
+        path: PathBuf,
+        /// Its missing directory.
+        dir: PathBuf,
+    },
     /// The SQLite file could not be opened or initialised.
     #[error("cannot open the SQLite state database {}: {source}", path.display())]
     Open {
@@ -159,6 +167,14 @@ pub fn open_stores_with(
             config.clone(),
         )),
         StorageBackend::Sqlite => {
+            if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                if !dir.is_dir() {
+                    return Err(OpenStoresError::MissingDirectory {
+                        path: config.path.clone(),
+                        dir: dir.to_owned(),
+                    });
+                }
+            }
             let (snapshots, metering, conn) =
                 sqlite::open_shared(&config.path, options).map_err(|source| {
                     OpenStoresError::Open {
