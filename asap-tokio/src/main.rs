@@ -265,6 +265,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         let listener =
             tokio::net::TcpListener::from_std(std_listener).map_err(|e| e.to_string())?;
         println!("asap-rs agent {} listening on http://{addr}", manifest.id);
+        println!("  base URL for clients: http://{addr}   (asap send http://{addr} --skill echo --input '{{}}')");
         println!("  POST http://{addr}/asap                          JSON-RPC asap.send");
         println!("  GET  http://{addr}/.well-known/asap/manifest.json manifest");
         println!("  GET  http://{addr}/.well-known/asap/health        health");
