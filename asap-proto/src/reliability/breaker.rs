@@ -370,6 +370,183 @@ mod tests {
         assert_eq!(b.probes_outstanding(), 2);
     }
 
+    fn open_breaker(t0: Instant, probes: u32) -> CircuitBreaker {
+        let mut b = CircuitBreaker::new(CircuitBreakerConfig {
+            failure_threshold: 1,
+            open_timeout: Duration::from_secs(60),
+            half_open_max_probes: probes,
+        });
+        b.record_failure(t0);
+        b
+    }
+
+    #[test]
+    fn state_names_are_the_references() {
+        assert_eq!(CircuitState::Closed.as_str(), "closed");
+        assert_eq!(CircuitState::Open.as_str(), "open");
+        assert_eq!(CircuitState::HalfOpen.as_str(), "half_open");
+    }
+
+    #[test]
+    fn config_is_the_one_given() {
+        let config = CircuitBreakerConfig {
+            failure_threshold: 7,
+            open_timeout: Duration::from_millis(1234),
+            half_open_max_probes: 3,
+        };
+        assert_eq!(CircuitBreaker::new(config).config(), &config);
+    }
+
+    #[test]
+    fn zero_threshold_and_zero_probes_act_as_one() {
+        let t0 = base();
+        let mut b = CircuitBreaker::new(CircuitBreakerConfig {
+            failure_threshold: 0,
+            open_timeout: Duration::from_secs(1),
+            half_open_max_probes: 0,
+        });
+        b.record_failure(t0);
+        assert_eq!(b.state(), CircuitState::Open);
+        let t1 = t(t0, 1000);
+        assert_eq!(b.try_acquire(t1), Ok(()));
+        assert_eq!(b.probes_outstanding(), 1);
+        assert!(b.try_acquire(t1).is_err());
+    }
+
+    #[test]
+    fn poll_timeout_is_exactly_the_reopen_time() {
+        // Open at t0 with 60 s: the deadline is t0 + 60 s to the nanosecond, not
+        // nudged past `now` while `now` is earlier.
+        let t0 = base();
+        let mut b = open_breaker(t0, 1);
+        assert_eq!(b.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+        b.handle_timeout(t(t0, 59_999));
+        assert_eq!(b.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn poll_timeout_moves_past_a_later_now_that_left_it_open() {
+        // A success reported while open leaves it open but shows the breaker a
+        // `now` past the reopen time: the deadline is 1 ns after that `now`.
+        let t0 = base();
+        let mut b = open_breaker(t0, 1);
+        let late = t(t0, 100_000);
+        b.record_success(late);
+        assert_eq!(b.state(), CircuitState::Open);
+        assert_eq!(b.poll_timeout(), Some(late + Duration::from_nanos(1)));
+
+        // A zero timeout is due at the failure itself, which the breaker has seen.
+        let mut z = CircuitBreaker::new(CircuitBreakerConfig {
+            failure_threshold: 1,
+            open_timeout: Duration::ZERO,
+            half_open_max_probes: 1,
+        });
+        z.record_failure(t0);
+        assert_eq!(z.poll_timeout(), Some(t0 + Duration::from_nanos(1)));
+    }
+
+    #[test]
+    fn refusals_say_why_and_when() {
+        let t0 = base();
+        let mut b = open_breaker(t0, 1);
+        b.record_failure(t(t0, 10)); // the timeout runs from the latest failure
+        let reopen = t(t0, 60_010);
+        assert_eq!(
+            b.try_acquire(t(t0, 60_009)),
+            Err(CircuitOpen {
+                consecutive_failures: 2,
+                retry_at: Some(reopen),
+            })
+        );
+        assert_eq!(b.try_acquire(reopen), Ok(()));
+        // Half-open with its probe out: no time to offer, the probe's verdict decides.
+        assert_eq!(
+            b.try_acquire(reopen),
+            Err(CircuitOpen {
+                consecutive_failures: 2,
+                retry_at: None,
+            })
+        );
+    }
+
+    #[test]
+    fn a_failed_probe_reopens_and_a_successful_one_closes() {
+        let t0 = base();
+        let mut b = open_breaker(t0, 1);
+        let t1 = t(t0, 60_000);
+        b.handle_timeout(t1);
+        assert_eq!(b.state(), CircuitState::HalfOpen);
+        assert_eq!(b.try_acquire(t1), Ok(()));
+        b.record_failure(t1);
+        assert_eq!((b.state(), b.probes_outstanding()), (CircuitState::Open, 0));
+        let t2 = t(t1, 60_000);
+        assert_eq!(b.try_acquire(t2), Ok(()));
+        b.record_success(t2);
+        assert_eq!(
+            (b.state(), b.probes_outstanding(), b.poll_timeout()),
+            (CircuitState::Closed, 0, None)
+        );
+        // Closed again with the count reset: one failure (threshold 1) reopens.
+        assert_eq!(b.try_acquire(t2), Ok(()));
+        b.record_failure(t2);
+        assert_eq!(b.state(), CircuitState::Open);
+    }
+
+    #[test]
+    fn a_success_while_closed_resets_the_count_only() {
+        let t0 = base();
+        let mut b = CircuitBreaker::new(CircuitBreakerConfig {
+            failure_threshold: 2,
+            ..Default::default()
+        });
+        b.record_failure(t0);
+        b.record_success(t0);
+        assert_eq!(
+            (b.state(), b.consecutive_failures()),
+            (CircuitState::Closed, 0)
+        );
+        b.record_failure(t0);
+        assert_eq!(b.state(), CircuitState::Closed, "the count restarted");
+    }
+
+    #[test]
+    fn releasing_with_no_probe_out_changes_nothing() {
+        let t0 = base();
+        let mut b = open_breaker(t0, 1);
+        b.release_probe(); // open
+        let t1 = t(t0, 60_000);
+        b.handle_timeout(t1);
+        b.release_probe(); // half-open, nothing out: must not free a permit
+        assert_eq!(b.probes_outstanding(), 0);
+        assert_eq!(b.try_acquire(t1), Ok(()));
+        assert!(b.try_acquire(t1).is_err());
+        b.release_probe();
+        assert_eq!(b.probes_outstanding(), 0);
+        assert_eq!(b.try_acquire(t1), Ok(()));
+        assert_eq!(b.probes_outstanding(), 1);
+        b.record_success(t1);
+        b.release_probe(); // closed
+        assert_eq!(
+            (b.state(), b.probes_outstanding()),
+            (CircuitState::Closed, 0)
+        );
+    }
+
+    #[test]
+    fn each_release_frees_exactly_one_permit() {
+        let t0 = base();
+        let mut b = open_breaker(t0, 3);
+        let t1 = t(t0, 60_000);
+        for _ in 0..3 {
+            assert_eq!(b.try_acquire(t1), Ok(()));
+        }
+        assert_eq!(b.probes_outstanding(), 3);
+        b.release_probe();
+        assert_eq!(b.probes_outstanding(), 2);
+        assert_eq!(b.try_acquire(t1), Ok(()));
+        assert!(b.try_acquire(t1).is_err());
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Acquire,
