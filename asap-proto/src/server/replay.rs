@@ -57,8 +57,10 @@ impl ReplayWindow {
                 }),
             ));
         }
-        if -age_us > max_future_us {
-            let off = -age_us as f64 / 1e6;
+        // Saturating: an age of i64::MIN (a caller's clock before 1970 against a
+        // far-future stamp) must not wrap into "not in the future".
+        if age_us.saturating_neg() > max_future_us {
+            let off = age_us.saturating_neg() as f64 / 1e6;
             return Err(AsapError::new(
                 asap_codes::INVALID_TIMESTAMP,
                 format!(
@@ -219,6 +221,25 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::*;
+
+    #[test]
+    fn an_age_saturated_to_the_minimum_is_still_in_the_future() {
+        // A far-future stamp seen from a clock before 1970: the age saturates at i64::MIN.
+        let mut env = crate::model::Envelope::new(
+            "e".into(),
+            crate::model::Timestamp::from_unix(UnixTime::from_micros(i64::MAX)),
+            crate::model::AgentUrn::new("urn:asap:agent:a").unwrap(),
+            crate::model::AgentUrn::new("urn:asap:agent:b").unwrap(),
+            crate::model::Payload::TaskRequest(crate::model::TaskRequest::new(
+                "c",
+                "s",
+                crate::model::JsonObject::new(),
+            )),
+        );
+        env.extensions = None;
+        let now = UnixTime::from_micros(-1_000);
+        assert!(ReplayWindow::default().check(&env, now).is_err());
+    }
     use crate::model::{AgentUrn, Payload, TaskRequest, Timestamp};
 
     /// 2026-01-01T00:00:00Z: wall-clock "now" is just a number handed in.
