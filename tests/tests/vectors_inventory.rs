@@ -93,3 +93,58 @@ fn required_vector_files_are_consumed_by_a_test() {
         }
     }
 }
+
+/// A register entry must name a reader that exists and really reads what it
+/// owns: the named test file holds the named function, and its source names
+/// the vector file (path, file name or stem) or, for a folder, the folder.
+/// A renamed test or a file dropped from a test's list fails here.
+#[test]
+fn every_named_reader_exists_and_names_what_it_reads() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let on_disk: BTreeSet<String> = vectors::walk().into_iter().collect();
+    let mut problems = Vec::new();
+    for (pattern, owner) in OWNERS {
+        let Owner::Test(reader) = owner else { continue };
+        let target = reader.split([' ', ':']).next().unwrap_or(reader);
+        let source_path = if target.contains('/') {
+            root.join(format!("{target}.rs"))
+        } else {
+            root.join("tests/tests").join(format!("{target}.rs"))
+        };
+        let Ok(source) = std::fs::read_to_string(&source_path) else {
+            problems.push(format!(
+                "{pattern}: reader {reader:?}: no {}",
+                source_path.display()
+            ));
+            continue;
+        };
+        // `file::function` names one function; free text ("* (every file ...)") names the file.
+        if let Some(function) = reader.split_once("::").map(|(_, f)| f) {
+            let plain = function
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if plain && !source.contains(&format!("fn {function}(")) {
+                problems.push(format!("{pattern}: {reader:?} has no fn {function}"));
+            }
+        }
+        let names_it = |file: &str| {
+            let base = file.rsplit('/').next().unwrap_or(file);
+            let stem = base.strip_suffix(".json").unwrap_or(base);
+            source.contains(file)
+                || source.contains(base)
+                || source.contains(&format!("\"{stem}\""))
+        };
+        if let Some(folder) = pattern.strip_suffix('/') {
+            if !source.contains(&format!("\"{folder}")) {
+                problems.push(format!("{pattern}: {reader:?} never names the folder"));
+            }
+        } else if on_disk.contains(*pattern) && !names_it(pattern) {
+            problems.push(format!("{pattern}: {reader:?} never names the file"));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "register entries whose reader does not read them:\n{}",
+        problems.join("\n")
+    );
+}
