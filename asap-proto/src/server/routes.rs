@@ -163,12 +163,27 @@ impl<S, P, H, T> AgentParts<S, P, H, T> {
 
     /// The core [`Server`](super::Server) (routes registered, task state attached
     /// when stores are) and the code it routes to.
+    ///
+    /// A skill with a handler but no manifest entry is added to the served
+    /// manifest (description: its id), so registering a handler is enough for
+    /// `discover` to list it; describe it in the manifest to say more.
     #[must_use]
     pub fn into_server(
-        self,
+        mut self,
         started: Instant,
         id_seed: u64,
     ) -> (super::Server, AgentCode<S, P, H, T>) {
+        let skills = &mut self.manifest.capabilities.skills;
+        let mut missing: Vec<&String> = self
+            .handlers
+            .skills
+            .keys()
+            .filter(|id| !skills.iter().any(|s| &s.id == *id))
+            .collect();
+        missing.sort();
+        for id in missing {
+            skills.push(crate::model::Skill::new(id, id));
+        }
         let mut routes = self.handlers.routes();
         if self.stores.is_some() {
             routes.attach_task_state();
@@ -212,5 +227,40 @@ impl<S, P, H, T> std::fmt::Debug for AgentCode<S, P, H, T> {
             .field("health", &self.health.is_some())
             .field("stores", &self.stores.is_some())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AgentUrn, Skill};
+
+    #[test]
+    fn a_skill_with_a_handler_is_in_the_served_manifest() {
+        let mut m = Manifest::new(
+            AgentUrn::new("urn:asap:agent:x").unwrap(),
+            "x",
+            "1.0.0",
+            "x",
+            "http://127.0.0.1/asap",
+        );
+        m.capabilities
+            .skills
+            .push(Skill::new("echo", "Echo back the input"));
+        let mut parts: AgentParts<(), (), (), ()> = AgentParts::new(m);
+        parts.handlers.add_skill("echo", ());
+        parts.handlers.add_skill("upper", ());
+        let (server, _) = parts.into_server(crate::test_clock::base(), 1);
+        let skills: Vec<(&str, &str)> = server
+            .manifest()
+            .capabilities
+            .skills
+            .iter()
+            .map(|s| (s.id.as_str(), s.description.as_str()))
+            .collect();
+        assert_eq!(
+            skills,
+            [("echo", "Echo back the input"), ("upper", "upper")]
+        );
     }
 }
