@@ -51,7 +51,7 @@ pub struct RequestHead<'a> {
     pub headers: &'a http::HeaderMap,
     /// The peer's address: the rate-limit key (`None` counts as 127.0.0.1, as
     /// the reference does when it cannot tell).
-    pub peer: Option<std::net::IpAddr>,
+    pub peer: Option<core::net::IpAddr>,
     /// Where the request came from.
     pub transport: Transport,
 }

@@ -95,7 +95,7 @@ mod routes;
 pub mod state;
 mod wellknown;
 
-use std::net::{IpAddr, Ipv4Addr};
+use core::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Instant;
 
