@@ -7,7 +7,6 @@ use serde_json::json;
 
 use super::answer::rpc_error;
 use super::body::check_depth;
-use super::config::ServerConfig;
 use super::replay::ReplayWindow;
 use super::routes::Route;
 use super::Shared;
@@ -31,17 +30,6 @@ pub(super) struct Pending {
     pub request_id: RequestId,
     pub envelope: Envelope,
     pub routed: Result<(Payload, Target), Response<Vec<u8>>>,
-}
-
-/// Whether admission needs the server's shared state (else it completes
-/// without taking the core lock).
-pub(super) fn needs_shared_state(config: &ServerConfig) -> bool {
-    config.require_nonce
-        || (config.rate_limit_by_sender
-            && config
-                .rate_limit
-                .as_ref()
-                .is_some_and(|s| !s.is_unlimited()))
 }
 
 /// Spec 8.4 steps 5-12 and the routing of step 14: JSON, JSON-RPC, envelope,

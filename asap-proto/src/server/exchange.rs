@@ -186,8 +186,8 @@ enum Stage {
     ReadBody(BodyPlan),
     Admit(Box<Pending>),
     Invoke(Box<Invocation>),
-    Persist(Box<(Answering, SkillResult)>, Option<TaskRecords>),
-    State(Box<Answering>, Option<StateRequest>),
+    Persist(Box<(Answering, SkillResult)>, Box<TaskRecords>),
+    State(Box<Answering>, StateRequest),
     Health,
     Metrics,
     Waiting(Waiting),
@@ -344,20 +344,14 @@ impl Exchange {
                 self.stage = Stage::Waiting(Waiting::Outcome(Box::new(answering)));
                 Step::Invoke(*inv)
             }
-            Stage::Persist(run, records) => match records {
-                Some(r) => {
-                    self.stage = Stage::Waiting(Waiting::Persisted(run));
-                    Step::Persist(r)
-                }
-                None => self.misuse(),
-            },
-            Stage::State(inv, request) => match request {
-                Some(r) => {
-                    self.stage = Stage::Waiting(Waiting::State(inv));
-                    Step::QueryState(r)
-                }
-                None => self.misuse(),
-            },
+            Stage::Persist(run, records) => {
+                self.stage = Stage::Waiting(Waiting::Persisted(run));
+                Step::Persist(*records)
+            }
+            Stage::State(answering, request) => {
+                self.stage = Stage::Waiting(Waiting::State(answering));
+                Step::QueryState(request)
+            }
             Stage::Health => {
                 self.stage = Stage::Waiting(Waiting::Health);
                 Step::CheckHealth
@@ -399,7 +393,7 @@ impl Exchange {
         };
         self.kind = pending.envelope.kind();
         self.envelope_id = Some(pending.envelope.id.clone());
-        if admission::needs_shared_state(&self.shared.config) {
+        if self.shared.needs_admission {
             self.stage = Stage::Admit(Box::new(pending));
         } else {
             self.proceed(Box::new(pending), now);
@@ -475,7 +469,7 @@ impl Exchange {
             accepted_at: now,
         };
         self.stage = match state {
-            Some(request) => Stage::State(Box::new(Answering::of(&inv, false)), Some(request)),
+            Some(request) => Stage::State(Box::new(Answering::of(&inv, false)), request),
             None => Stage::Invoke(Box::new(inv)),
         };
     }
@@ -499,7 +493,7 @@ impl Exchange {
                     answering.accepted_at,
                     now,
                 );
-                self.stage = Stage::Persist(Box::new((*answering, result)), Some(records));
+                self.stage = Stage::Persist(Box::new((*answering, result)), Box::new(records));
             }
             (outcome, _, _) => self.reply(*answering, outcome, now),
         }

@@ -130,6 +130,9 @@ struct Shared {
     manifest: ManifestDocument,
     routes: Routes,
     started: Instant,
+    /// Whether accepted envelopes need [`Server::handle_admission`] (nonces or a
+    /// per-sender limiter exist); else an exchange never takes the lock again.
+    needs_admission: bool,
 }
 
 /// The state one agent's requests share: rate limiters, nonces, the id
@@ -166,6 +169,8 @@ impl Server {
             .clone()
             .filter(|spec| !spec.is_unlimited())
             .map(|spec| SlidingWindowLimiter::with_max_keys(spec, config.max_rate_limit_keys));
+        let needs_admission =
+            config.require_nonce || (config.rate_limit_by_sender && limiter.is_some());
         Self {
             nonces: NonceStore::new(config.nonce_ttl, config.max_nonces),
             ids: UlidGenerator::new(id_seed),
@@ -174,6 +179,7 @@ impl Server {
                 manifest: ManifestDocument::new(manifest),
                 routes: Routes::default(),
                 started,
+                needs_admission,
                 config,
             }),
         }
