@@ -124,6 +124,7 @@ impl Agent {
                     ex.handle_health(health.unwrap_or_default(), Instant::now());
                 }
                 Step::RenderMetrics => ex.handle_metrics(&lock(&inner.metrics)),
+                Step::Notify(_) => {} // WebSocket acks: this server speaks HTTP only
                 Step::Respond(reply) => break reply,
             }
         };
@@ -136,13 +137,9 @@ impl Agent {
     fn run_handler(&self, inv: Invocation) -> HandlerOutcome {
         let run = move || -> Result<HandlerOutcome, HandlerError> {
             match (self.inner.code.handlers.get(&inv.route), inv.payload) {
-                (Some(HandlerRef::Skill(f)), Payload::TaskRequest(req)) => f(
-                    SkillContext {
-                        envelope: inv.envelope,
-                    },
-                    req,
-                )
-                .map(HandlerOutcome::Skill),
+                (Some(HandlerRef::Skill(f)), Payload::TaskRequest(req)) => {
+                    f(SkillContext::new(inv.envelope, inv.task_id), req).map(HandlerOutcome::Skill)
+                }
                 (Some(HandlerRef::Payload(f)), p) => f(inv.envelope, p).map(HandlerOutcome::from),
                 _ => Err(HandlerError::failed("route has no handler")),
             }

@@ -48,6 +48,7 @@ pub mod reliability;
 pub mod server;
 pub mod store;
 pub mod task;
+pub mod ws;
 
 pub use error::{DecodeError, DecodeErrorKind, Fault};
 

@@ -38,12 +38,13 @@ use std::time::{Instant, SystemTime};
 use crate::store::TaskRecorder;
 use asap_proto::model::{Envelope, Manifest, Payload, PayloadKind, TaskRequest, UnixTime};
 use asap_proto::server::{
-    AgentCode, AgentParts, BodyError, HandlerError, HandlerOutcome, HandlerRef, HealthReport,
-    Invocation, Metrics, Now, RequestHead, Server, ServerConfig, SkillResult, StateRequest, Step,
-    Transport,
+    AgentCode, AgentParts, BodyError, Exchange, HandlerError, HandlerOutcome, HandlerRef,
+    HealthReport, Invocation, Metrics, Now, PushSink, Reply, RequestHead, Server, ServerConfig,
+    SkillResult, StateRequest, Step, Transport,
 };
 pub use asap_proto::server::{HandlerReply, SkillContext};
 use asap_proto::store::StoreError;
+use asap_proto::ws::SessionConfig;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::routing::any;
@@ -63,20 +64,25 @@ type HealthFn = Arc<dyn Fn() -> HealthReport + Send + Sync>;
 /// state on its recorder thread. Cheap to clone; mount it with [`router`].
 #[derive(Clone, Debug)]
 pub struct Agent {
-    inner: Arc<AgentInner>,
+    pub(crate) inner: Arc<AgentInner>,
 }
 
 #[derive(Debug)]
-struct AgentInner {
-    core: Mutex<Server>,
+pub(crate) struct AgentInner {
+    pub(crate) core: Mutex<Server>,
     metrics: Mutex<Metrics>,
     code: AgentCode<SkillFn, PayloadFn, HealthFn, TaskRecorder>,
+    /// Policy of each `/asap/ws` connection.
+    pub(crate) websocket: SessionConfig,
+    /// Tells open WebSocket connections the server is going away.
+    pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 /// Builds an [`Agent`] from async handlers.
 #[derive(Debug)]
 pub struct AgentBuilder {
     parts: AgentParts<SkillFn, PayloadFn, HealthFn, TaskRecorder>,
+    websocket: SessionConfig,
 }
 
 impl Agent {
@@ -85,6 +91,7 @@ impl Agent {
     pub fn builder(manifest: Manifest) -> AgentBuilder {
         AgentBuilder {
             parts: AgentParts::new(manifest),
+            websocket: SessionConfig::default(),
         }
     }
 
@@ -93,9 +100,16 @@ impl Agent {
     pub fn manifest(&self) -> Manifest {
         lock(&self.inner.core).manifest().clone()
     }
+
+    /// Closes every open `/asap/ws` connection with 1001 "Server shutting
+    /// down" ([`serve`] does this on shutdown; call it yourself when you
+    /// mount [`router`] in your own app).
+    pub fn shutdown_websockets(&self) {
+        self.inner.shutdown.send_replace(true);
+    }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave the core half-updated in a way
     // that matters more than refusing all further requests would.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -106,6 +120,14 @@ impl AgentBuilder {
     #[must_use]
     pub fn config(mut self, config: ServerConfig) -> Self {
         self.parts.config = config;
+        self
+    }
+
+    /// Replaces the `/asap/ws` per-connection policy (heartbeat, idle close,
+    /// message rate).
+    #[must_use]
+    pub fn websocket(mut self, config: SessionConfig) -> Self {
+        self.websocket = config;
         self
     }
 
@@ -194,6 +216,8 @@ impl AgentBuilder {
             core: Mutex::new(core),
             metrics: Mutex::default(),
             code,
+            websocket: self.websocket,
+            shutdown: tokio::sync::watch::Sender::new(false),
         };
         Agent {
             inner: Arc::new(inner),
@@ -215,11 +239,11 @@ fn random_seed() -> u64 {
     }
 }
 
-fn wall_now() -> UnixTime {
+pub(crate) fn wall_now() -> UnixTime {
     UnixTime::from_system_time(SystemTime::now())
 }
 
-/// The ASAP routes (`/asap`, `/.well-known/asap/*`, `/health`, `/ready`) as an
+/// The ASAP routes (`/asap`, `/asap/ws`, `/.well-known/asap/*`, `/health`, `/ready`) as an
 /// axum [`Router`] to merge into your own app. Client IPs for rate limiting come
 /// from `ConnectInfo<SocketAddr>` when the app is served with
 /// `into_make_service_with_connect_info`, else every client counts as 127.0.0.1
@@ -231,6 +255,7 @@ pub fn router(agent: Agent) -> Router {
 fn routes() -> Router<Agent> {
     Router::new()
         .route("/asap", any(handle))
+        .route("/asap/ws", any(crate::ws::upgrade))
         .route("/.well-known/asap/manifest.json", any(handle))
         .route("/.well-known/asap/health", any(handle))
         .route("/health", any(handle))
@@ -247,29 +272,35 @@ pub async fn serve<S>(
 where
     S: Future<Output = ()> + Send + 'static,
 {
-    let app = routes().fallback(any(handle)).with_state(agent);
+    let app = routes().fallback(any(handle)).with_state(agent.clone());
+    let closing = agent.clone();
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown)
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        // Upgraded connections are not hyper's to drain: tell them, then give
+        // their close frames a moment to go out.
+        closing.shutdown_websockets();
+        crate::ws::wait_closed(&closing, std::time::Duration::from_secs(5)).await;
+    })
     .await
 }
 
-fn now() -> Now {
+pub(crate) fn now() -> Now {
     Now {
         monotonic: Instant::now(),
         wall: wall_now(),
     }
 }
 
-/// The driver loop: performs each step of the core's exchange (see
-/// `asap_proto::server` for the call order).
+/// `POST /asap` and the other HTTP routes: one exchange, driven by [`drive`].
 async fn handle(
     axum::extract::State(agent): axum::extract::State<Agent>,
     req: Request<Body>,
 ) -> Response<Body> {
-    let (parts, mut body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
@@ -281,16 +312,51 @@ async fn handle(
         peer,
         transport: Transport::Http,
     };
+    let ex = lock(&agent.inner.core).handle_request(&head, now());
+    let mut body = BodySource::Http(body);
+    let reply = drive(&agent, ex, &mut body, None).await;
+    if let (Some(limit), BodySource::Http(body)) = (reply.drain_body, body) {
+        drain(body, limit).await;
+    }
+    record(&agent, &reply);
+    reply.response.map(Body::from)
+}
+
+/// Where an exchange's body comes from.
+pub(crate) enum BodySource {
+    /// An HTTP request body, read bounded.
+    Http(Body),
+    /// One WebSocket text frame.
+    Frame(axum::extract::ws::Utf8Bytes),
+}
+
+/// The driver loop: performs each step of the core's exchange (see
+/// `asap_proto::server` for the call order). `ws` is the connection's report
+/// channel when the exchange is a WebSocket frame (acks and pushes go there).
+pub(crate) async fn drive(
+    agent: &Agent,
+    mut ex: Exchange,
+    body: &mut BodySource,
+    ws: Option<&crate::ws::Reports>,
+) -> Reply {
     let inner = &agent.inner;
-    let mut ex = lock(&inner.core).handle_request(&head, now());
-    let reply = loop {
+    loop {
         match ex.poll_step() {
-            Step::ReadBody { limit } => match read_bounded(&mut body, limit).await {
-                Ok(raw) => ex.handle_body(&raw, wall_now()),
-                Err(e) => ex.handle_body_error(e),
+            Step::ReadBody { limit } => match body {
+                BodySource::Http(body) => match read_bounded(body, limit).await {
+                    Ok(raw) => ex.handle_body(&raw, wall_now()),
+                    Err(e) => ex.handle_body_error(e),
+                },
+                BodySource::Frame(text) => {
+                    let raw = text.as_bytes();
+                    ex.handle_body(&raw[..raw.len().min(limit + 1)], wall_now());
+                }
             },
             Step::Admit => lock(&inner.core).handle_admission(&mut ex, now()),
-            Step::Invoke(inv) => ex.handle_outcome(run_handler(&agent, inv).await, wall_now()),
+            Step::Invoke(inv) => {
+                let push = ws.map(|reports| reports.push_sink(&inv, agent));
+                ex.handle_outcome(run_handler(agent, inv, push).await, wall_now());
+            }
             Step::Persist(records) => {
                 let saved = match &inner.code.stores {
                     Some(recorder) => recorder.record(records).await,
@@ -299,18 +365,24 @@ async fn handle(
                 ex.handle_persisted(saved, wall_now());
             }
             Step::QueryState(request) => {
-                ex.handle_state(run_state(&agent, request).await, wall_now())
+                ex.handle_state(run_state(agent, request).await, wall_now())
             }
             Step::CheckHealth => ex.handle_health(health(&inner.code.health), Instant::now()),
             Step::RenderMetrics => ex.handle_metrics(&lock(&inner.metrics)),
-            Step::Respond(reply) => break reply,
+            Step::Notify(text) => {
+                if let Some(reports) = ws {
+                    reports.notify(text);
+                }
+            }
+            Step::Respond(reply) => return reply,
         }
-    };
-    if let Some(limit) = reply.drain_body {
-        drain(body, limit).await;
     }
+}
+
+/// Records a finished exchange in the metrics and the trace log.
+pub(crate) fn record(agent: &Agent, reply: &Reply) {
     if let Some(record) = &reply.record {
-        lock(&inner.metrics).handle_record(record, Instant::now());
+        lock(&agent.inner.metrics).handle_record(record, Instant::now());
         tracing::debug!(
             payload_type = record.kind.map_or("", PayloadKind::payload_type),
             envelope_id = record.envelope_id.as_deref().unwrap_or(""),
@@ -320,7 +392,6 @@ async fn handle(
             "asap.request"
         );
     }
-    reply.response.map(Body::from)
 }
 
 async fn run_state(agent: &Agent, request: StateRequest) -> Result<Payload, HandlerError> {
@@ -337,15 +408,20 @@ async fn run_state(agent: &Agent, request: StateRequest) -> Result<Payload, Hand
         })
 }
 
-async fn run_handler(agent: &Agent, inv: Invocation) -> HandlerOutcome {
+async fn run_handler(
+    agent: &Agent,
+    inv: Invocation,
+    push: Option<Arc<dyn PushSink>>,
+) -> HandlerOutcome {
     use futures_util::FutureExt as _;
     // A panicking handler must not take the connection down: catch it in place
     // (a spawned task would cost a cross-thread wake-up per request).
     let joined = match (agent.inner.code.handlers.get(&inv.route), inv.payload) {
         (Some(HandlerRef::Skill(f)), Payload::TaskRequest(req)) => {
-            let ctx = SkillContext {
-                envelope: inv.envelope,
-            };
+            let mut ctx = SkillContext::new(inv.envelope, inv.task_id);
+            if let Some(sink) = push {
+                ctx = ctx.with_push(sink);
+            }
             match std::panic::AssertUnwindSafe(f(ctx, req))
                 .catch_unwind()
                 .await

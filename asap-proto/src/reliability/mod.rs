@@ -51,3 +51,6 @@ pub use rate_limit::{
 pub use retry::{
     parse_http_date, retry_after_delay, AttemptOutcome, GiveUpReason, RetryDecision, RetryPolicy,
 };
+
+mod token_bucket;
+pub use token_bucket::TokenBucket;

@@ -135,3 +135,28 @@ pub fn has_remote_trace_context(env: &Envelope) -> bool {
         .and_then(Value::as_str);
     matches!((env.trace_id.as_deref(), span), (Some(t), Some(s)) if is_lower_hex(t, 32) && is_lower_hex(s, 16))
 }
+
+/// The text a `rejected` MessageAck carries for an answer that is not a
+/// result: the JSON-RPC error's message and `data.error`, or the `detail`
+/// of an HTTP-level refusal.
+pub(super) fn rejection_reason(body: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    if let Some(err) = v.get("error") {
+        let message = err
+            .get("message")
+            .and_then(|m| m.as_str())
+            .unwrap_or("error");
+        let code = err
+            .get("code")
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or(0);
+        return match err.pointer("/data/error").and_then(|d| d.as_str()) {
+            Some(detail) => format!("{code} {message}: {detail}"),
+            None => format!("{code} {message}"),
+        };
+    }
+    v.get("detail")
+        .and_then(|d| d.as_str())
+        .unwrap_or("the request was not processed")
+        .to_owned()
+}

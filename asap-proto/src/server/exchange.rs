@@ -56,6 +56,23 @@ pub struct RequestHead<'a> {
     pub transport: Transport,
 }
 
+static POST: Method = Method::POST;
+
+impl<'a> RequestHead<'a> {
+    /// The head of one `/asap/ws` text frame: a `POST /asap` on the
+    /// WebSocket transport; `headers` are those of the upgrade request.
+    #[must_use]
+    pub fn websocket(headers: &'a http::HeaderMap, peer: Option<core::net::IpAddr>) -> Self {
+        Self {
+            method: &POST,
+            path: "/asap",
+            headers,
+            peer,
+            transport: Transport::WebSocket,
+        }
+    }
+}
+
 /// How a `POST /asap` ended, for logs and traces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -174,6 +191,9 @@ pub enum Step {
     QueryState(StateRequest),
     /// Ask the application for its health, then [`Exchange::handle_health`].
     CheckHealth,
+    /// WebSocket only: send this text frame (a MessageAck notification) on
+    /// the connection now, then poll again; no input.
+    Notify(String),
     /// Render the metrics, then [`Exchange::handle_metrics`].
     RenderMetrics,
     /// Send the response; the exchange is over.
@@ -260,6 +280,12 @@ pub struct Exchange {
     kind: Option<PayloadKind>,
     envelope_id: Option<String>,
     transport: Transport,
+    /// WebSocket: the admitted envelope to acknowledge when it is answered.
+    ack: Option<crate::ws::AckTarget>,
+    /// Frames to send before the next step (WebSocket acks).
+    notices: std::collections::VecDeque<String>,
+    /// The latest wall clock an input brought (ack timestamps).
+    wall: UnixTime,
 }
 
 impl Exchange {
@@ -279,6 +305,9 @@ impl Exchange {
             kind: None,
             envelope_id: None,
             transport,
+            ack: None,
+            notices: std::collections::VecDeque::new(),
+            wall: UnixTime::EPOCH,
         }
     }
 
@@ -328,6 +357,9 @@ impl Exchange {
     /// its input before polling again; polling while an input is awaited (or
     /// after the response) yields a 500 response, so a driver loop always ends.
     pub fn poll_step(&mut self) -> Step {
+        if let Some(text) = self.notices.pop_front() {
+            return Step::Notify(text);
+        }
         match std::mem::replace(&mut self.stage, Stage::Over) {
             Stage::ReadBody(plan) => {
                 self.stage = Stage::Waiting(Waiting::Body(plan));
@@ -383,6 +415,7 @@ impl Exchange {
         else {
             return;
         };
+        self.wall = now;
         let body = match decode_body(raw, plan) {
             Ok(b) => b,
             Err(e) => return self.body_failed(&e),
@@ -436,6 +469,22 @@ impl Exchange {
             envelope,
             routed,
         } = *pending;
+        self.wall = now;
+        if self.transport == Transport::WebSocket
+            && envelope.requires_ack
+            && !envelope.id.is_empty()
+        {
+            // Spec 13.3: acknowledge on arrival, once the envelope is admitted.
+            let target = crate::ws::AckTarget {
+                envelope_id: envelope.id.clone(),
+                sender: envelope.sender.clone(),
+                agent: self.shared.manifest.manifest().id.clone(),
+                asap_version: envelope.asap_version.clone(),
+            };
+            let frame = self.ack_frame(&target, crate::model::AckStatus::Received, None);
+            self.notices.push_back(frame);
+            self.ack = Some(target);
+        }
         let (payload, route) = match routed {
             Ok(r) => r,
             Err(resp) => return self.finish_with(resp, Outcome::RpcError, None),
@@ -550,7 +599,23 @@ impl Exchange {
         }
     }
 
+    fn ack_frame(
+        &mut self,
+        target: &crate::ws::AckTarget,
+        status: crate::model::AckStatus,
+        error: Option<String>,
+    ) -> String {
+        let id = self.ids.next_string(self.wall);
+        target.frame(
+            id,
+            crate::model::Timestamp::from_unix(self.wall),
+            status,
+            error,
+        )
+    }
+
     fn reply(&mut self, answering: Answering, outcome: HandlerOutcome, now: UnixTime) {
+        self.wall = now;
         let ok = !matches!(outcome, HandlerOutcome::Failed(_));
         let shared = Arc::clone(&self.shared);
         let response = answer::reply(
@@ -586,6 +651,17 @@ impl Exchange {
                     .headers_mut()
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
             }
+        }
+        if let Some(target) = self.ack.take() {
+            // The final ack goes out just before the response it settles.
+            let (status, error) = if outcome == Outcome::Ok && response.status() == StatusCode::OK {
+                (crate::model::AckStatus::Processed, None)
+            } else {
+                let why = answer::rejection_reason(response.body());
+                (crate::model::AckStatus::Rejected, Some(why))
+            };
+            let frame = self.ack_frame(&target, status, error);
+            self.notices.push_back(frame);
         }
         let record = self.post.then(|| RequestRecord {
             kind: self.kind,

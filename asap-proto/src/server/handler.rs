@@ -8,11 +8,92 @@ use crate::jsonrpc::{AsapError, RequestId};
 use crate::model::{Envelope, JsonObject, Payload, UnixTime};
 use crate::task::TaskStatus;
 
+/// Where a running handler's pushed payloads go: the requester's open
+/// WebSocket, or the webhook subscribers. Adapters implement it; the sink
+/// addresses the envelope as a reply to the request (see [`Envelope::reply`]).
+pub trait PushSink: Send + Sync {
+    /// Sends `payload` to the requester now.
+    fn push(&self, payload: Payload) -> Result<(), crate::ws::PushError>;
+}
+
 /// What a skill handler gets besides its `TaskRequest`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SkillContext {
     /// The request envelope.
     pub envelope: Envelope,
+    /// The task this run is (`task_<ULID>`), as the final `task.response` will name it.
+    pub task_id: Option<String>,
+    push: Option<std::sync::Arc<dyn PushSink>>,
+}
+
+impl std::fmt::Debug for SkillContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SkillContext")
+            .field("envelope", &self.envelope)
+            .field("task_id", &self.task_id)
+            .field("push", &self.push.is_some())
+            .finish()
+    }
+}
+
+impl SkillContext {
+    /// The context of an invocation, without a push channel.
+    #[must_use]
+    pub fn new(envelope: Envelope, task_id: Option<String>) -> Self {
+        Self {
+            envelope,
+            task_id,
+            push: None,
+        }
+    }
+
+    /// Lets the handler push through `sink`.
+    #[must_use]
+    pub fn with_push(mut self, sink: std::sync::Arc<dyn PushSink>) -> Self {
+        self.push = Some(sink);
+        self
+    }
+
+    /// Server push: sends `payload` to the requester while the skill runs
+    /// (a `task.update`, a late `task.response`). Over HTTP without webhook
+    /// subscribers there is no one to push to: [`PushError::NoChannel`](crate::ws::PushError::NoChannel).
+    pub fn push(&self, payload: Payload) -> Result<(), crate::ws::PushError> {
+        match &self.push {
+            Some(sink) => sink.push(payload),
+            None => Err(crate::ws::PushError::NoChannel),
+        }
+    }
+
+    /// Pushes a `task.update` of this task: `status` with an optional
+    /// progress percentage and message.
+    pub fn progress(
+        &self,
+        status: TaskStatus,
+        percent: Option<f64>,
+        message: Option<&str>,
+    ) -> Result<(), crate::ws::PushError> {
+        let mut progress = JsonObject::new();
+        if let Some(p) = percent {
+            progress.insert("percent".into(), p.into());
+        }
+        if let Some(m) = message {
+            progress.insert("message".into(), m.into());
+        }
+        let update = crate::model::TaskUpdate {
+            task_id: self.task_id.clone().unwrap_or_default(),
+            update_type: crate::model::UpdateType::Progress,
+            status,
+            // Out-of-range percentages are clamped: a receiver would refuse them.
+            progress: (!progress.is_empty()).then(|| {
+                if let Some(p) = percent {
+                    progress.insert("percent".into(), p.clamp(0.0, 100.0).into());
+                }
+                progress
+            }),
+            input_request: None,
+        };
+        self.push(Payload::TaskUpdate(update))
+    }
 }
 
 /// What a payload handler answers.

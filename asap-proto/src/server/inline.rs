@@ -29,9 +29,63 @@ pub fn drive_inline(
     head: &RequestHead<'_>,
     body: &[u8],
     now: Now,
+    handler: impl FnMut(&Invocation) -> HandlerOutcome,
+    state: Option<TaskState<'_>>,
+    metrics: &mut Metrics,
+) -> Response<Vec<u8>> {
+    let mut ignore = |_: String| {};
+    run(
+        server,
+        head,
+        body,
+        now,
+        handler,
+        state,
+        metrics,
+        &mut ignore,
+    )
+}
+
+/// [`drive_inline`] for one `/asap/ws` text frame: every frame the server
+/// sends for it, in order (MessageAcks, then the response).
+#[allow(clippy::too_many_arguments)]
+pub fn drive_inline_frame(
+    server: &mut Server,
+    headers: &http::HeaderMap,
+    peer: Option<core::net::IpAddr>,
+    text: &str,
+    now: Now,
+    handler: impl FnMut(&Invocation) -> HandlerOutcome,
+    state: Option<TaskState<'_>>,
+    metrics: &mut Metrics,
+) -> Vec<String> {
+    let head = RequestHead::websocket(headers, peer);
+    let mut frames = Vec::new();
+    let mut notify = |t: String| frames.push(t);
+    let response = run(
+        server,
+        &head,
+        text.as_bytes(),
+        now,
+        handler,
+        state,
+        metrics,
+        &mut notify,
+    );
+    frames.push(String::from_utf8_lossy(response.body()).into_owned());
+    frames
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    server: &mut Server,
+    head: &RequestHead<'_>,
+    body: &[u8],
+    now: Now,
     mut handler: impl FnMut(&Invocation) -> HandlerOutcome,
     mut state: Option<TaskState<'_>>,
     metrics: &mut Metrics,
+    notify: &mut dyn FnMut(String),
 ) -> Response<Vec<u8>> {
     let mut ex = server.handle_request(head, now);
     let reply = loop {
@@ -63,6 +117,7 @@ pub fn drive_inline(
             }
             Step::CheckHealth => ex.handle_health(HealthReport::default(), now.monotonic),
             Step::RenderMetrics => ex.handle_metrics(metrics),
+            Step::Notify(text) => notify(text),
             Step::Respond(reply) => break reply,
         }
     };

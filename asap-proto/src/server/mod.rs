@@ -20,6 +20,7 @@
 //!   QueryState(req)     req.run(store) ───▶ handle_state(result, wall)
 //!   CheckHealth         app's verdict ────▶ handle_health(report, now)
 //!   RenderMetrics       ──────────────────▶ handle_metrics(&metrics)
+//!   Notify(frame)       send it (WebSocket: a MessageAck), poll again
 //!   Respond(reply)      send reply.response, record reply.record in Metrics: done
 //! ```
 //!
@@ -70,6 +71,7 @@
 //!         Step::QueryState(request) => ex.handle_state(request.run(&mut snapshots), now.wall),
 //!         Step::CheckHealth => ex.handle_health(Default::default(), now.monotonic),
 //!         Step::RenderMetrics => ex.handle_metrics(&metrics),
+//!         Step::Notify(_frame) => {} // WebSocket only: send the MessageAck frame now
 //!         Step::Respond(reply) => break reply,
 //!     }
 //! };
@@ -111,9 +113,9 @@ pub use exchange::{
     Exchange, Now, Outcome, Reply, RequestHead, RequestRecord, StateRequest, Step, Transport,
 };
 pub use handler::{
-    HandlerError, HandlerOutcome, HandlerReply, Invocation, SkillContext, SkillResult,
+    HandlerError, HandlerOutcome, HandlerReply, Invocation, PushSink, SkillContext, SkillResult,
 };
-pub use inline::{drive_inline, TaskState};
+pub use inline::{drive_inline, drive_inline_frame, TaskState};
 pub use metrics::Metrics;
 pub use replay::{NonceStore, ReplayWindow, MAX_ENVELOPE_AGE, MAX_FUTURE_TOLERANCE, NONCE_TTL};
 pub use routes::{AgentCode, AgentParts, HandlerRef, HandlerTable, Route, Routes};
@@ -251,6 +253,12 @@ impl Server {
             return ex.answer_get(r, false);
         }
         match head.path {
+            // A WebSocket frame has no HTTP headers of its own and no HTTP rate
+            // limit (spec 13.1); the session limits messages per connection.
+            "/asap" if head.transport == Transport::WebSocket => ex.read_body(BodyPlan {
+                encoding: ContentEncoding::Identity,
+                max_body: self.shared.config.max_request_size,
+            }),
             "/asap" => self.begin_post(ex, head, now),
             "/.well-known/asap/manifest.json" => {
                 let r = self.shared.manifest.respond(head.headers);

@@ -1,0 +1,195 @@
+//! `/asap/ws` on tokio: the connection loop that moves frames between the
+//! socket and [`asap_proto::ws::ServerSession`], and runs each frame's
+//! exchange with the same driver as `POST /asap`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use asap_proto::model::{AgentUrn, Envelope, Payload, Timestamp, UlidGenerator};
+use asap_proto::server::{Invocation, PushSink, RequestHead};
+use asap_proto::ws::{FrameVerdict, Incoming, Output, PushError, ServerSession};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::response::IntoResponse;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use http::{HeaderMap, Request};
+use tokio::sync::mpsc;
+
+use crate::server::{drive, lock, now, record, wall_now, Agent, BodySource};
+
+/// What a frame's exchange reports to its connection.
+enum Report {
+    Notify(String),
+    Reply(Vec<u8>),
+    Push(Box<Envelope>),
+}
+
+/// The connection's report channel, handed to each frame's exchange.
+#[derive(Clone)]
+pub(crate) struct Reports(mpsc::UnboundedSender<Report>);
+
+impl Reports {
+    pub(crate) fn notify(&self, text: String) {
+        let _ = self.0.send(Report::Notify(text));
+    }
+
+    /// A push channel for the skill of `inv`: its payloads go to this
+    /// connection as replies to the request envelope.
+    pub(crate) fn push_sink(&self, inv: &Invocation, agent: &Agent) -> Arc<dyn PushSink> {
+        Arc::new(ConnectionPush {
+            reports: self.clone(),
+            request: inv.envelope.clone(),
+            agent: lock(&agent.inner.core).manifest().id.clone(),
+            ids: std::sync::Mutex::new(UlidGenerator::new(rand_seed())),
+        })
+    }
+}
+
+fn rand_seed() -> u64 {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut b = [0u8; 8];
+    let _ = SystemRandom::new().fill(&mut b);
+    u64::from_le_bytes(b)
+}
+
+struct ConnectionPush {
+    reports: Reports,
+    request: Envelope,
+    agent: AgentUrn,
+    ids: std::sync::Mutex<UlidGenerator>,
+}
+
+impl PushSink for ConnectionPush {
+    fn push(&self, payload: Payload) -> Result<(), PushError> {
+        let wall = wall_now();
+        let id = lock(&self.ids).next_string(wall);
+        let envelope =
+            self.request
+                .reply(id, Timestamp::from_unix(wall), self.agent.clone(), payload);
+        self.reports
+            .0
+            .send(Report::Push(Box::new(envelope)))
+            .map_err(|_| PushError::Closed)
+    }
+}
+
+/// `GET /asap/ws`: the upgrade, then [`connection`].
+pub(crate) async fn upgrade(
+    axum::extract::State(agent): axum::extract::State<Agent>,
+    req: Request<axum::body::Body>,
+) -> axum::response::Response {
+    let (mut parts, _) = req.into_parts();
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(u) => u,
+        Err(rejection) => return rejection.into_response(),
+    };
+    // Frames a little over the request limit still get the exchange's 413
+    // answer; far larger ones end the connection in the library.
+    let max = lock(&agent.inner.core)
+        .config()
+        .max_request_size
+        .saturating_add(64 * 1024);
+    let headers = Arc::new(parts.headers);
+    upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| connection(agent, socket, headers, peer))
+}
+
+async fn connection(
+    agent: Agent,
+    mut socket: WebSocket,
+    headers: Arc<HeaderMap>,
+    peer: Option<std::net::IpAddr>,
+) {
+    let mut session = ServerSession::new(agent.inner.websocket.clone(), Instant::now());
+    let mut shutdown = agent.inner.shutdown.subscribe();
+    if *shutdown.borrow_and_update() {
+        session.handle_shutdown();
+    }
+    let (tx, mut reports) = mpsc::unbounded_channel();
+    let reports_tx = Reports(tx);
+    let mut running = FuturesUnordered::new();
+    loop {
+        while let Some(out) = session.poll_output() {
+            let msg = match out {
+                Output::Transmit(text) => Message::Text(text.into()),
+                Output::Close(c) => Message::Close(Some(CloseFrame {
+                    code: c.code,
+                    reason: c.reason.into(),
+                })),
+            };
+            if socket.send(msg).await.is_err() {
+                return;
+            }
+        }
+        if session.is_closed() {
+            return;
+        }
+        let deadline = session.poll_timeout();
+        tokio::select! {
+            frame = socket.recv(), if session.wants_frames() => {
+                let now = Instant::now();
+                match frame {
+                    Some(Ok(Message::Text(text))) => {
+                        if session.handle_frame(Incoming::Text(text.as_str()), now) == FrameVerdict::Exchange {
+                            running.push(run_frame(agent.clone(), Arc::clone(&headers), peer, text, reports_tx.clone()));
+                        }
+                    }
+                    Some(Ok(Message::Binary(b))) => {
+                        let _ = session.handle_frame(Incoming::Binary(&b), now);
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                        let _ = session.handle_frame(Incoming::Control, now);
+                    }
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => {
+                        let _ = session.handle_frame(Incoming::Close, now);
+                    }
+                }
+            }
+            Some(()) = running.next(), if !running.is_empty() => {}
+            Some(report) = reports.recv() => match report {
+                Report::Notify(text) => session.handle_notify(text),
+                Report::Reply(body) => session.handle_reply(body, Instant::now()),
+                Report::Push(envelope) => {
+                    if let Err(e) = session.push(&envelope) {
+                        tracing::warn!(error = %e, envelope_id = %envelope.id, "asap.ws.push_dropped");
+                    }
+                }
+            },
+            () = sleep_until(deadline) => session.handle_timeout(Instant::now()),
+            _ = shutdown.changed() => session.handle_shutdown(),
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn run_frame(
+    agent: Agent,
+    headers: Arc<HeaderMap>,
+    peer: Option<std::net::IpAddr>,
+    text: Utf8Bytes,
+    reports: Reports,
+) {
+    let head = RequestHead::websocket(&headers, peer);
+    let ex = lock(&agent.inner.core).handle_request(&head, now());
+    let reply = drive(&agent, ex, &mut BodySource::Frame(text), Some(&reports)).await;
+    record(&agent, &reply);
+    let _ = reports.0.send(Report::Reply(reply.response.into_body()));
+}
+
+/// Waits (at most `limit`) until every `/asap/ws` connection has ended.
+pub(crate) async fn wait_closed(agent: &Agent, limit: Duration) {
+    let _ = tokio::time::timeout(limit, agent.inner.shutdown.closed()).await;
+}
