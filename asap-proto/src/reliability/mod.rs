@@ -1,5 +1,7 @@
-//! Reliability policies: [`Backoff`], [`RetryPolicy`], [`CircuitBreaker`] and
-//! the moving-window [`SlidingWindowLimiter`] for HTTP rate limiting.
+//! Reliability policies: [`Backoff`], [`RetryPolicy`], [`CircuitBreaker`],
+//! the moving-window [`SlidingWindowLimiter`] for HTTP rate limiting, and the
+//! receiver's [`DedupWindow`] (an envelope runs once per sender and id; see
+//! [`dedup`]).
 //!
 //! These are small policies, so they are plain methods that take `now`
 //! (a [`std::time::Instant`] from the adapter's clock) and return values; none
@@ -39,11 +41,16 @@
 
 mod backoff;
 mod breaker;
+pub mod dedup;
 pub mod rate_limit;
 mod retry;
 
 pub use backoff::{Backoff, JitterSource};
 pub use breaker::{CircuitBreaker, CircuitBreakerConfig, CircuitOpen, CircuitState};
+pub use dedup::{
+    Admission, Completed, DedupConfig, DedupError, DedupKey, DedupRecord, DedupStats, DedupTicket,
+    DedupWindow, DEFAULT_DEDUP_MAX_AGE,
+};
 pub use rate_limit::{
     Granularity, RateDecision, RateLimitItem, RateLimitParseError, RateLimitSpec,
     SlidingWindowLimiter, DEFAULT_RATE_LIMIT,
