@@ -32,8 +32,9 @@ use std::time::{Instant, SystemTime};
 use crate::store::Stores;
 use asap_proto::model::{Envelope, Manifest, Payload, PayloadKind, TaskRequest, UnixTime};
 use asap_proto::server::{
-    AgentCode, AgentParts, BodyError, HandlerError, HandlerOutcome, HandlerRef, HealthReport,
-    Invocation, Metrics, Now, RequestHead, Server, ServerConfig, SkillResult, Step, Transport,
+    AgentCode, AgentParts, BodyError, FirstAnswer, HandlerError, HandlerOutcome, HandlerRef,
+    HealthReport, Invocation, Metrics, Now, Parking, RequestHead, Server, ServerConfig,
+    SkillResult, Step, Transport,
 };
 pub use asap_proto::server::{HandlerReply, SkillContext};
 use asap_proto::store::StoreError;
@@ -57,6 +58,8 @@ struct AgentInner {
     core: Mutex<Server>,
     metrics: Mutex<Metrics>,
     code: AgentCode<SkillFn, PayloadFn, HealthFn, Mutex<Stores>>,
+    /// Copies of running envelopes, parked until the first answers.
+    parked: Mutex<Parking<std::sync::mpsc::Sender<FirstAnswer>>>,
 }
 
 /// Builds an [`Agent`] from plain closures.
@@ -125,9 +128,22 @@ impl Agent {
                 }
                 Step::RenderMetrics => ex.handle_metrics(&lock(&inner.metrics)),
                 Step::Notify(_) => {} // WebSocket acks: this server speaks HTTP only
+                Step::AwaitFirst { token } => {
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    let ready = lock(&inner.parked).park(token, || tx);
+                    let first = ready.unwrap_or_else(|| rx.recv().unwrap_or(None));
+                    ex.handle_first_answer(first.as_deref(), wall_now());
+                }
                 Step::Respond(reply) => break reply,
             }
         };
+        let mut reply = reply;
+        if let Some(answered) = reply.answered.take() {
+            let woken = lock(&inner.core).handle_answered(answered, wall_now());
+            for (tx, answer) in lock(&inner.parked).wake(woken) {
+                let _ = tx.send(answer);
+            }
+        }
         if let Some(record) = &reply.record {
             lock(&inner.metrics).handle_record(record, Instant::now());
         }
@@ -242,6 +258,7 @@ impl AgentBuilder {
                 core: Mutex::new(core),
                 metrics: Mutex::default(),
                 code,
+                parked: Mutex::default(),
             }),
         }
     }

@@ -38,9 +38,9 @@ use std::time::{Instant, SystemTime};
 use crate::store::TaskRecorder;
 use asap_proto::model::{Envelope, Manifest, Payload, PayloadKind, TaskRequest, UnixTime};
 use asap_proto::server::{
-    AgentCode, AgentParts, BodyError, Exchange, HandlerError, HandlerOutcome, HandlerRef,
-    HealthReport, Invocation, Metrics, Now, PushSink, Reply, RequestHead, Server, ServerConfig,
-    SkillResult, StateRequest, Step, Transport,
+    AgentCode, AgentParts, BodyError, Exchange, FirstAnswer, HandlerError, HandlerOutcome,
+    HandlerRef, HealthReport, Invocation, Metrics, Now, Parking, PushSink, Reply, RequestHead,
+    Server, ServerConfig, SkillResult, StateRequest, Step, Transport,
 };
 pub use asap_proto::server::{HandlerReply, SkillContext};
 use asap_proto::store::StoreError;
@@ -76,6 +76,8 @@ pub(crate) struct AgentInner {
     pub(crate) websocket: SessionConfig,
     /// Tells open WebSocket connections the server is going away.
     pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
+    /// Copies of running envelopes, parked until the first answers (`Step::AwaitFirst`).
+    parked: Mutex<Parking<tokio::sync::oneshot::Sender<FirstAnswer>>>,
 }
 
 /// Builds an [`Agent`] from async handlers.
@@ -218,6 +220,7 @@ impl AgentBuilder {
             code,
             websocket: self.websocket,
             shutdown: tokio::sync::watch::Sender::new(false),
+            parked: Mutex::default(),
         };
         Agent {
             inner: Arc::new(inner),
@@ -335,11 +338,13 @@ pub(crate) enum BodySource {
 /// channel when the exchange is a WebSocket frame (acks and pushes go there).
 pub(crate) async fn drive(
     agent: &Agent,
-    mut ex: Exchange,
+    ex: Exchange,
     body: &mut BodySource,
     ws: Option<&crate::ws::Reports>,
 ) -> Reply {
     let inner = &agent.inner;
+    let mut guard = Unanswered { agent, ex };
+    let ex = &mut guard.ex;
     loop {
         match ex.poll_step() {
             Step::ReadBody { limit } => match body {
@@ -352,7 +357,7 @@ pub(crate) async fn drive(
                     ex.handle_body(&raw[..raw.len().min(limit + 1)], wall_now());
                 }
             },
-            Step::Admit => lock(&inner.core).handle_admission(&mut ex, now()),
+            Step::Admit => lock(&inner.core).handle_admission(ex, now()),
             Step::Invoke(inv) => {
                 let push = ws.map(|reports| reports.push_sink(&inv, agent));
                 ex.handle_outcome(run_handler(agent, inv, push).await, wall_now());
@@ -374,8 +379,48 @@ pub(crate) async fn drive(
                     reports.notify(text);
                 }
             }
-            Step::Respond(reply) => return reply,
+            Step::AwaitFirst { token } => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let ready = lock(&inner.parked).park(token, || tx);
+                let first = match ready {
+                    Some(answer) => answer,
+                    None => rx.await.unwrap_or(None),
+                };
+                ex.handle_first_answer(first.as_deref(), wall_now());
+            }
+            Step::Respond(mut reply) => {
+                if let Some(answered) = reply.answered.take() {
+                    settle(agent, answered);
+                }
+                return reply;
+            }
         }
+    }
+}
+
+/// Settles a deduplicated envelope's exchange that is dropped unanswered
+/// (its HTTP client or WebSocket went away mid-handler).
+struct Unanswered<'a> {
+    agent: &'a Agent,
+    ex: Exchange,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if let Some(answered) = self.ex.abandon() {
+            settle(self.agent, answered);
+        }
+    }
+}
+
+/// Hands a first run's end to the core and wakes the copies that waited.
+fn settle(agent: &Agent, answered: asap_proto::server::Answered) {
+    let woken = lock(&agent.inner.core).handle_answered(answered, wall_now());
+    if woken.is_empty() {
+        return;
+    }
+    for (tx, answer) in lock(&agent.inner.parked).wake(woken) {
+        let _ = tx.send(answer);
     }
 }
 

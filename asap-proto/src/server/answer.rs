@@ -160,3 +160,35 @@ pub(super) fn rejection_reason(body: &[u8]) -> String {
         .unwrap_or("the request was not processed")
         .to_owned()
 }
+
+/// Whether a JSON-RPC answer body is an error object (a cheap look at its
+/// members, not a parse of the result).
+pub(super) fn is_error_body(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        error: Option<serde::de::IgnoredAny>,
+    }
+    serde_json::from_slice::<Probe>(body).map_or(true, |p| p.error.is_some())
+}
+
+/// A stored JSON-RPC answer re-addressed to another request id (a copy of
+/// an envelope arriving with its own id, e.g. a WebSocket retransmission).
+pub(super) fn readdress(body: &[u8], id: &RequestId) -> Response<Vec<u8>> {
+    let Ok(mut v) = serde_json::from_slice::<Value>(body) else {
+        return json_response(StatusCode::OK, body.to_vec());
+    };
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("id".into(), serde_json::to_value(id).unwrap_or(Value::Null));
+    }
+    json_response(StatusCode::OK, serde_json::to_vec(&v).unwrap_or_default())
+}
+
+/// 503 with `Retry-After: 1`: a bounded table of this server is full; the
+/// sender may retry shortly (nothing was forgotten to make room).
+pub(super) fn busy(text: &str) -> Response<Vec<u8>> {
+    let mut r = detail(StatusCode::SERVICE_UNAVAILABLE, text);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    r
+}

@@ -51,6 +51,10 @@ pub struct ServerConfig {
     /// request's server-side span, as the reference's tracing does, unless the request
     /// carried its own W3C context (32-hex `trace_id` + 16-hex `extensions.span_id`).
     pub trace_extensions: bool,
+    /// Receiver dedup (sender + envelope id): a copy of an envelope already
+    /// processed gets the first answer and runs nothing, on HTTP and
+    /// WebSocket alike. `None` runs every copy, as the reference does.
+    pub dedup: Option<crate::reliability::DedupConfig>,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +74,7 @@ impl Default for ServerConfig {
             accept_any_recipient: false,
             debug: false,
             trace_extensions: true,
+            dedup: Some(crate::reliability::DedupConfig::default()),
         }
     }
 }

@@ -89,6 +89,8 @@ pub enum Outcome {
     HandlerError,
     /// The handler's answer.
     Ok,
+    /// A copy of an envelope already processed, answered from the dedup window.
+    Duplicate,
 }
 
 impl Outcome {
@@ -102,6 +104,7 @@ impl Outcome {
             Self::RateLimited => "rate_limited",
             Self::HandlerError => "handler_error",
             Self::Ok => "ok",
+            Self::Duplicate => "duplicate",
         }
     }
 }
@@ -132,6 +135,18 @@ pub struct Reply {
     /// this many more bytes (bounded in time too) before answering, so a client
     /// still uploading reads this answer instead of a connection reset.
     pub drain_body: Option<usize>,
+    /// The envelope ran with the dedup window's admission: hand this to
+    /// [`Server::handle_answered`](super::Server::handle_answered) (core lock)
+    /// and wake the copies it names (their `Step::AwaitFirst` tokens).
+    pub answered: Option<Answered>,
+}
+
+/// The end of a deduplicated envelope's first run, for [`Server::handle_answered`](super::Server::handle_answered).
+#[derive(Debug)]
+pub struct Answered {
+    pub(super) ticket: crate::reliability::DedupTicket,
+    /// The response body to keep for copies; `None`: the run failed, forget it.
+    pub(super) body: Option<Vec<u8>>,
 }
 
 /// A task-state operation the core asks the adapter to run on its snapshot store.
@@ -194,6 +209,13 @@ pub enum Step {
     /// WebSocket only: send this text frame (a MessageAck notification) on
     /// the connection now, then poll again; no input.
     Notify(String),
+    /// A copy of this envelope is running: park until the answer for `token`
+    /// comes back from [`Server::handle_answered`](super::Server::handle_answered)
+    /// (it may already have), then [`Exchange::handle_first_answer`].
+    AwaitFirst {
+        /// Names this exchange among the woken ones.
+        token: u64,
+    },
     /// Render the metrics, then [`Exchange::handle_metrics`].
     RenderMetrics,
     /// Send the response; the exchange is over.
@@ -205,6 +227,7 @@ pub enum Step {
 enum Stage {
     ReadBody(BodyPlan),
     Admit(Box<Pending>),
+    AwaitFirst(Box<Pending>),
     Invoke(Box<Invocation>),
     Persist(Box<(Answering, SkillResult)>, Box<TaskRecords>),
     State(Box<Answering>, StateRequest),
@@ -218,6 +241,7 @@ enum Stage {
 #[derive(Debug)]
 enum Waiting {
     Body(BodyPlan),
+    First(Box<Pending>),
     Outcome(Box<Answering>),
     Persisted(Box<(Answering, SkillResult)>),
     State(Box<Answering>),
@@ -286,6 +310,10 @@ pub struct Exchange {
     notices: std::collections::VecDeque<String>,
     /// The latest wall clock an input brought (ack timestamps).
     wall: UnixTime,
+    /// This exchange's waiter token in the dedup window.
+    token: u64,
+    /// The dedup window admitted the envelope as new: report how it ended.
+    ticket: Option<crate::reliability::DedupTicket>,
 }
 
 impl Exchange {
@@ -308,6 +336,8 @@ impl Exchange {
             ack: None,
             notices: std::collections::VecDeque::new(),
             wall: UnixTime::EPOCH,
+            token: id_seed,
+            ticket: None,
         }
     }
 
@@ -347,6 +377,21 @@ impl Exchange {
         self
     }
 
+    /// The adapter drops this exchange unanswered (its client went away):
+    /// what to hand [`Server::handle_answered`](super::Server::handle_answered)
+    /// so copies waiting on it are not left waiting.
+    pub fn abandon(&mut self) -> Option<Answered> {
+        self.ticket
+            .take()
+            .map(|ticket| Answered { ticket, body: None })
+    }
+
+    /// This exchange's token (the one [`Step::AwaitFirst`] names).
+    #[must_use]
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
     /// The transport this exchange came on.
     #[must_use]
     pub fn transport(&self) -> Transport {
@@ -370,6 +415,10 @@ impl Exchange {
             Stage::Admit(p) => {
                 self.stage = Stage::Admit(p);
                 Step::Admit
+            }
+            Stage::AwaitFirst(p) => {
+                self.stage = Stage::Waiting(Waiting::First(p));
+                Step::AwaitFirst { token: self.token }
             }
             Stage::Invoke(inv) => {
                 let answering = Answering::of(&inv, self.shared.routes.task_state);
@@ -405,6 +454,7 @@ impl Exchange {
             ),
             record: None,
             drain_body: None,
+            answered: None,
         })
     }
 
@@ -469,22 +519,7 @@ impl Exchange {
             envelope,
             routed,
         } = *pending;
-        self.wall = now;
-        if self.transport == Transport::WebSocket
-            && envelope.requires_ack
-            && !envelope.id.is_empty()
-        {
-            // Spec 13.3: acknowledge on arrival, once the envelope is admitted.
-            let target = crate::ws::AckTarget {
-                envelope_id: envelope.id.clone(),
-                sender: envelope.sender.clone(),
-                agent: self.shared.manifest.manifest().id.clone(),
-                asap_version: envelope.asap_version.clone(),
-            };
-            let frame = self.ack_frame(&target, crate::model::AckStatus::Received, None);
-            self.notices.push_back(frame);
-            self.ack = Some(target);
-        }
+        self.arrive(&envelope, now);
         let (payload, route) = match routed {
             Ok(r) => r,
             Err(resp) => return self.finish_with(resp, Outcome::RpcError, None),
@@ -599,6 +634,77 @@ impl Exchange {
         }
     }
 
+    /// An envelope was admitted: over WebSocket, acknowledge its arrival
+    /// (spec 13.3) and remember to settle the ack with the answer.
+    fn arrive(&mut self, envelope: &crate::model::Envelope, now: UnixTime) {
+        self.wall = now;
+        if self.transport == Transport::WebSocket
+            && envelope.requires_ack
+            && !envelope.id.is_empty()
+        {
+            let target = crate::ws::AckTarget {
+                envelope_id: envelope.id.clone(),
+                sender: envelope.sender.clone(),
+                agent: self.shared.manifest.manifest().id.clone(),
+                asap_version: envelope.asap_version.clone(),
+            };
+            let frame = self.ack_frame(&target, crate::model::AckStatus::Received, None);
+            self.notices.push_back(frame);
+            self.ack = Some(target);
+        }
+    }
+
+    /// The dedup window admitted the envelope as new.
+    pub(super) fn admitted_new(&mut self, ticket: crate::reliability::DedupTicket) {
+        self.ticket = Some(ticket);
+    }
+
+    /// The dedup window says a copy is running: park (`Step::AwaitFirst`).
+    pub(super) fn await_first(&mut self, pending: Box<Pending>) {
+        self.stage = Stage::AwaitFirst(pending);
+    }
+
+    /// Answers a copy of an envelope already processed with the first answer
+    /// (`None`: it was processed but its answer is not kept, or the first run
+    /// failed), re-addressed to this request's JSON-RPC id.
+    pub(super) fn answer_copy(
+        &mut self,
+        pending: Box<Pending>,
+        first: Option<&[u8]>,
+        now: UnixTime,
+    ) {
+        let Pending {
+            request_id,
+            envelope,
+            ..
+        } = *pending;
+        self.arrive(&envelope, now);
+        let response = match first {
+            Some(body) => answer::readdress(body, &request_id),
+            None => answer::rpc_error(&crate::jsonrpc::ErrorResponse::new(
+                crate::jsonrpc::codes::INTERNAL_ERROR,
+                Some(serde_json::json!({"error": format!(
+                    "envelope {} from {} was already received; its first answer is not available (it failed or was too large to keep): send a new envelope with a new id to run it again",
+                    envelope.id, envelope.sender
+                )})),
+                Some(request_id),
+            )),
+        };
+        self.finish_with(response, Outcome::Duplicate, None);
+    }
+
+    /// Input for [`Step::AwaitFirst`]: the first copy's answer body, as
+    /// [`Server::handle_answered`](super::Server::handle_answered) handed it
+    /// out for this exchange's token (`None` when the first run failed).
+    pub fn handle_first_answer(&mut self, first: Option<&[u8]>, now: UnixTime) {
+        let Stage::Waiting(Waiting::First(pending)) =
+            std::mem::replace(&mut self.stage, Stage::Over)
+        else {
+            return;
+        };
+        self.answer_copy(pending, first, now);
+    }
+
     fn ack_frame(
         &mut self,
         target: &crate::ws::AckTarget,
@@ -654,7 +760,10 @@ impl Exchange {
         }
         if let Some(target) = self.ack.take() {
             // The final ack goes out just before the response it settles.
-            let (status, error) = if outcome == Outcome::Ok && response.status() == StatusCode::OK {
+            let settled = matches!(outcome, Outcome::Ok | Outcome::Duplicate)
+                && response.status() == StatusCode::OK
+                && !answer::is_error_body(response.body());
+            let (status, error) = if settled {
                 (crate::model::AckStatus::Processed, None)
             } else {
                 let why = answer::rejection_reason(response.body());
@@ -663,6 +772,11 @@ impl Exchange {
             let frame = self.ack_frame(&target, status, error);
             self.notices.push_back(frame);
         }
+        let answered = self.ticket.take().map(|ticket| Answered {
+            ticket,
+            // A crash or an unsaved task is not an answer to keep: a copy may run it again.
+            body: (outcome != Outcome::HandlerError).then(|| response.body().clone()),
+        });
         let record = self.post.then(|| RequestRecord {
             kind: self.kind,
             envelope_id: self.envelope_id.take(),
@@ -674,6 +788,7 @@ impl Exchange {
             response,
             record,
             drain_body,
+            answered,
         });
     }
 }
@@ -718,6 +833,14 @@ mod tests {
         s
     }
 
+    /// No shared state to consult after decoding: no `Step::Admit`.
+    fn no_dedup() -> ServerConfig {
+        ServerConfig {
+            dedup: None,
+            ..ServerConfig::default()
+        }
+    }
+
     fn open(s: &mut Server, method: &Method, path: &str) -> Exchange {
         let headers = http::HeaderMap::new();
         let head = RequestHead {
@@ -736,14 +859,14 @@ mod tests {
 
     #[test]
     fn a_skill_run_is_persisted_before_it_is_answered() {
-        let mut s = server(ServerConfig::default(), true);
+        let mut s = server(no_dedup(), true);
         let mut ex = open(&mut s, &Method::POST, "/asap");
         assert!(
             matches!(ex.poll_step(), Step::ReadBody { limit } if limit == crate::server::DEFAULT_MAX_REQUEST_SIZE)
         );
         ex.handle_body(BODY, now().wall);
         let Step::Invoke(inv) = ex.poll_step() else {
-            panic!("no Admit without nonce or sender limits")
+            panic!("no Admit without nonce, sender limits or dedup")
         };
         let task_id = inv.task_id.clone().unwrap();
         drop(inv); // the adapter's to move into the handler
@@ -763,7 +886,7 @@ mod tests {
     #[test]
     fn an_unsaved_task_is_an_internal_error_and_a_saved_one_is_answered() {
         for saved in [true, false] {
-            let mut s = server(ServerConfig::default(), true);
+            let mut s = server(no_dedup(), true);
             let mut ex = open(&mut s, &Method::POST, "/asap");
             let _ = ex.poll_step();
             ex.handle_body(BODY, now().wall);
@@ -838,7 +961,7 @@ mod tests {
 
     #[test]
     fn state_queries_go_to_the_store_and_unknown_tasks_are_named() {
-        let mut s = server(ServerConfig::default(), true);
+        let mut s = server(no_dedup(), true);
         let body = std::str::from_utf8(BODY).unwrap().replace(
             r#""payload_type":"task.request","extensions":{"nonce":"n1"},"payload":{"conversation_id":"c","skill_id":"echo","input":{"k":1}}"#,
             r#""payload_type":"state.query","payload":{"task_id":"task_x"}"#,

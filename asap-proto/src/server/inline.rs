@@ -118,9 +118,16 @@ fn run(
             Step::CheckHealth => ex.handle_health(HealthReport::default(), now.monotonic),
             Step::RenderMetrics => ex.handle_metrics(metrics),
             Step::Notify(text) => notify(text),
+            // Inline runs are sequential: a first copy always answered before
+            // the next request began, so nothing is ever running to wait for.
+            Step::AwaitFirst { .. } => ex.handle_first_answer(None, now.wall),
             Step::Respond(reply) => break reply,
         }
     };
+    let mut reply = reply;
+    if let Some(answered) = reply.answered.take() {
+        let _woken = server.handle_answered(answered, now.wall);
+    }
     if let Some(record) = &reply.record {
         metrics.handle_record(record, now.monotonic);
     }

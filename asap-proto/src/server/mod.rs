@@ -21,10 +21,13 @@
 //!   CheckHealth         app's verdict ────▶ handle_health(report, now)
 //!   RenderMetrics       ──────────────────▶ handle_metrics(&metrics)
 //!   Notify(frame)       send it (WebSocket: a MessageAck), poll again
+//!   AwaitFirst{token}   park until woken ─▶ handle_first_answer(answer, wall)
+//!   Respond(reply)      ... and reply.answered ─▶ lock: Server::handle_answered → wake tokens
 //!   Respond(reply)      send reply.response, record reply.record in Metrics: done
 //! ```
 //!
-//! The core lock (the [`Server`]) is taken at most twice per request; metrics
+//! The core lock (the [`Server`]) is taken at most twice per request, three
+//! times when an envelope ran under receiver dedup (to settle it); metrics
 //! live in their own [`Metrics`] so recording them never waits for it. The
 //! whole loop, with the echo skill and in-memory task state:
 //!
@@ -72,9 +75,16 @@
 //!         Step::CheckHealth => ex.handle_health(Default::default(), now.monotonic),
 //!         Step::RenderMetrics => ex.handle_metrics(&metrics),
 //!         Step::Notify(_frame) => {} // WebSocket only: send the MessageAck frame now
+//!         // A copy of a running envelope: park until handle_answered wakes this token.
+//!         Step::AwaitFirst { token: _ } => ex.handle_first_answer(None, now.wall),
 //!         Step::Respond(reply) => break reply,
 //!     }
 //! };
+//! let mut reply = reply;
+//! if let Some(answered) = reply.answered.take() {
+//!     // Lock 3 (dedup on, the envelope ran): copies that waited get this answer.
+//!     for (_token, _answer) in server.handle_answered(answered, now.wall) { /* wake them */ }
+//! }
 //! if let Some(record) = &reply.record {
 //!     metrics.handle_record(record, now.monotonic);
 //! }
@@ -92,6 +102,7 @@ mod exchange;
 mod handler;
 mod inline;
 pub mod metrics;
+mod parking;
 mod replay;
 mod routes;
 pub mod state;
@@ -110,20 +121,24 @@ pub use config::{
     DEFAULT_RATE_LIMIT,
 };
 pub use exchange::{
-    Exchange, Now, Outcome, Reply, RequestHead, RequestRecord, StateRequest, Step, Transport,
+    Answered, Exchange, Now, Outcome, Reply, RequestHead, RequestRecord, StateRequest, Step,
+    Transport,
 };
 pub use handler::{
     HandlerError, HandlerOutcome, HandlerReply, Invocation, PushSink, SkillContext, SkillResult,
 };
 pub use inline::{drive_inline, drive_inline_frame, TaskState};
 pub use metrics::Metrics;
+pub use parking::{FirstAnswer, Parking};
 pub use replay::{NonceStore, ReplayWindow, MAX_ENVELOPE_AGE, MAX_FUTURE_TOLERANCE, NONCE_TTL};
 pub use routes::{AgentCode, AgentParts, HandlerRef, HandlerTable, Route, Routes};
 pub use wellknown::{health_response, HealthReport, ManifestDocument, MANIFEST_CACHE_CONTROL};
 
 use crate::jsonrpc::ErrorResponse;
+use crate::model::UnixTime;
 use crate::model::{Manifest, UlidGenerator};
 use crate::reliability::rate_limit::{RateDecision, SlidingWindowLimiter};
+use crate::reliability::{Admission, DedupKey, DedupWindow};
 
 /// What every exchange reads and none changes: policy, manifest, routes.
 #[derive(Debug, Clone)]
@@ -146,6 +161,8 @@ pub struct Server {
     ids: UlidGenerator,
     nonces: NonceStore,
     limiter: Option<SlidingWindowLimiter>,
+    /// Receiver dedup window; `u64` waiters are exchange tokens (`Step::AwaitFirst`).
+    dedup: Option<DedupWindow<u64>>,
 }
 
 /// The paths served and the method each takes.
@@ -171,12 +188,15 @@ impl Server {
             .clone()
             .filter(|spec| !spec.is_unlimited())
             .map(|spec| SlidingWindowLimiter::with_max_keys(spec, config.max_rate_limit_keys));
-        let needs_admission =
-            config.require_nonce || (config.rate_limit_by_sender && limiter.is_some());
+        let dedup = config.dedup.map(DedupWindow::new);
+        let needs_admission = config.require_nonce
+            || (config.rate_limit_by_sender && limiter.is_some())
+            || dedup.is_some();
         Self {
             nonces: NonceStore::new(config.nonce_ttl, config.max_nonces),
             ids: UlidGenerator::new(id_seed),
             limiter,
+            dedup,
             shared: Arc::new(Shared {
                 manifest: ManifestDocument::new(manifest),
                 routes: Routes::default(),
@@ -298,7 +318,7 @@ impl Server {
 
     /// Input for [`Step::Admit`]: the checks on state every request shares,
     /// in spec order (nonce, step 13, before the dispatch errors of step 14),
-    /// then the per-sender rate limit.
+    /// then the per-sender rate limit, then receiver dedup.
     pub fn handle_admission(&mut self, ex: &mut Exchange, now: Now) {
         let Some(pending) = ex.take_pending() else {
             return;
@@ -327,6 +347,57 @@ impl Server {
                 }
             }
         }
+        // Dedup last: a copy that passed the nonce check (nonces off, or
+        // none given) gets the first answer. With nonces on, an identical
+        // copy is a replay (-32602), byte for byte as the reference answers.
+        if let Some(window) = &mut self.dedup {
+            match window.check(DedupKey::of(&pending.envelope), ex.token(), now.wall) {
+                Ok(Admission::New(ticket)) => ex.admitted_new(ticket),
+                Ok(Admission::Duplicate(done)) => {
+                    return ex.answer_copy(pending, done.response.as_deref(), now.wall)
+                }
+                Ok(Admission::InProgress) => return ex.await_first(pending),
+                Err(e) => {
+                    let r = answer::busy(&format!("Server busy: {e}"));
+                    return ex.refuse(r, Outcome::RejectedHeaders);
+                }
+            }
+        }
         ex.proceed(pending, now.wall);
+    }
+
+    /// Input: a deduplicated envelope's first run ended ([`Reply::answered`]).
+    /// Returns the copies that waited for it (`Step::AwaitFirst` tokens) and
+    /// the answer body each gets (`None`: the run failed; they answer so).
+    pub fn handle_answered(
+        &mut self,
+        answered: Answered,
+        now: UnixTime,
+    ) -> Vec<(u64, FirstAnswer)> {
+        let Some(window) = &mut self.dedup else {
+            return Vec::new();
+        };
+        match answered.body {
+            Some(body) => {
+                let body: std::sync::Arc<[u8]> = body.into();
+                match window.handle_completed(&answered.ticket, body.to_vec(), now) {
+                    Ok(waiters) => waiters
+                        .into_iter()
+                        .map(|w| (w, Some(Arc::clone(&body))))
+                        .collect(),
+                    Err(_) => Vec::new(),
+                }
+            }
+            None => window
+                .handle_abandoned(&answered.ticket)
+                .map(|waiters| waiters.into_iter().map(|w| (w, None)).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The receiver dedup window, when on ([`ServerConfig::dedup`]).
+    #[must_use]
+    pub fn dedup(&self) -> Option<&DedupWindow<u64>> {
+        self.dedup.as_ref()
     }
 }
