@@ -17,7 +17,7 @@
 //! `t + 30 s`; any later copy is refused once it is more than `300 s` older
 //! than that, i.e. after `t + 330 s`. Hence the default age,
 //! [`DEFAULT_DEDUP_MAX_AGE`] = `max_age + max_future` of
-//! [`ReplayWindow`](crate::server::ReplayWindow)
+//! [`ReplayWindow`]
 //! ([`DedupConfig::for_replay_window`] derives it from another window). An
 //! envelope *without* a timestamp always passes the replay window (spec 10.1
 //! \[QUIRK\]); its copies are deduplicated only while it is in this window,

@@ -1,7 +1,9 @@
 //! Reliability policies: [`Backoff`], [`RetryPolicy`], [`CircuitBreaker`],
 //! the moving-window [`SlidingWindowLimiter`] for HTTP rate limiting, and the
-//! receiver's [`DedupWindow`] (an envelope runs once per sender and id; see
-//! [`dedup`]).
+//! two halves of reliable WebSocket delivery: the sender's [`AckTracker`]
+//! (retransmit until acked, inside the receiver's replay window; see [`ack`])
+//! and the receiver's [`DedupWindow`] (an envelope runs once per sender and
+//! id; see [`dedup`]).
 //!
 //! These are small policies, so they are plain methods that take `now`
 //! (a [`std::time::Instant`] from the adapter's clock) and return values; none
@@ -39,12 +41,17 @@
 //! `limiter.check(client_ip, now)` → `Allowed`, or `Limited` → HTTP 429 with
 //! `Retry-After` (see [`SlidingWindowLimiter`]).
 
+pub mod ack;
 mod backoff;
 mod breaker;
 pub mod dedup;
 pub mod rate_limit;
 mod retry;
 
+pub use ack::{
+    requires_ack, set_requires_ack, AckConfig, AckError, AckEvent, AckGiveUp, AckMatch, AckTracker,
+    RetransmitCause,
+};
 pub use backoff::{Backoff, JitterSource};
 pub use breaker::{CircuitBreaker, CircuitBreakerConfig, CircuitOpen, CircuitState};
 pub use dedup::{
