@@ -26,7 +26,10 @@ fn envelope(id: &str, stamp: UnixTime) -> Envelope {
         Timestamp::from_unix(stamp),
         AgentUrn::new("urn:asap:agent:a").unwrap(),
         AgentUrn::new("urn:asap:agent:b").unwrap(),
-        Payload::TaskCancel(TaskCancel { task_id: "t".into(), reason: None }),
+        Payload::TaskCancel(TaskCancel {
+            task_id: "t".into(),
+            reason: None,
+        }),
     );
     assert!(set_requires_ack(&mut e));
     e
@@ -47,25 +50,41 @@ impl Sender {
     fn drain(&mut self, cause: Cause, now: Instant, wall: UnixTime) {
         while let Some(ev) = self.tracker.poll_event() {
             match ev {
-                AckEvent::Retransmit { envelope, cause: why, .. } => {
+                AckEvent::Retransmit {
+                    envelope,
+                    cause: why,
+                    ..
+                } => {
                     let expected = match cause {
                         Cause::Timeout => RetransmitCause::AckTimeout,
                         Cause::Reconnect => RetransmitCause::Reconnect,
                         other => panic!("retransmission without a cause after {other:?}"),
                     };
                     assert_eq!(why, expected);
-                    let (tracked, retries) =
-                        self.live.get_mut(&envelope.id).expect("retransmission of an ended envelope");
-                    assert_eq!(&*envelope, &*tracked, "a retransmission is the tracked envelope");
+                    let (tracked, retries) = self
+                        .live
+                        .get_mut(&envelope.id)
+                        .expect("retransmission of an ended envelope");
+                    assert_eq!(
+                        &*envelope, &*tracked,
+                        "a retransmission is the tracked envelope"
+                    );
                     if why == RetransmitCause::AckTimeout {
                         *retries += 1;
                         assert!(*retries <= self.max_retries, "more retries than configured");
                     }
                     // A receiver whose clock is 30 s ahead still accepts it.
                     let receiver_now = wall.saturating_add(Duration::from_secs(30));
-                    assert!(ReplayWindow::default().check(tracked, receiver_now).is_ok(), "retransmission outside the replay window");
+                    assert!(
+                        ReplayWindow::default().check(tracked, receiver_now).is_ok(),
+                        "retransmission outside the replay window"
+                    );
                 }
-                AckEvent::Acked { envelope_id, status, .. } => {
+                AckEvent::Acked {
+                    envelope_id,
+                    status,
+                    ..
+                } => {
                     match &cause {
                         Cause::Ack(id, st) => assert_eq!((id, st), (&envelope_id, &status)),
                         other => panic!("ack event without an ack after {other:?}"),
@@ -73,8 +92,15 @@ impl Sender {
                     assert!(self.live.remove(&envelope_id).is_some(), "second outcome");
                     self.ended += 1;
                 }
-                AckEvent::GaveUp { envelope_id, reason, .. } => {
-                    assert!(matches!(cause, Cause::Timeout | Cause::Reconnect | Cause::Close), "give-up without a cause");
+                AckEvent::GaveUp {
+                    envelope_id,
+                    reason,
+                    ..
+                } => {
+                    assert!(
+                        matches!(cause, Cause::Timeout | Cause::Reconnect | Cause::Close),
+                        "give-up without a cause"
+                    );
                     assert_eq!(reason == AckGiveUp::Closed, matches!(cause, Cause::Close));
                     assert!(self.live.remove(&envelope_id).is_some(), "second outcome");
                     self.ended += 1;
@@ -198,9 +224,17 @@ fuzz_target!(|data: &[u8]| {
             }
             2 => {
                 let id = format!("e{}", arg % 8);
-                let status = [AckStatus::Received, AckStatus::Processed, AckStatus::Rejected][usize::from(arg / 8 % 3)];
+                let status = [
+                    AckStatus::Received,
+                    AckStatus::Processed,
+                    AckStatus::Rejected,
+                ][usize::from(arg / 8 % 3)];
                 let m = sender.tracker.handle_ack(
-                    &MessageAck { original_envelope_id: id.clone(), status, error: None },
+                    &MessageAck {
+                        original_envelope_id: id.clone(),
+                        status,
+                        error: None,
+                    },
                     now,
                 );
                 assert_eq!(m == AckMatch::Unknown, !sender.live.contains_key(&id));
@@ -220,7 +254,12 @@ fuzz_target!(|data: &[u8]| {
             }
             5 | 6 => {
                 let key = DedupKey::new(
-                    AgentUrn::new(if arg & 0x80 != 0 { "urn:asap:agent:a" } else { "urn:asap:agent:b" }).unwrap(),
+                    AgentUrn::new(if arg & 0x80 != 0 {
+                        "urn:asap:agent:a"
+                    } else {
+                        "urn:asap:agent:b"
+                    })
+                    .unwrap(),
                     format!("e{}", arg % 8),
                 );
                 let running = receiver.tickets.iter().position(|(t, _)| t.key() == &key);
@@ -243,9 +282,15 @@ fuzz_target!(|data: &[u8]| {
             }
             7 => {
                 if let Some((t, expected)) = receiver.take(arg) {
-                    let got = receiver.window.handle_completed(&t, vec![arg; usize::from(arg % 64)], wall(now)).unwrap();
+                    let got = receiver
+                        .window
+                        .handle_completed(&t, vec![arg; usize::from(arg % 64)], wall(now))
+                        .unwrap();
                     receiver.handed_back(expected, got);
-                    assert!(receiver.window.handle_abandoned(&t).is_err(), "a spent ticket is refused");
+                    assert!(
+                        receiver.window.handle_abandoned(&t).is_err(),
+                        "a spent ticket is refused"
+                    );
                 }
             }
             8 => {
@@ -287,11 +332,17 @@ fuzz_target!(|data: &[u8]| {
         assert!(rounds < 1_000, "ack deadlines never run out");
     }
     assert!(sender.live.is_empty());
-    assert_eq!(sender.ended, sender.tracked, "exactly one outcome per tracked envelope");
+    assert_eq!(
+        sender.ended, sender.tracked,
+        "exactly one outcome per tracked envelope"
+    );
 
     // Every registered waiter comes back exactly once.
     while let Some((t, expected)) = receiver.take(0) {
-        let got = receiver.window.handle_completed(&t, Vec::new(), wall(now)).unwrap();
+        let got = receiver
+            .window
+            .handle_completed(&t, Vec::new(), wall(now))
+            .unwrap();
         receiver.handed_back(expected, got);
     }
     assert_eq!(receiver.registered, receiver.returned);
