@@ -34,8 +34,13 @@
 //! }
 //! ```
 
+mod client;
 pub mod frame;
 mod server;
 
+pub use client::{
+    decode_ack_frame, ClientEvent, ClientOutput, ClientSession, ClientSessionConfig,
+    ClientSessionError, RequestHandle,
+};
 pub use frame::{AckTarget, CloseFrame, Incoming, TextKind};
 pub use server::{FrameVerdict, Output, PushError, ServerSession, SessionConfig};
