@@ -41,6 +41,7 @@ pub struct RequestHandle(pub u64);
 /// What the session tells its user.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
+#[allow(clippy::large_enum_variant)] // moved once, from the queue to the user
 pub enum ClientEvent {
     /// The answer of a request: the response envelope, or why there is none.
     Response {
@@ -72,6 +73,7 @@ pub enum ClientEvent {
 
 /// Something for the adapter to do.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // moved once, from the queue to the adapter
 pub enum ClientOutput {
     /// Send this text frame (when connected; frames produced while
     /// disconnected may be dropped: pending acks are resent on reconnect).
