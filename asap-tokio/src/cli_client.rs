@@ -52,8 +52,12 @@ pub struct ClientOpts {
 /// `asap send`.
 #[derive(clap::Args, Debug)]
 pub struct SendArgs {
-    /// Agent base URL (POST {URL}/asap).
+    /// Agent base URL (POST {URL}/asap); `ws://`/`wss://` sends over {URL}/asap/ws.
     url: String,
+    /// Print the envelopes the agent pushes while the task runs (task.update
+    /// progress), as they arrive; implies the WebSocket transport.
+    #[arg(long)]
+    watch: bool,
     /// Skill to run (TaskRequest.skill_id).
     #[arg(long)]
     skill: String,
@@ -285,7 +289,12 @@ async fn run_send(args: SendArgs) -> Result<(Value, String, u8), Failure> {
         recipient,
         Payload::TaskRequest(TaskRequest::new(conversation, args.skill.as_str(), input)),
     );
-    let reply = client.send(&envelope).await?;
+    let websocket = args.watch || args.url.starts_with("ws://") || args.url.starts_with("wss://");
+    let reply = if websocket {
+        send_ws(&args, envelope).await?
+    } else {
+        client.send(&envelope).await?
+    };
     let doc = serde_json::to_value(&reply).unwrap_or(Value::Null);
     let mut text = format!(
         "{} from {} (id {}, correlation {})\n",
@@ -308,6 +317,55 @@ async fn run_send(args: SendArgs) -> Result<(Value, String, u8), Failure> {
         _ => text.push_str(&pretty(&Value::Object(reply.payload.clone()))),
     }
     Ok((doc, text, code))
+}
+
+/// `asap send` over `/asap/ws`, printing pushes with `--watch`.
+async fn send_ws(args: &SendArgs, envelope: Envelope) -> Result<Envelope, Failure> {
+    use asap_tokio::ws::{WsClient, WsClientConfig};
+    use futures_util::StreamExt as _;
+    let mut config = WsClientConfig {
+        reconnect: false,
+        ..WsClientConfig::default()
+    };
+    if args.opts.allow_insecure_http {
+        config.http_policy = asap_proto::client::HttpPolicy::AllowInsecure;
+    }
+    if let Ok(t) = Duration::try_from_secs_f64(args.opts.timeout) {
+        config.session.request_timeout = t;
+    }
+    let ws = WsClient::connect(&args.url, config).await?;
+    let mut pushes = if args.watch { ws.pushes() } else { None };
+    let json = args.opts.json;
+    let show = |update: Envelope| {
+        if json {
+            eprintln!("{}", serde_json::to_string(&update).unwrap_or_default());
+        } else {
+            eprintln!("{} {}", update.payload_type, Value::Object(update.payload));
+        }
+    };
+    let send = ws.send(envelope);
+    tokio::pin!(send);
+    let reply = loop {
+        tokio::select! {
+            // Pushes already received print before the response that follows them.
+            biased;
+            Some(update) = async {
+                match pushes.as_mut() {
+                    Some(p) => p.next().await,
+                    None => std::future::pending().await,
+                }
+            } => show(update),
+            r = &mut send => break r,
+        }
+    };
+    if let Some(p) = pushes.as_mut() {
+        while let Some(Some(update)) = futures_util::FutureExt::now_or_never(p.next()) {
+            show(update);
+        }
+    }
+    ws.close();
+    let reply = reply.map_err(ClientError::Send);
+    Ok(reply?)
 }
 
 fn pretty(v: &Value) -> String {

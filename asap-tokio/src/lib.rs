@@ -9,6 +9,6 @@
 pub mod client;
 pub mod server;
 pub mod store;
-mod ws;
+pub mod ws;
 
 pub use server::{router, serve, Agent, AgentBuilder, HandlerReply, SkillContext};

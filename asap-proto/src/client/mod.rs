@@ -64,7 +64,7 @@ pub(crate) use request::get_request;
 pub use request::{
     BaseUrl, ClientConfig, ClientCore, HttpPolicy, PreparedSend, ASAP_PATH,
     DEFAULT_ACCEPT_ENCODING, DEFAULT_USER_AGENT, HEALTH_PATH, IDEMPOTENCY_KEY_HEADER,
-    MANIFEST_PATH,
+    MANIFEST_PATH, WEBSOCKET_PATH,
 };
 pub use response::{decode_send_result, interpret_send_response, SendError};
 pub use send::{BreakerVerdict, SendCall, SendOutcome, SendOutput};

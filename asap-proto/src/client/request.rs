@@ -12,6 +12,8 @@ use crate::model::{Envelope, Ulid};
 pub const IDEMPOTENCY_KEY_HEADER: &str = "x-idempotency-key";
 /// Path of the JSON-RPC endpoint below the base URL.
 pub const ASAP_PATH: &str = "/asap";
+/// Path of the WebSocket endpoint (spec 13.1).
+pub const WEBSOCKET_PATH: &str = "/asap/ws";
 /// Path of the manifest below the base URL.
 pub const MANIFEST_PATH: &str = "/.well-known/asap/manifest.json";
 /// Path of the health document below the base URL.
@@ -47,24 +49,46 @@ pub struct BaseUrl {
     text: String,
     https: bool,
     host: String,
+    websocket: bool,
 }
 
 impl BaseUrl {
-    /// Validates `url`: scheme `http`/`https`, a host, no query or fragment,
-    /// and the [`HttpPolicy`] rule for `http`.
+    /// Validates `url`: scheme `http`/`https` (or `ws`/`wss`: the agent is
+    /// then reached over WebSocket, spec 13.1), a host, no query or fragment,
+    /// and the [`HttpPolicy`] rule for `http`/`ws`.
+    ///
+    /// ```
+    /// use asap_proto::client::{BaseUrl, HttpPolicy};
+    /// let b = BaseUrl::parse("ws://127.0.0.1:8000/prefix/asap/ws", HttpPolicy::LoopbackOnly).unwrap();
+    /// assert!(b.is_websocket());
+    /// assert_eq!(b.as_str(), "http://127.0.0.1:8000/prefix");
+    /// assert_eq!(b.websocket_url(), "ws://127.0.0.1:8000/prefix/asap/ws");
+    /// ```
     pub fn parse(url: &str, policy: HttpPolicy) -> Result<Self, ClientError> {
         let invalid = |reason: &str| ClientError::InvalidBaseUrl {
             url: url.to_owned(),
             reason: reason.to_owned(),
         };
-        let text = url.trim().trim_end_matches('/');
+        let trimmed = url.trim().trim_end_matches('/');
+        let (websocket, text) = match trimmed.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("ws") => (
+                true,
+                format!("http://{}", rest.trim_end_matches(WEBSOCKET_PATH)),
+            ),
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("wss") => (
+                true,
+                format!("https://{}", rest.trim_end_matches(WEBSOCKET_PATH)),
+            ),
+            _ => (false, trimmed.to_owned()),
+        };
+        let text = text.trim_end_matches('/');
         let uri: http::Uri = text
             .parse()
             .map_err(|e: http::uri::InvalidUri| invalid(&e.to_string()))?;
         let https = match uri.scheme_str() {
             Some(s) if s.eq_ignore_ascii_case("https") => true,
             Some(s) if s.eq_ignore_ascii_case("http") => false,
-            Some(_) => return Err(invalid("the scheme must be http or https")),
+            Some(_) => return Err(invalid("the scheme must be http, https, ws or wss")),
             None => return Err(invalid("a scheme (https://) is required")),
         };
         let host = uri
@@ -79,6 +103,7 @@ impl BaseUrl {
             text: text.to_owned(),
             https,
             host,
+            websocket,
         };
         if !https && policy == HttpPolicy::LoopbackOnly && !base.is_loopback() {
             return Err(ClientError::InsecureUrl {
@@ -113,6 +138,20 @@ impl BaseUrl {
         h == "localhost"
             || h.parse::<core::net::IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// Whether the URL was given as `ws://`/`wss://` (talk to it over WebSocket).
+    #[must_use]
+    pub fn is_websocket(&self) -> bool {
+        self.websocket
+    }
+
+    /// `ws(s)://{host/prefix}/asap/ws`, the WebSocket endpoint (spec 13.1).
+    #[must_use]
+    pub fn websocket_url(&self) -> String {
+        let rest = self.text.split_once("://").map_or("", |(_, r)| r);
+        let scheme = if self.https { "wss" } else { "ws" };
+        format!("{scheme}://{rest}{WEBSOCKET_PATH}")
     }
 
     /// `{base}/asap`.

@@ -44,3 +44,11 @@ pub use client::{
 };
 pub use frame::{AckTarget, CloseFrame, Incoming, TextKind};
 pub use server::{FrameVerdict, Output, PushError, ServerSession, SessionConfig};
+
+/// Reconnect delays of a WebSocket client (spec 13.7): 1, 2, 4 … 30 s, plus
+/// up to 10 % jitter from the caller's randomness.
+pub const RECONNECT_BACKOFF: crate::reliability::Backoff = crate::reliability::Backoff {
+    base: std::time::Duration::from_secs(1),
+    max: std::time::Duration::from_secs(30),
+    jitter_ratio: 0.1,
+};
