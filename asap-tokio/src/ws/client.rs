@@ -305,8 +305,11 @@ impl Driver {
                     let _ = tx.send(result);
                 }
             }
-            ClientEvent::Push(envelope) if self.pushes.try_send(*envelope).is_err() => {
-                tracing::warn!("asap.ws.push_buffer_full: a pushed envelope was dropped");
+            ClientEvent::Push(envelope) => {
+                let dropped = self.pushes.try_send(*envelope).is_err();
+                if dropped {
+                    tracing::warn!("asap.ws.push_buffer_full: a pushed envelope was dropped");
+                }
             }
             ClientEvent::Acked {
                 envelope_id,
