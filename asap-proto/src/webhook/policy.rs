@@ -138,7 +138,12 @@ impl UrlPolicy {
         let host = match url.host() {
             None => return Err(UrlRejection::MissingHost),
             Some(Host::Domain("")) => return Err(UrlRejection::MissingHost),
-            Some(Host::Domain(d)) => CallbackHost::Name(d.to_owned()),
+            Some(Host::Domain(d)) => {
+                // WHATWG lets through names DNS cannot carry (`"x`, `a!b`);
+                // an HTTP client would refuse them or resolve something else.
+                check_dns_name(d)?;
+                CallbackHost::Name(d.to_owned())
+            }
             Some(Host::Ipv4(a)) => CallbackHost::Ip(IpAddr::V4(a)),
             Some(Host::Ipv6(a)) => CallbackHost::Ip(IpAddr::V6(a)),
         };
@@ -149,6 +154,18 @@ impl UrlPolicy {
                     range,
                 });
             }
+        }
+        // Percent-encoding can make the stored form longer than the text given.
+        if url.as_str().len() > MAX_URL_LEN {
+            return Err(UrlRejection::TooLong {
+                len: url.as_str().len(),
+            });
+        }
+        // The outbox sends to an `http::Uri`; what it cannot carry is refused here.
+        if let Err(e) = url.as_str().parse::<http::Uri>() {
+            return Err(UrlRejection::Malformed {
+                reason: format!("not usable as an HTTP request URI: {e}"),
+            });
         }
         let Some(port) = url.port_or_known_default() else {
             // http and https always have a default port; kept total anyway.
@@ -239,6 +256,31 @@ fn check_authority_text(input: &str) -> Result<(), UrlRejection> {
     }
     if authority.contains('@') {
         return Err(UrlRejection::Userinfo);
+    }
+    Ok(())
+}
+
+/// A DNS host name: dot-separated labels of ASCII letters, digits, `-` and
+/// `_` (IDNs arrive here as punycode), 1–63 bytes each, at most 253 in all,
+/// with an optional trailing dot.
+fn check_dns_name(name: &str) -> Result<(), UrlRejection> {
+    let bad = |reason: &str| UrlRejection::Malformed {
+        reason: format!("host {name:?} is not a DNS name: {reason}"),
+    };
+    let trimmed = name.strip_suffix('.').unwrap_or(name);
+    if trimmed.is_empty() || trimmed.len() > 253 {
+        return Err(bad("empty or longer than 253 bytes"));
+    }
+    for label in trimmed.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(bad("a label is empty or longer than 63 bytes"));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(bad("only letters, digits, '-' and '_' are allowed"));
+        }
     }
     Ok(())
 }
@@ -788,6 +830,9 @@ mod tests {
             "not a url",
             "https://[::1/",
             "https://1.2.3.4.5/",
+            "https://\"https:/1/h",
+            "https://a!b.example/",
+            "https://a..b/",
         ] {
             assert!(
                 matches!(p.parse(url), Err(UrlRejection::Malformed { .. })),
@@ -795,6 +840,13 @@ mod tests {
                 p.parse(url)
             );
         }
+        let long_label = format!("https://x.{}/", "a".repeat(64));
+        assert!(matches!(
+            p.parse(&long_label),
+            Err(UrlRejection::Malformed { .. })
+        ));
+        let idn = p.parse("https://B\u{fc}cher.example./").unwrap();
+        assert_eq!(idn.host_to_resolve(), Some("xn--bcher-kva.example."));
         assert!(matches!(
             p.parse(&format!("https://example.com/{}", "a".repeat(MAX_URL_LEN))),
             Err(UrlRejection::TooLong { .. })
