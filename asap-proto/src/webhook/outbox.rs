@@ -511,6 +511,9 @@ type LineKey = (String, String);
 /// deliveries by at most the step (deadlines never go before the latest `now`
 /// seen); a step forward makes retries due early. Nothing panics either way.
 ///
+/// Drain [`poll_event`](Self::poll_event) after every input
+/// ([`poll_output`](Self::poll_output) does): events queue until taken.
+///
 /// See the [module docs](super) for the driver loop.
 #[derive(Debug)]
 pub struct WebhookOutbox {
@@ -1212,6 +1215,14 @@ mod tests {
             }
         }
         (sleeps, last.expect("a final event"), o)
+    }
+
+    #[test]
+    fn machine_values_are_send() {
+        fn send<T: Send>() {}
+        send::<WebhookOutbox>();
+        send::<Delivery>();
+        send::<OutboxOutput>();
     }
 
     #[test]
