@@ -18,6 +18,7 @@
 //! | [`error`] | [`DecodeError`] for every decoder, and [`Fault`]: whose fault a failure is |
 //! | [`store`] | snapshot and metering contracts, in-memory stores, storage configuration |
 //! | [`task`] | task status and its transition table |
+//! | [`webhook`] | SSRF policy for callback URLs (with the addresses to pin), `X-ASAP-Signature` and Standard Webhooks signatures, the [`webhook::WebhookOutbox`] delivery scheduler |
 //!
 //! Machines take inputs through `handle_*` methods and explicit `now` values and
 //! report deadlines instead of sleeping; each module's docs show its driver loop.
@@ -48,6 +49,7 @@ pub mod reliability;
 pub mod server;
 pub mod store;
 pub mod task;
+pub mod webhook;
 pub mod ws;
 
 pub use error::{DecodeError, DecodeErrorKind, Fault};

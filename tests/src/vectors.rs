@@ -270,8 +270,16 @@ pub const OWNERS: &[(&str, Owner)] = &[
         ),
     ),
     (
-        "webhook/",
-        Owner::LaterIssue("webhooks (SSRF, HMAC, retry)"),
+        "webhook/url_validation.json",
+        Owner::Test("vectors_webhook::url_validation_table"),
+    ),
+    (
+        "webhook/delivery.json",
+        Owner::Test("vectors_webhook::delivery_signature_and_headers"),
+    ),
+    (
+        "webhook/retry.json",
+        Owner::Test("vectors_webhook::retry_schedules_and_dead_letters"),
     ),
     ("websocket/", Owner::LaterIssue("WebSocket binding")),
 ];
