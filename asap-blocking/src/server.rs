@@ -112,7 +112,7 @@ impl Agent {
                         .code
                         .stores
                         .as_ref()
-                        .map_or_else(no_store, |s| lock(s).record_task(records));
+                        .map_or_else(no_store, |s| lock(s).record(records));
                     ex.handle_persisted(saved, wall_now());
                 }
                 Step::QueryState(request) => {
@@ -242,9 +242,12 @@ impl AgentBuilder {
 
     /// Persists task state in `stores`: every skill run is recorded (snapshot +
     /// usage event) before it is answered, and `state.query` / `state.restore`
-    /// are answered from the snapshot store.
+    /// are answered from the snapshot store. With nonces checked, accepted
+    /// nonces are recorded too, and those live when the stores were opened
+    /// are refused again (a restart forgets none).
     #[must_use]
-    pub fn stores(mut self, stores: Stores) -> Self {
+    pub fn stores(mut self, mut stores: Stores) -> Self {
+        self.parts.restored_nonces = stores.take_restored_nonces();
         self.parts.stores = Some(Mutex::new(stores));
         self
     }

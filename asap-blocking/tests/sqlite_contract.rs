@@ -96,3 +96,68 @@ fn batches_are_all_or_nothing() {
     assert!(matches!(err, StoreError::InvalidInput { .. }), "{err}");
     assert_eq!(store.list_versions("t").unwrap(), vec![1, 2, 3]);
 }
+
+#[test]
+fn sqlite_replay_store_file_passes_the_contract() {
+    use asap_blocking::store::SqliteReplayStore;
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    contract::replay_store(|| {
+        n += 1;
+        SqliteReplayStore::open(dir.path().join(format!("replay{n}.db"))).unwrap()
+    });
+}
+
+#[test]
+fn sqlite_replay_store_in_memory_passes_the_contract() {
+    contract::replay_store(|| asap_blocking::store::SqliteReplayStore::open_in_memory().unwrap());
+}
+
+/// What `asap serve` relies on: nonces committed with task records are in the
+/// file after a restart, expired ones are purged, and the stores hand the
+/// live ones to the server.
+#[test]
+fn accepted_nonces_survive_reopening_the_stores() {
+    use asap_blocking::store::open_stores;
+    use asap_proto::model::UnixTime;
+    use asap_proto::server::Records;
+    use asap_proto::store::{NonceRecord, StorageConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let config = StorageConfig::from_values(Some("sqlite"), Some(path.to_str().unwrap())).unwrap();
+    let now = UnixTime::from_system_time(std::time::SystemTime::now());
+    let nonce = |n: &str, expires: i64| NonceRecord {
+        sender: "urn:asap:agent:a".into(),
+        nonce: n.into(),
+        expires_at_unix_ms: expires,
+    };
+    let live = nonce("live", now.as_millis() + 300_000);
+    {
+        let mut stores = open_stores(&config).unwrap();
+        assert_eq!(stores.take_restored_nonces(), vec![]);
+        for record in [nonce("gone", now.as_millis() - 1), live.clone()] {
+            stores
+                .record(Records {
+                    task: None,
+                    nonce: Some(record),
+                    now: UnixTime::EPOCH,
+                })
+                .unwrap();
+        }
+        // A later commit purges what expired at its `now`.
+        stores
+            .record_group(&[], &[], &[nonce("other", now.as_millis() + 60_000)], now)
+            .unwrap();
+    }
+    let mut stores = open_stores(&config).unwrap();
+    assert_eq!(
+        stores.take_restored_nonces(),
+        vec![nonce("other", now.as_millis() + 60_000), live]
+    );
+    assert_eq!(stores.take_restored_nonces(), vec![], "handed over once");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM replay_nonces", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 2, "the expired nonce was purged");
+}

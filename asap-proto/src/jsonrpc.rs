@@ -62,6 +62,8 @@ pub mod asap_codes {
     pub const TASK_ALREADY_COMPLETED: &str = "asap:task/already_completed";
     /// Bounded executor full.
     pub const THREAD_POOL_EXHAUSTED: &str = "asap:transport/thread_pool_exhausted";
+    /// Nonce store full (asap-rs, not in the reference): retry after `Retry-After`.
+    pub const NONCE_STORE_FULL: &str = "asap:transport/nonce_store_full";
     /// Envelope outside the replay window.
     pub const INVALID_TIMESTAMP: &str = "asap:protocol/invalid_timestamp";
     /// Bad or replayed nonce.

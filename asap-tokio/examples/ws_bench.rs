@@ -44,7 +44,9 @@ fn args() -> Args {
 }
 
 fn timestamp() -> String {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     asap_proto::model::Timestamp::from_unix(asap_proto::model::UnixTime::from_micros(
         i64::try_from(d.as_micros()).unwrap_or(0),
     ))
@@ -52,7 +54,9 @@ fn timestamp() -> String {
 }
 
 async fn connection(a: std::sync::Arc<Args>, n: usize, until: Instant) -> (Vec<u32>, u64) {
-    let (mut ws, _) = tokio_tungstenite::connect_async(a.url.as_str()).await.expect("connect");
+    let (mut ws, _) = tokio_tungstenite::connect_async(a.url.as_str())
+        .await
+        .expect("connect");
     let mut lat = Vec::new();
     let mut errors = 0u64;
     let mut seq = 0u64;

@@ -22,9 +22,14 @@ fn request_id(text: &str) -> &str {
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8002".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:8002".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
-    eprintln!("ws null responder on ws://{}/asap/ws", listener.local_addr()?);
+    eprintln!(
+        "ws null responder on ws://{}/asap/ws",
+        listener.local_addr()?
+    );
     loop {
         let (tcp, _) = listener.accept().await?;
         let _ = tcp.set_nodelay(true);

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use asap_proto::model::{AgentUrn, Endpoint, Manifest, Skill};
 use asap_proto::reliability::rate_limit::RateLimitSpec;
-use asap_proto::server::{ServerConfig, DEFAULT_RATE_LIMIT};
+use asap_proto::server::{NonceMode, ServerConfig, DEFAULT_MAX_NONCES, DEFAULT_RATE_LIMIT};
 use asap_proto::store::StorageBackend;
 use asap_tokio::store::TaskRecorder;
 use clap::{Parser, Subcommand};
@@ -53,9 +53,12 @@ struct ServeArgs {
     /// Maximum request size in bytes (before and after decompression).
     #[arg(long, env = "ASAP_MAX_REQUEST_SIZE", default_value_t = asap_proto::server::DEFAULT_MAX_REQUEST_SIZE)]
     max_request_size: usize,
-    /// SQLite state database (task snapshots, usage). Default: `ASAP_STORAGE_PATH`, else
-    /// ./asap_state.db. `ASAP_STORAGE_BACKEND=memory` keeps state in memory instead.
-    #[arg(long)]
+    /// SQLite state database (task snapshots, usage, accepted nonces): the same as
+    /// `ASAP_STORAGE_BACKEND=sqlite ASAP_STORAGE_PATH=PATH`. Without it:
+    /// `ASAP_STORAGE_BACKEND` (`sqlite` or `memory`, default `sqlite`) and
+    /// `ASAP_STORAGE_PATH` (default ./asap_state.db). Settings that are given must
+    /// agree (e.g. `--db` with `ASAP_STORAGE_BACKEND=memory` is a startup error naming both).
+    #[arg(long, value_name = "PATH")]
     db: Option<PathBuf>,
     /// When an acknowledged task is durable: `normal` survives a crash of the agent
     /// (SQLite WAL, synced at checkpoints); `full` also survives power loss (fsync per
@@ -65,9 +68,23 @@ struct ServeArgs {
     /// Also rate-limit per envelope sender URN (same limits), besides per client IP.
     #[arg(long)]
     rate_limit_by_sender: bool,
-    /// Reject reused `extensions.nonce` values (opt-in replay protection).
+    /// Replay protection by `extensions.nonce` (scoped per sender; each nonce is
+    /// refused again for as long as its envelope passes the 300 s window, also
+    /// after a restart with SQLite): `off` (the default), `when-present` (the
+    /// reference's `require_nonce=True`: a nonce that is present must be new,
+    /// envelopes without one pass), `required` (every envelope needs a new
+    /// nonce; a missing one is -32602).
+    #[arg(long, value_name = "MODE", value_parser = parse_nonce_mode, conflicts_with = "require_nonce")]
+    nonce: Option<NonceMode>,
+    /// The same as `--nonce required`: envelopes without a nonce are refused.
     #[arg(long)]
     require_nonce: bool,
+    /// Most nonces remembered at once. When full, new envelopes with a nonce are
+    /// refused (HTTP 503 with Retry-After) until the oldest leaves the replay
+    /// window: old nonces are never forgotten early. The default sustains about
+    /// 3,000 nonces per second (about 75 MB when full).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_NONCES)]
+    max_nonces: usize,
     /// Accept envelopes without a timestamp (the reference's behaviour; opens a replay bypass).
     #[arg(long)]
     allow_missing_timestamp: bool,
@@ -155,6 +172,10 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+fn parse_nonce_mode(text: &str) -> Result<NonceMode, String> {
+    text.parse()
+}
+
 /// `HOST:PORT` to the first address it resolves to, with an error that says what to write.
 fn parse_bind(text: &str) -> Result<SocketAddr, String> {
     use std::net::ToSocketAddrs;
@@ -202,19 +223,25 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let config = ServerConfig {
         max_request_size: args.max_request_size,
         rate_limit,
-        require_nonce: args.require_nonce,
+        nonce: match (args.nonce, args.require_nonce) {
+            (Some(mode), _) => mode,
+            (None, true) => NonceMode::Required,
+            (None, false) => NonceMode::Off,
+        },
+        max_nonces: args.max_nonces,
         rate_limit_by_sender: args.rate_limit_by_sender,
         require_timestamp: !args.allow_missing_timestamp,
         accept_any_recipient: args.accept_any_recipient,
         debug: args.debug,
         ..ServerConfig::default()
     };
-    let mut storage = asap_blocking::store::storage_config_from_env(StorageBackend::Sqlite)
-        .map_err(|e| e.to_string())?;
-    if let Some(db) = &args.db {
-        storage.backend = StorageBackend::Sqlite;
-        storage.path = db.clone();
-    }
+    let nonces = match config.nonce {
+        NonceMode::Off => "off".to_owned(),
+        mode => format!("{mode} (at most {} remembered)", config.max_nonces),
+    };
+    let storage =
+        asap_blocking::store::storage_config_with_db(StorageBackend::Sqlite, args.db.as_deref())
+            .map_err(|e| e.to_string())?;
     let options = asap_blocking::store::SqliteOptions {
         synchronous: match args.sync {
             SyncMode::Normal => asap_blocking::store::Synchronous::Normal,
@@ -270,6 +297,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         println!("  GET  http://{addr}/.well-known/asap/manifest.json manifest");
         println!("  GET  http://{addr}/.well-known/asap/health        health");
         println!("  task state: {state}");
+        println!("  nonces: {nonces}");
         println!("Press Ctrl-C to stop.");
         asap_tokio::serve(listener, agent, shutdown_signal())
             .await

@@ -204,8 +204,12 @@ impl AgentBuilder {
     ///     .build();
     /// # let _ = agent; Ok(()) }
     /// ```
+    ///
+    /// With nonces checked, accepted nonces are recorded too, and those live
+    /// when the stores were opened are refused again (a restart forgets none).
     #[must_use]
-    pub fn stores(mut self, recorder: TaskRecorder) -> Self {
+    pub fn stores(mut self, mut recorder: TaskRecorder) -> Self {
+        self.parts.restored_nonces = recorder.take_restored_nonces();
         self.parts.stores = Some(recorder);
         self
     }

@@ -58,7 +58,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use asap_blocking::store::Stores;
 use asap_proto::model::{StateSnapshot, UnixTime};
-use asap_proto::server::state::TaskRecords;
+use asap_proto::server::Records;
+use asap_proto::store::NonceRecord;
 use asap_proto::store::{
     AggregatePeriod, MeteringStore, SnapshotStore, StoreError, UsageAggregate, UsageEvent,
 };
@@ -242,7 +243,7 @@ impl AsyncStores {
 pub const MAX_GROUP_COMMIT: usize = 256;
 
 enum RecorderJob {
-    Record(Box<TaskRecords>, oneshot::Sender<Result<(), StoreError>>),
+    Record(Box<Records>, oneshot::Sender<Result<(), StoreError>>),
     Run(Box<dyn FnOnce(&mut Stores) + Send>),
 }
 
@@ -260,6 +261,8 @@ enum RecorderJob {
 #[derive(Clone)]
 pub struct TaskRecorder {
     inner: Recorder,
+    /// Nonces live when the stores were opened, for the agent's core.
+    restored_nonces: Vec<NonceRecord>,
 }
 
 #[derive(Clone)]
@@ -281,9 +284,11 @@ impl TaskRecorder {
     /// Moves `stores` to a new thread `asap-task-state` (in-memory stores are
     /// used in place instead: they never block).
     pub fn spawn(mut stores: Stores) -> io::Result<Self> {
+        let restored_nonces = stores.take_restored_nonces();
         if stores.config.backend == asap_proto::store::StorageBackend::Memory {
             return Ok(Self {
                 inner: Recorder::Inline(std::sync::Arc::new(std::sync::Mutex::new(stores))),
+                restored_nonces,
             });
         }
         let (tx, mut rx) = mpsc::channel::<RecorderJob>(DEFAULT_QUEUE);
@@ -313,17 +318,25 @@ impl TaskRecorder {
                             }
                             let mut snapshots: Vec<StateSnapshot> = Vec::with_capacity(group.len());
                             let mut events: Vec<UsageEvent> = Vec::with_capacity(group.len());
+                            let mut nonces: Vec<NonceRecord> = Vec::new();
+                            let mut now = UnixTime::EPOCH;
                             let mut replies = Vec::with_capacity(group.len());
                             for (r, reply) in group {
-                                let TaskRecords {
-                                    snapshot, usage, ..
+                                let Records {
+                                    task,
+                                    nonce,
+                                    now: at,
                                 } = *r;
-                                snapshots.push(snapshot);
-                                events.push(usage);
+                                if let Some(task) = task {
+                                    snapshots.push(task.snapshot);
+                                    events.push(task.usage);
+                                }
+                                nonces.extend(nonce);
+                                now = now.max(at);
                                 replies.push(reply);
                             }
                             let result = catch_unwind(AssertUnwindSafe(|| {
-                                stores.record_tasks(&snapshots, &events)
+                                stores.record_group(&snapshots, &events, &nonces, now)
                             }))
                             .unwrap_or_else(|_| Err(closed()));
                             for reply in replies {
@@ -335,18 +348,25 @@ impl TaskRecorder {
             })?;
         Ok(Self {
             inner: Recorder::Thread(tx),
+            restored_nonces,
         })
     }
 
-    /// Persists one run's snapshot and usage event; returns once they are committed.
-    pub async fn record(&self, records: TaskRecords) -> Result<(), StoreError> {
+    /// The nonces that were live when the stores were opened (once; then empty).
+    pub fn take_restored_nonces(&mut self) -> Vec<NonceRecord> {
+        std::mem::take(&mut self.restored_nonces)
+    }
+
+    /// Persists one [`Step::Persist`](asap_proto::server::Step::Persist) (a
+    /// run's snapshot and usage event, an accepted nonce); returns once committed.
+    pub async fn record(&self, records: Records) -> Result<(), StoreError> {
         let tx = match &self.inner {
             Recorder::Thread(tx) => tx,
             Recorder::Inline(stores) => {
                 let mut s = stores
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                return s.record_task(records);
+                return s.record(records);
             }
         };
         let (reply, answer) = oneshot::channel();

@@ -565,7 +565,7 @@ async fn rate_limit_answers_429_with_retry_after() {
 #[tokio::test]
 async fn nonce_replay_is_refused_when_required() {
     let addr = start(ServerConfig {
-        require_nonce: true,
+        nonce: asap_proto::server::NonceMode::WhenPresent,
         ..open_config()
     })
     .await;

@@ -12,7 +12,7 @@ use asap_proto::client::{
 use asap_proto::model::{AgentUrn, Envelope, Payload, TaskRequest, Timestamp, Ulid, UnixTime};
 use asap_proto::reliability::rate_limit::{RateDecision, RateLimitSpec, SlidingWindowLimiter};
 use asap_proto::reliability::{CircuitBreaker, CircuitBreakerConfig, RetryPolicy};
-use asap_proto::server::NonceStore;
+use asap_proto::server::{NonceMode, NonceStore, ReplayWindow};
 use libfuzzer_sys::fuzz_target;
 
 fn envelope(nonce: Option<u8>) -> Envelope {
@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
     let mut limiter = SlidingWindowLimiter::with_max_keys(RateLimitSpec::parse("3/second;5/minute").unwrap(), 4);
     // As many keys as the limiter tracks: no key is ever evicted, so its limits must hold exactly.
     let mut allowed: Vec<VecDeque<Instant>> = vec![VecDeque::new(); 4];
-    let mut nonces = NonceStore::new(Duration::from_secs(10), 16);
+    let mut nonces = NonceStore::new(ReplayWindow { max_age: Duration::from_secs(10), ..ReplayWindow::default() }, 16);
     let mut core = ClientCore::new("http://127.0.0.1:1", ClientConfig::default()).unwrap();
     let sent = envelope(None);
     let mut call = SendCall::new(core.prepare_send(&sent, Ulid::from_u128(1)), RetryPolicy::default(), 9);
@@ -101,7 +101,7 @@ fuzz_target!(|data: &[u8]| {
             }
             5 => {
                 let unix = UnixTime::from_micros(now.duration_since(t0).as_micros() as i64);
-                let _ = nonces.check(&envelope(Some(arg % 32)), unix);
+                let _ = nonces.check(&envelope(Some(arg % 32)), NonceMode::WhenPresent, unix);
                 assert!(nonces.len() <= 16, "nonce memory unbounded");
             }
             6 => {

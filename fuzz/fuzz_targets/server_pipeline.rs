@@ -27,7 +27,7 @@ struct Fixture {
 fn fixture() -> Fixture {
     let mut m = Manifest::new(AgentUrn::new("urn:asap:agent:fuzz").unwrap(), "f", "1.0.0", "f", "http://127.0.0.1/asap");
     m.capabilities.skills.push(Skill::new("echo", "echo"));
-    let config = ServerConfig { rate_limit: None, require_nonce: true, max_nonces: 64, max_request_size: 64 * 1024, ..ServerConfig::default() };
+    let config = ServerConfig { rate_limit: None, nonce: asap_proto::server::NonceMode::WhenPresent, max_nonces: 64, max_request_size: 64 * 1024, ..ServerConfig::default() };
     let mut server = Server::new(m, config, Instant::now(), 7);
     server.routes_mut().add_skill("echo");
     server.routes_mut().attach_task_state();
@@ -45,7 +45,7 @@ fn run(f: &mut Fixture, encoding: Option<&str>, body: &[u8]) -> http::Response<V
     }
     let head = RequestHead { method: &http::Method::POST, path: "/asap", headers: &h, peer: None, transport: Transport::Http };
     let echo = |inv: &Invocation| HandlerOutcome::Skill(SkillResult::echo(inv));
-    let state = asap_proto::server::TaskState { snapshots: &mut f.snapshots, metering: &mut f.metering };
+    let state = asap_proto::server::TaskState { snapshots: &mut f.snapshots, metering: &mut f.metering, replay: None };
     drive_inline(&mut f.server, &head, body, now(), echo, Some(state), &mut f.metrics)
 }
 

@@ -340,7 +340,7 @@ fn success_with_integer_id_matches_the_reference_shape() {
 fn nonce_replay_is_byte_identical() {
     let v = load("jsonrpc/nonce_replay.json");
     let mut s = server(ServerConfig {
-        require_nonce: true,
+        nonce: asap_proto::server::NonceMode::WhenPresent,
         ..open()
     });
     let rpc = |id: &str| json!({"jsonrpc": "2.0", "method": "asap.send", "params": {"envelope": v["request_envelope"]}, "id": id});

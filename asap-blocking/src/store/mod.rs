@@ -17,33 +17,41 @@ mod sqlite;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use asap_proto::model::StateSnapshot;
+use asap_proto::model::{StateSnapshot, UnixTime};
 use asap_proto::server::state::TaskRecords;
+use asap_proto::server::Records;
 use asap_proto::store::{
-    MemoryMeteringStore, MemorySnapshotStore, MeteringStore, SnapshotStore, StorageBackend,
-    StorageConfig, StorageConfigError, StoreError, UsageEvent, STORAGE_BACKEND_ENV,
-    STORAGE_PATH_ENV,
+    MemoryMeteringStore, MemorySnapshotStore, MeteringStore, NonceRecord, ReplayStore,
+    SnapshotStore, StorageBackend, StorageConfig, StorageConfigError, StoreError, UsageEvent,
+    STORAGE_BACKEND_ENV, STORAGE_PATH_ENV,
 };
 
 pub use sqlite::{
-    SharedConnection, SqliteMeteringStore, SqliteOptions, SqliteSnapshotStore, Synchronous,
-    SNAPSHOTS_DDL, USAGE_EVENTS_DDL, USAGE_EVENTS_INDEX_DDL,
+    SharedConnection, SqliteMeteringStore, SqliteOptions, SqliteReplayStore, SqliteSnapshotStore,
+    Synchronous, REPLAY_DEDUP_DDL, REPLAY_DEDUP_INDEX_DDL, REPLAY_NONCES_DDL,
+    REPLAY_NONCES_INDEX_DDL, SNAPSHOTS_DDL, USAGE_EVENTS_DDL, USAGE_EVENTS_INDEX_DDL,
 };
 
-/// The configured snapshot and metering stores, ready to use.
+/// The configured snapshot, metering and replay stores, ready to use.
 pub struct Stores {
     /// Versioned task state.
     pub snapshots: Box<dyn SnapshotStore + Send>,
     /// Usage events.
     pub metering: Box<dyn MeteringStore + Send>,
+    /// Replay state that survives a restart (`None` on the memory backend:
+    /// accepted nonces then live in the server's memory only).
+    pub replay: Option<Box<dyn ReplayStore + Send>>,
     /// The configuration they were opened with.
     pub config: StorageConfig,
-    /// The one connection both SQLite stores share (for [`Stores::record_tasks`]).
+    /// The one connection the SQLite stores share (for [`Stores::record_tasks`]).
     shared: Option<sqlite::SharedConnection>,
+    /// Nonces live when the stores were opened, for the server to remember.
+    restored_nonces: Vec<NonceRecord>,
 }
 
 impl Stores {
-    /// Stores built from any two backends (no shared transaction between them).
+    /// Stores built from any two backends (no shared transaction between them,
+    /// no replay state: see [`Stores::with_replay`]).
     pub fn new(
         snapshots: Box<dyn SnapshotStore + Send>,
         metering: Box<dyn MeteringStore + Send>,
@@ -52,8 +60,76 @@ impl Stores {
         Self {
             snapshots,
             metering,
+            replay: None,
             config,
             shared: None,
+            restored_nonces: Vec::new(),
+        }
+    }
+
+    /// Adds durable replay state: purges what expired at `now` and keeps the
+    /// live nonces for the server ([`Stores::take_restored_nonces`]).
+    pub fn with_replay(
+        mut self,
+        mut replay: Box<dyn ReplayStore + Send>,
+        now: UnixTime,
+    ) -> Result<Self, StoreError> {
+        replay.purge_expired(now)?;
+        self.restored_nonces = replay.load_nonces(now)?;
+        self.replay = Some(replay);
+        Ok(self)
+    }
+
+    /// The nonces that were live when the stores were opened (once; then empty).
+    /// Each adapter's agent builder hands them to the core, which refuses
+    /// their replays after a restart.
+    pub fn take_restored_nonces(&mut self) -> Vec<NonceRecord> {
+        std::mem::take(&mut self.restored_nonces)
+    }
+
+    /// Persists one [`Step::Persist`](asap_proto::server::Step::Persist): the
+    /// task records and the accepted nonce (one commit on SQLite). Without
+    /// replay state the nonce is not kept (it lives in the server's memory).
+    pub fn record(&mut self, records: Records) -> Result<(), StoreError> {
+        let Records { task, nonce, now } = records;
+        if self.shared.is_some() {
+            let (snapshots, events) = match task {
+                Some(t) => (vec![t.snapshot], vec![t.usage]),
+                None => (Vec::new(), Vec::new()),
+            };
+            return self.record_group(&snapshots, &events, nonce.as_slice(), now);
+        }
+        if let Some(task) = task {
+            self.record_task(task)?;
+        }
+        match (nonce, self.replay.as_mut()) {
+            (Some(n), Some(replay)) => {
+                replay.record_nonce(&n)?;
+                replay.purge_expired(now).map(|_| ())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// As [`Stores::record_tasks`], with the nonces accepted by the same
+    /// requests (one transaction on SQLite; nonces expired at `now` are purged in it).
+    pub fn record_group(
+        &mut self,
+        snapshots: &[StateSnapshot],
+        events: &[UsageEvent],
+        nonces: &[NonceRecord],
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        if let Some(conn) = &self.shared {
+            return sqlite::record_tasks(conn, snapshots, events, nonces, now);
+        }
+        self.record_tasks(snapshots, events)?;
+        match self.replay.as_mut() {
+            Some(replay) if !nonces.is_empty() => {
+                replay.record_nonces(nonces)?;
+                replay.purge_expired(now).map(|_| ())
+            }
+            _ => Ok(()),
         }
     }
 
@@ -80,7 +156,7 @@ impl Stores {
         events: &[UsageEvent],
     ) -> Result<(), StoreError> {
         match &self.shared {
-            Some(conn) => sqlite::record_tasks(conn, snapshots, events),
+            Some(conn) => sqlite::record_tasks(conn, snapshots, events, &[], UnixTime::EPOCH),
             None => self
                 .snapshots
                 .save_batch(snapshots)
@@ -149,6 +225,35 @@ pub fn storage_config_from_lookup(
     StorageConfig::from_values_or(default_backend, backend.as_deref(), path.as_deref())
 }
 
+/// The storage of a process that also takes a `--db` flag, from the flag and
+/// the process environment, by [`StorageConfig::resolve`]'s one precedence
+/// (contradictions are errors naming both settings).
+pub fn storage_config_with_db(
+    default_backend: StorageBackend,
+    db: Option<&std::path::Path>,
+) -> Result<StorageConfig, StorageConfigError> {
+    storage_config_with_db_from_lookup(default_backend, db, |name| std::env::var_os(name))
+}
+
+/// As [`storage_config_with_db`] with variables read through `lookup`.
+pub fn storage_config_with_db_from_lookup(
+    default_backend: StorageBackend,
+    db: Option<&std::path::Path>,
+    lookup: impl Fn(&str) -> Option<OsString>,
+) -> Result<StorageConfig, StorageConfigError> {
+    let read = |name: &'static str| -> Result<Option<String>, StorageConfigError> {
+        lookup(name)
+            .map(|v| {
+                v.into_string()
+                    .map_err(|_| StorageConfigError::NotUnicode(name))
+            })
+            .transpose()
+    };
+    let backend = read(STORAGE_BACKEND_ENV)?;
+    let path = read(STORAGE_PATH_ENV)?;
+    StorageConfig::resolve(default_backend, db, backend.as_deref(), path.as_deref())
+}
+
 /// Opens the stores `config` names: two in-memory stores, or SQLite stores
 /// sharing the file `config.path` (created if missing, with the reference's schema).
 pub fn open_stores(config: &StorageConfig) -> Result<Stores, OpenStoresError> {
@@ -175,19 +280,24 @@ pub fn open_stores_with(
                     });
                 }
             }
-            let (snapshots, metering, conn) =
-                sqlite::open_shared(&config.path, options).map_err(|source| {
-                    OpenStoresError::Open {
-                        path: config.path.clone(),
-                        source,
-                    }
-                })?;
-            Ok(Stores {
-                snapshots: Box::new(snapshots),
-                metering: Box::new(metering),
+            let failed = |source| OpenStoresError::Open {
+                path: config.path.clone(),
+                source,
+            };
+            let opened = sqlite::open_shared(&config.path, options).map_err(failed)?;
+            let stores = Stores {
+                snapshots: Box::new(opened.snapshots),
+                metering: Box::new(opened.metering),
+                replay: None,
                 config: config.clone(),
-                shared: Some(conn),
-            })
+                shared: Some(opened.conn),
+                restored_nonces: Vec::new(),
+            };
+            // Replay state is judged against the wall clock, like the window itself.
+            let now = UnixTime::from_system_time(std::time::SystemTime::now());
+            stores
+                .with_replay(Box::new(opened.replay), now)
+                .map_err(failed)
         }
     }
 }

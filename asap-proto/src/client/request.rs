@@ -396,7 +396,8 @@ mod tests {
             "https://a.example/?q=1",
             "http://10.0.0.1",
             "http://example.com",
-            "ws://localhost",
+            "ws://example.com",
+            "gopher://localhost",
         ] {
             assert!(
                 BaseUrl::parse(bad, HttpPolicy::LoopbackOnly).is_err(),

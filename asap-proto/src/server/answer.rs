@@ -43,6 +43,30 @@ pub fn rate_limited(retry_after_secs: u64, limit: &str) -> Response<Vec<u8>> {
     r
 }
 
+/// 503 for a full nonce store, shaped as the reference's other 503
+/// (`thread_pool_exhausted`, spec 9.3), with `Retry-After`: the server is
+/// busy, not the sender wrong, so clients retry (the nonce was not used).
+#[must_use]
+pub fn nonce_store_full(capacity: usize, retry_after_secs: u64) -> Response<Vec<u8>> {
+    let body = json!({
+        "error": "Service Temporarily Unavailable",
+        "code": jsonrpc::asap_codes::NONCE_STORE_FULL,
+        "message": format!(
+            "Nonce store full: {capacity} nonces are inside the replay window. Service temporarily unavailable; retry in {retry_after_secs} s."
+        ),
+        "details": {"max_nonces": capacity, "retry_after_seconds": retry_after_secs},
+    });
+    let mut r = json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        serde_json::to_vec(&body).unwrap_or_default(),
+    );
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        http::HeaderValue::from(retry_after_secs),
+    );
+    r
+}
+
 /// The error response for a handler failure: an ASAP protocol error
 /// (`asap:task/not_found`, `asap:protocol/invalid_state`, ...) is -32602 with
 /// the error object in `data`, as the protocol documentation maps it (the

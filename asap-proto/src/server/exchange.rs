@@ -13,13 +13,13 @@ use http::{header, HeaderValue, Method, Response, StatusCode};
 use super::admission::{self, Pending};
 use super::answer;
 use super::body::{decode_body, BodyError, BodyPlan};
-use super::handler::{HandlerError, HandlerOutcome, Invocation, SkillResult};
+use super::handler::{HandlerError, HandlerOutcome, Invocation};
 use super::metrics::{Metrics, METRICS_CONTENT_TYPE};
 use super::state::{answer_state_query, apply_state_restore, task_records, TaskRecords};
 use super::wellknown::{health_response, HealthReport};
 use super::Shared;
 use crate::model::{Payload, PayloadKind, StateQuery, StateRestore, UlidGenerator, UnixTime};
-use crate::store::{SnapshotStore, StoreError};
+use crate::store::{NonceRecord, SnapshotStore, StoreError};
 
 /// Both clocks at one moment: monotonic for timers and rate limits, wall for
 /// envelope timestamps and the replay window.
@@ -85,6 +85,8 @@ pub enum Outcome {
     RpcError,
     /// Refused by the per-sender rate limit.
     RateLimited,
+    /// Refused because a bounded store is full (the nonce store: 503, retry later).
+    Overloaded,
     /// The handler (or persisting its task) failed.
     HandlerError,
     /// The handler's answer.
@@ -102,6 +104,7 @@ impl Outcome {
             Self::BadBody => "bad_body",
             Self::RpcError => "rpc_error",
             Self::RateLimited => "rate_limited",
+            Self::Overloaded => "overloaded",
             Self::HandlerError => "handler_error",
             Self::Ok => "ok",
             Self::Duplicate => "duplicate",
@@ -180,6 +183,20 @@ impl StateRequest {
     }
 }
 
+/// What to commit before an answer is sent (one transaction where the store
+/// has them): the task records of a skill run, and the nonce of the envelope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Records {
+    /// The skill run's task, snapshot and usage event (task state attached).
+    pub task: Option<TaskRecords>,
+    /// The envelope's nonce, so a restarted server still refuses its replay
+    /// (a [`ReplayStore`](crate::store::ReplayStore); stores that do not
+    /// outlive the process may skip it).
+    pub nonce: Option<NonceRecord>,
+    /// Replay records expired at this instant may be purged in the same commit.
+    pub now: UnixTime,
+}
+
 /// What the adapter does next for an [`Exchange`]. Each step but
 /// [`Step::Respond`] names the input to feed back before polling again.
 #[derive(Debug)]
@@ -200,8 +217,8 @@ pub enum Step {
     /// the handler), then [`Exchange::handle_outcome`].
     Invoke(Invocation),
     /// Save these records (one commit), then [`Exchange::handle_persisted`]:
-    /// an answered task is on disk.
-    Persist(TaskRecords),
+    /// an answered task, and an accepted nonce, are on disk.
+    Persist(Records),
     /// Run this on the snapshot store ([`StateRequest::run`]), then [`Exchange::handle_state`].
     QueryState(StateRequest),
     /// Ask the application for its health, then [`Exchange::handle_health`].
@@ -229,7 +246,7 @@ enum Stage {
     Admit(Box<Pending>),
     AwaitFirst(Box<Pending>),
     Invoke(Box<Invocation>),
-    Persist(Box<(Answering, SkillResult)>, Box<TaskRecords>),
+    Persist(Box<(Answering, HandlerOutcome)>, Box<Records>),
     State(Box<Answering>, StateRequest),
     Health,
     Metrics,
@@ -243,7 +260,7 @@ enum Waiting {
     Body(BodyPlan),
     First(Box<Pending>),
     Outcome(Box<Answering>),
-    Persisted(Box<(Answering, SkillResult)>),
+    Persisted(Box<(Answering, HandlerOutcome)>),
     State(Box<Answering>),
     Health,
     Metrics,
@@ -314,6 +331,8 @@ pub struct Exchange {
     token: u64,
     /// The dedup window admitted the envelope as new: report how it ended.
     ticket: Option<crate::reliability::DedupTicket>,
+    /// An accepted nonce to commit before the answer.
+    nonce: Option<NonceRecord>,
 }
 
 impl Exchange {
@@ -338,7 +357,13 @@ impl Exchange {
             wall: UnixTime::EPOCH,
             token: id_seed,
             ticket: None,
+            nonce: None,
         }
+    }
+
+    /// Holds an accepted nonce until the answer's records are persisted.
+    pub(super) fn hold_nonce(&mut self, record: NonceRecord) {
+        self.nonce = Some(record);
     }
 
     pub(super) fn read_body(mut self, plan: BodyPlan) -> Self {
@@ -565,22 +590,42 @@ impl Exchange {
         else {
             return;
         };
-        match (outcome, answering.task.take(), answering.task_id.clone()) {
+        let task = match (
+            &outcome,
+            answering.task.take(),
+            answering.task_id.as_deref(),
+        ) {
             (HandlerOutcome::Skill(result), Some(request), Some(task_id)) => {
                 let snapshot_id = format!("snap_{}", self.ids.next(now));
-                let records = task_records(
-                    &task_id,
+                Some(task_records(
+                    task_id,
                     snapshot_id,
                     &answering.envelope,
                     request,
-                    &result,
+                    result,
                     answering.accepted_at,
                     now,
-                );
-                self.stage = Stage::Persist(Box::new((*answering, result)), Box::new(records));
+                ))
             }
-            (outcome, _, _) => self.reply(*answering, outcome, now),
+            _ => None,
+        };
+        self.persist_then_reply(*answering, outcome, task, now);
+    }
+
+    /// Answers now, or first yields [`Step::Persist`] when there is a task or a nonce to commit.
+    fn persist_then_reply(
+        &mut self,
+        answering: Answering,
+        outcome: HandlerOutcome,
+        task: Option<TaskRecords>,
+        now: UnixTime,
+    ) {
+        let nonce = self.nonce.take();
+        if task.is_none() && nonce.is_none() {
+            return self.reply(answering, outcome, now);
         }
+        let records = Records { task, nonce, now };
+        self.stage = Stage::Persist(Box::new((answering, outcome)), Box::new(records));
     }
 
     /// Input for [`Step::Persist`]: whether the records were committed. A
@@ -591,9 +636,9 @@ impl Exchange {
         else {
             return;
         };
-        let (answering, skill) = *run;
+        let (answering, outcome) = *run;
         let outcome = match result {
-            Ok(()) => HandlerOutcome::Skill(skill),
+            Ok(()) => outcome,
             Err(e) => HandlerOutcome::Failed(HandlerError::failed(format!(
                 "could not persist task state: {e}"
             ))),
@@ -610,7 +655,7 @@ impl Exchange {
             return;
         };
         let outcome = result.map_or_else(HandlerOutcome::Failed, HandlerOutcome::Reply);
-        self.reply(*answering, outcome, now);
+        self.persist_then_reply(*answering, outcome, None, now);
     }
 
     /// Input for [`Step::CheckHealth`]: the application's verdict.
@@ -797,7 +842,7 @@ impl Exchange {
 mod tests {
     use super::*;
     use crate::model::{AgentUrn, Manifest, Skill};
-    use crate::server::{Server, ServerConfig};
+    use crate::server::{NonceMode, Server, ServerConfig, SkillResult};
 
     const BODY: &[u8] = br#"{"jsonrpc":"2.0","method":"asap.send","id":1,"params":{"envelope":{"asap_version":"0.1","timestamp":"2026-01-01T00:00:00Z","sender":"urn:asap:agent:c","recipient":"urn:asap:agent:x","payload_type":"task.request","extensions":{"nonce":"n1"},"payload":{"conversation_id":"c","skill_id":"echo","input":{"k":1}}}}}"#;
 
@@ -877,8 +922,10 @@ mod tests {
         let Step::Persist(records) = ex.poll_step() else {
             panic!("expected Persist")
         };
-        assert_eq!(records.snapshot.task_id, task_id);
-        assert_eq!(records.usage.task_id, task_id);
+        let task = records.task.expect("task records");
+        assert_eq!(task.snapshot.task_id, task_id);
+        assert_eq!(task.usage.task_id, task_id);
+        assert_eq!(records.nonce, None, "nonces are off");
         // Until the adapter reports the commit, there is no answer.
         assert!(matches!(ex.poll_step(), Step::Respond(r) if r.response.status() == 500));
     }
@@ -926,7 +973,7 @@ mod tests {
     fn nonce_checks_need_the_shared_server_and_come_before_routing_errors() {
         let mut s = server(
             ServerConfig {
-                require_nonce: true,
+                nonce: NonceMode::WhenPresent,
                 ..ServerConfig::default()
             },
             false,
@@ -956,6 +1003,201 @@ mod tests {
                 }
                 (other, _) => panic!("{other:?}"),
             }
+        }
+    }
+
+    fn nonce_server(nonce: NonceMode, max_nonces: usize, task_state: bool) -> Server {
+        server(
+            ServerConfig {
+                nonce,
+                max_nonces,
+                ..ServerConfig::default()
+            },
+            task_state,
+        )
+    }
+
+    /// Drives `body` through admission to the step after it.
+    fn admitted(s: &mut Server, body: &[u8]) -> (Exchange, Step) {
+        let mut ex = open(s, &Method::POST, "/asap");
+        let _ = ex.poll_step();
+        ex.handle_body(body, now().wall);
+        assert!(matches!(ex.poll_step(), Step::Admit));
+        s.handle_admission(&mut ex, now());
+        let step = ex.poll_step();
+        (ex, step)
+    }
+
+    fn with_nonce(nonce: &str) -> Vec<u8> {
+        std::str::from_utf8(BODY)
+            .unwrap()
+            .replace("\"n1\"", &format!("\"{nonce}\""))
+            .into_bytes()
+    }
+
+    #[test]
+    fn an_accepted_nonce_is_committed_with_the_task_records() {
+        let mut s = nonce_server(NonceMode::WhenPresent, 8, true);
+        let (mut ex, Step::Invoke(inv)) = admitted(&mut s, BODY) else {
+            panic!("expected Invoke")
+        };
+        ex.handle_outcome(HandlerOutcome::Skill(SkillResult::echo(&inv)), now().wall);
+        let Step::Persist(records) = ex.poll_step() else {
+            panic!("expected Persist")
+        };
+        assert!(records.task.is_some());
+        assert_eq!(records.now, now().wall);
+        let nonce = records.nonce.expect("the nonce is persisted");
+        assert_eq!(
+            (nonce.sender.as_str(), nonce.nonce.as_str()),
+            ("urn:asap:agent:c", "n1")
+        );
+        // The envelope's timestamp (2026-01-01T00:00:00Z) plus 300 s.
+        assert_eq!(nonce.expires_at_unix_ms, 1_767_225_900_000);
+        ex.handle_persisted(Ok(()), now().wall);
+        assert!(
+            matches!(ex.poll_step(), Step::Respond(r) if json(&r.response).get("result").is_some())
+        );
+    }
+
+    #[test]
+    fn a_nonce_without_task_records_is_still_committed_before_the_answer() {
+        // A handler error: the envelope was admitted, its nonce is used up.
+        let mut s = nonce_server(NonceMode::Required, 8, true);
+        let (mut ex, Step::Invoke(_)) = admitted(&mut s, &with_nonce("n2")) else {
+            panic!("expected Invoke")
+        };
+        ex.handle_outcome(
+            HandlerOutcome::Failed(HandlerError::failed("boom")),
+            now().wall,
+        );
+        let Step::Persist(records) = ex.poll_step() else {
+            panic!("expected Persist for the nonce")
+        };
+        assert_eq!(records.task, None);
+        assert_eq!(records.nonce.map(|n| n.nonce), Some("n2".to_owned()));
+        // Not committed: -32603, and the nonce stays refused in memory.
+        ex.handle_persisted(Err(StoreError::Backend("disk full".into())), now().wall);
+        let Step::Respond(reply) = ex.poll_step() else {
+            panic!()
+        };
+        assert_eq!(json(&reply.response)["error"]["code"], -32603);
+        let (_, Step::Respond(again)) = admitted(&mut s, &with_nonce("n2")) else {
+            panic!()
+        };
+        assert_eq!(
+            json(&again.response)["error"]["data"]["code"],
+            "asap:protocol/invalid_nonce"
+        );
+    }
+
+    #[test]
+    fn without_task_state_nonces_live_in_memory_only() {
+        let mut s = nonce_server(NonceMode::WhenPresent, 8, false);
+        let (mut ex, Step::Invoke(inv)) = admitted(&mut s, BODY) else {
+            panic!("expected Invoke")
+        };
+        ex.handle_outcome(HandlerOutcome::Skill(SkillResult::echo(&inv)), now().wall);
+        assert!(matches!(ex.poll_step(), Step::Respond(r) if r.response.status() == 200));
+    }
+
+    #[test]
+    fn a_required_nonce_that_is_missing_is_invalid_params() {
+        let mut s = nonce_server(NonceMode::Required, 8, true);
+        let body = std::str::from_utf8(BODY)
+            .unwrap()
+            .replace(r#""extensions":{"nonce":"n1"},"#, "");
+        let (_, Step::Respond(reply)) = admitted(&mut s, body.as_bytes()) else {
+            panic!("expected a refusal")
+        };
+        let v = json(&reply.response);
+        assert_eq!(v["error"]["code"], -32602, "{v}");
+        assert_eq!(v["error"]["data"]["error"], "Invalid envelope nonce");
+        assert_eq!(
+            v["error"]["data"]["details"]["nonce"],
+            serde_json::Value::Null
+        );
+        assert_eq!(reply.record.unwrap().outcome, Outcome::RpcError);
+        // The reference's mode lets it through.
+        let mut s = nonce_server(NonceMode::WhenPresent, 8, true);
+        assert!(matches!(
+            admitted(&mut s, body.as_bytes()).1,
+            Step::Invoke(_)
+        ));
+    }
+
+    #[test]
+    fn a_full_nonce_store_answers_503_with_retry_after_and_forgets_nothing() {
+        let mut s = nonce_server(NonceMode::WhenPresent, 1, false);
+        assert!(matches!(
+            admitted(&mut s, &with_nonce("a")).1,
+            Step::Invoke(_)
+        ));
+        let (_, Step::Respond(reply)) = admitted(&mut s, &with_nonce("b")) else {
+            panic!("expected a refusal")
+        };
+        assert_eq!(reply.response.status(), 503);
+        // "a" was stamped 2026-01-01T00:00:00Z = now: it leaves 300 s + 1 µs later.
+        assert_eq!(reply.response.headers()[header::RETRY_AFTER], "301");
+        let v = json(&reply.response);
+        assert_eq!(v["code"], "asap:transport/nonce_store_full", "{v}");
+        assert_eq!(
+            v["details"],
+            serde_json::json!({"max_nonces": 1, "retry_after_seconds": 301})
+        );
+        assert_eq!(reply.record.unwrap().outcome, Outcome::Overloaded);
+        assert_eq!(Outcome::Overloaded.as_str(), "overloaded");
+        let (_, Step::Respond(again)) = admitted(&mut s, &with_nonce("a")) else {
+            panic!()
+        };
+        assert_eq!(json(&again.response)["error"]["code"], -32602);
+        assert_eq!(s.nonces().len(), 1);
+    }
+
+    #[test]
+    fn restored_nonces_are_refused_after_a_restart() {
+        use crate::server::AgentParts;
+        let mut m = Manifest::new(
+            AgentUrn::new("urn:asap:agent:x").unwrap(),
+            "x",
+            "1.0.0",
+            "x",
+            "http://127.0.0.1/asap",
+        );
+        m.capabilities.skills.push(Skill::new("echo", "echo"));
+        let record = crate::store::NonceRecord {
+            sender: "urn:asap:agent:c".into(),
+            nonce: "n1".into(),
+            expires_at_unix_ms: 1_767_225_900_000,
+        };
+        for (mode, refused) in [(NonceMode::WhenPresent, true), (NonceMode::Off, false)] {
+            let mut parts: AgentParts<(), (), (), ()> = AgentParts::new(m.clone());
+            parts.config = ServerConfig {
+                nonce: mode,
+                rate_limit: None,
+                dedup: None,
+                ..ServerConfig::default()
+            };
+            parts.handlers.add_skill("echo", ());
+            parts.restored_nonces = vec![record.clone()];
+            let (mut s, _) = parts.into_server(now().monotonic, 1);
+            assert_eq!(s.nonces().len(), usize::from(refused));
+            let mut ex = open(&mut s, &Method::POST, "/asap");
+            let _ = ex.poll_step();
+            ex.handle_body(BODY, now().wall);
+            if mode == NonceMode::Off {
+                assert!(matches!(ex.poll_step(), Step::Invoke(_)));
+                continue;
+            }
+            assert!(matches!(ex.poll_step(), Step::Admit));
+            s.handle_admission(&mut ex, now());
+            let Step::Respond(reply) = ex.poll_step() else {
+                panic!("the restored nonce must be refused")
+            };
+            assert_eq!(
+                json(&reply.response)["error"]["data"]["message"],
+                "Duplicate nonce detected: n1"
+            );
         }
     }
 

@@ -3,8 +3,10 @@
 
 use http::Response;
 
-use super::{HandlerOutcome, HealthReport, Invocation, Metrics, Now, RequestHead, Server, Step};
-use crate::store::{MeteringStore, SnapshotStore, StoreError};
+use super::{
+    HandlerOutcome, HealthReport, Invocation, Metrics, Now, Records, RequestHead, Server, Step,
+};
+use crate::store::{MeteringStore, ReplayStore, SnapshotStore, StoreError};
 
 /// The stores task state is persisted in.
 pub struct TaskState<'a> {
@@ -12,6 +14,23 @@ pub struct TaskState<'a> {
     pub snapshots: &'a mut dyn SnapshotStore,
     /// Usage events (one per skill run).
     pub metering: &'a mut dyn MeteringStore,
+    /// Accepted nonces (`None`: they live in the server's memory only).
+    pub replay: Option<&'a mut dyn ReplayStore>,
+}
+
+impl TaskState<'_> {
+    /// Saves one [`Step::Persist`]'s records (not atomically: these are separate stores).
+    pub fn persist(&mut self, records: Records) -> Result<(), StoreError> {
+        if let Some(task) = records.task {
+            self.snapshots.save(&task.snapshot)?;
+            self.metering.record(&task.usage)?;
+        }
+        if let (Some(nonce), Some(replay)) = (records.nonce, self.replay.as_mut()) {
+            replay.record_nonce(&nonce)?;
+            replay.purge_expired(records.now)?;
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for TaskState<'_> {
@@ -100,10 +119,7 @@ fn run(
             }
             Step::Persist(records) => {
                 let saved = match state.as_mut() {
-                    Some(s) => s
-                        .snapshots
-                        .save(&records.snapshot)
-                        .and_then(|()| s.metering.record(&records.usage)),
+                    Some(s) => s.persist(records),
                     None => Err(StoreError::Backend("no task-state store was given".into())),
                 };
                 ex.handle_persisted(saved, now.wall);

@@ -17,6 +17,7 @@
 //!                                           (nonce, per-sender rate limit; only when on)
 //!   Invoke(inv)         run the handler ──▶ handle_outcome(outcome, wall)
 //!   Persist(records)    save, one commit ─▶ handle_persisted(result, wall)
+//!                       (task records, accepted nonce)
 //!   QueryState(req)     req.run(store) ───▶ handle_state(result, wall)
 //!   CheckHealth         app's verdict ────▶ handle_health(report, now)
 //!   RenderMetrics       ──────────────────▶ handle_metrics(&metrics)
@@ -68,7 +69,9 @@
 //!             ex.handle_outcome(outcome, now.wall);
 //!         }
 //!         Step::Persist(records) => {
-//!             let saved = snapshots.save(&records.snapshot).and_then(|()| metering.record(&records.usage));
+//!             // The skill run's task records (and the nonce, when nonces are checked).
+//!             let task = records.task.expect("a skill run with task state");
+//!             let saved = snapshots.save(&task.snapshot).and_then(|()| metering.record(&task.usage));
 //!             ex.handle_persisted(saved, now.wall);
 //!         }
 //!         Step::QueryState(request) => ex.handle_state(request.run(&mut snapshots), now.wall),
@@ -114,15 +117,15 @@ use std::time::Instant;
 
 use http::{header, Method, StatusCode};
 
-pub use answer::{handler_error, has_remote_trace_context, rate_limited};
+pub use answer::{handler_error, has_remote_trace_context, nonce_store_full, rate_limited};
 pub use body::{check_depth, decode_body, BodyError, BodyPlan, ContentEncoding};
 pub use config::{
     ServerConfig, DEFAULT_MAX_JSON_DEPTH, DEFAULT_MAX_NONCES, DEFAULT_MAX_REQUEST_SIZE,
     DEFAULT_RATE_LIMIT,
 };
 pub use exchange::{
-    Answered, Exchange, Now, Outcome, Reply, RequestHead, RequestRecord, StateRequest, Step,
-    Transport,
+    Answered, Exchange, Now, Outcome, Records, Reply, RequestHead, RequestRecord, StateRequest,
+    Step, Transport,
 };
 pub use handler::{
     HandlerError, HandlerOutcome, HandlerReply, Invocation, PushSink, SkillContext, SkillResult,
@@ -130,7 +133,10 @@ pub use handler::{
 pub use inline::{drive_inline, drive_inline_frame, TaskState};
 pub use metrics::Metrics;
 pub use parking::{FirstAnswer, Parking};
-pub use replay::{NonceStore, ReplayWindow, MAX_ENVELOPE_AGE, MAX_FUTURE_TOLERANCE, NONCE_TTL};
+pub use replay::{
+    NonceError, NonceMode, NonceStore, ReplayWindow, MAX_ENVELOPE_AGE, MAX_FUTURE_TOLERANCE,
+    MAX_NONCE_LEN,
+};
 pub use routes::{AgentCode, AgentParts, HandlerRef, HandlerTable, Route, Routes};
 pub use wellknown::{health_response, HealthReport, ManifestDocument, MANIFEST_CACHE_CONTROL};
 
@@ -139,6 +145,7 @@ use crate::model::UnixTime;
 use crate::model::{Manifest, UlidGenerator};
 use crate::reliability::rate_limit::{RateDecision, SlidingWindowLimiter};
 use crate::reliability::{Admission, DedupKey, DedupWindow};
+use crate::store::NonceRecord;
 
 /// What every exchange reads and none changes: policy, manifest, routes.
 #[derive(Debug, Clone)]
@@ -189,11 +196,11 @@ impl Server {
             .filter(|spec| !spec.is_unlimited())
             .map(|spec| SlidingWindowLimiter::with_max_keys(spec, config.max_rate_limit_keys));
         let dedup = config.dedup.map(DedupWindow::new);
-        let needs_admission = config.require_nonce
+        let needs_admission = config.nonce != NonceMode::Off
             || (config.rate_limit_by_sender && limiter.is_some())
             || dedup.is_some();
         Self {
-            nonces: NonceStore::new(config.nonce_ttl, config.max_nonces),
+            nonces: NonceStore::new(config.replay_window, config.max_nonces),
             ids: UlidGenerator::new(id_seed),
             limiter,
             dedup,
@@ -245,6 +252,13 @@ impl Server {
     #[must_use]
     pub fn nonces(&self) -> &NonceStore {
         &self.nonces
+    }
+
+    /// Remembers the nonces accepted before a restart (the live records of a
+    /// [`ReplayStore`](crate::store::ReplayStore)), before serving; every one
+    /// is kept, even past the capacity. [`AgentParts::into_server`] calls it.
+    pub fn restore_nonces<'a>(&mut self, records: impl IntoIterator<Item = &'a NonceRecord>) {
+        self.nonces.restore(records);
     }
 
     /// Opens the exchange of one request (spec 8.1 routes; for `POST /asap`
@@ -324,14 +338,25 @@ impl Server {
             return;
         };
         let config = &self.shared.config;
-        if config.require_nonce {
-            if let Err(e) = self.nonces.check(&pending.envelope, now.wall) {
+        match self.nonces.check(&pending.envelope, config.nonce, now.wall) {
+            // With task state attached, the nonce is committed with the
+            // answer's records, so a restart keeps refusing it.
+            Ok(Some(record)) if self.shared.routes.task_state => ex.hold_nonce(record),
+            Ok(_) => {}
+            Err(NonceError::Invalid(e)) => {
                 let err = ErrorResponse::invalid_params_asap(
                     "Invalid envelope nonce",
                     &e,
                     Some(pending.request_id.clone()),
                 );
                 return ex.refuse(answer::rpc_error(&err), Outcome::RpcError);
+            }
+            Err(NonceError::Full {
+                capacity,
+                retry_after_secs,
+            }) => {
+                let r = nonce_store_full(capacity, retry_after_secs);
+                return ex.refuse(r, Outcome::Overloaded);
             }
         }
         if config.rate_limit_by_sender && pending.routed.is_ok() {
@@ -359,7 +384,7 @@ impl Server {
                 Ok(Admission::InProgress) => return ex.await_first(pending),
                 Err(e) => {
                     let r = answer::busy(&format!("Server busy: {e}"));
-                    return ex.refuse(r, Outcome::RejectedHeaders);
+                    return ex.refuse(r, Outcome::Overloaded);
                 }
             }
         }

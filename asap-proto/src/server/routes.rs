@@ -146,6 +146,9 @@ pub struct AgentParts<S, P, H, T> {
     pub health: Option<H>,
     /// Task state (`None`: skill runs are not recorded, `state.*` has no handler).
     pub stores: Option<T>,
+    /// Nonces accepted before a restart (live records loaded from the stores'
+    /// replay state), remembered by the server before it serves.
+    pub restored_nonces: Vec<crate::store::NonceRecord>,
 }
 
 impl<S, P, H, T> AgentParts<S, P, H, T> {
@@ -158,11 +161,13 @@ impl<S, P, H, T> AgentParts<S, P, H, T> {
             handlers: HandlerTable::default(),
             health: None,
             stores: None,
+            restored_nonces: Vec::new(),
         }
     }
 
     /// The core [`Server`](super::Server) (routes registered, task state attached
-    /// when stores are) and the code it routes to.
+    /// when stores are, [`restored_nonces`](Self::restored_nonces) remembered)
+    /// and the code it routes to.
     ///
     /// A skill with a handler but no manifest entry is added to the served
     /// manifest (description: its id), so registering a handler is enough for
@@ -190,6 +195,9 @@ impl<S, P, H, T> AgentParts<S, P, H, T> {
         }
         let mut server = super::Server::new(self.manifest, self.config, started, id_seed);
         server.set_routes(routes);
+        if server.config().nonce != super::NonceMode::Off {
+            server.restore_nonces(&self.restored_nonces);
+        }
         let code = AgentCode {
             handlers: self.handlers,
             health: self.health,

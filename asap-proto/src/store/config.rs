@@ -1,7 +1,7 @@
 //! Storage backend selection (spec §17.2), parsed from values the caller read.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 /// Environment variable naming the backend: `memory` or `sqlite`.
@@ -68,6 +68,20 @@ pub enum StorageConfigError {
     /// A variable's value is not valid Unicode.
     #[error("{0} is not valid Unicode")]
     NotUnicode(&'static str),
+    /// Two settings ask for different storage (see [`StorageConfig::resolve`]);
+    /// neither is silently ignored.
+    #[error("{first} contradicts {second}: {why}; remove one of them")]
+    Contradiction {
+        /// The first setting, as given (`--db state.db`).
+        first: String,
+        /// The second setting, as given (`ASAP_STORAGE_BACKEND=memory`).
+        second: String,
+        /// How they disagree.
+        why: &'static str,
+    },
+    /// `--db` was given an empty path.
+    #[error("--db is empty; give it a file path such as 'asap_state.db'")]
+    EmptyDb,
 }
 
 /// Where the agent keeps its state: the parsed `ASAP_STORAGE_BACKEND` / `ASAP_STORAGE_PATH`.
@@ -118,6 +132,67 @@ impl StorageConfig {
     }
 }
 
+impl StorageConfig {
+    /// The one precedence of a process that also takes a `--db PATH` flag
+    /// (`asap serve`): `--db PATH` means SQLite at `PATH`, exactly as
+    /// `ASAP_STORAGE_BACKEND=sqlite ASAP_STORAGE_PATH=PATH` does; settings left
+    /// unset take the defaults (`default_backend`, `asap_state.db`). Settings
+    /// that are given must agree: `--db` with `ASAP_STORAGE_BACKEND=memory`, `--db`
+    /// with a different `ASAP_STORAGE_PATH`, or `ASAP_STORAGE_BACKEND=memory`
+    /// with `ASAP_STORAGE_PATH` are errors naming both, never one silently ignored.
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use asap_proto::store::{StorageBackend, StorageConfig};
+    /// let c = StorageConfig::resolve(StorageBackend::Sqlite, Some(Path::new("x.db")), Some("sqlite"), None).unwrap();
+    /// assert_eq!((c.backend, c.path.to_str()), (StorageBackend::Sqlite, Some("x.db")));
+    /// let err = StorageConfig::resolve(StorageBackend::Sqlite, Some(Path::new("x.db")), Some("memory"), None).unwrap_err();
+    /// assert!(err.to_string().starts_with("--db x.db contradicts ASAP_STORAGE_BACKEND=memory"));
+    /// ```
+    pub fn resolve(
+        default_backend: StorageBackend,
+        db: Option<&Path>,
+        backend: Option<&str>,
+        path: Option<&str>,
+    ) -> Result<Self, StorageConfigError> {
+        let env = Self::from_values_or(default_backend, backend, path)?;
+        let backend_text = || format!("{STORAGE_BACKEND_ENV}={}", backend.unwrap_or("").trim());
+        let path_text = || format!("{STORAGE_PATH_ENV}={}", path.unwrap_or("").trim());
+        let Some(db) = db else {
+            if backend.is_some() && env.backend == StorageBackend::Memory && path.is_some() {
+                return Err(StorageConfigError::Contradiction {
+                    first: backend_text(),
+                    second: path_text(),
+                    why: "memory keeps no file, so the path would be ignored",
+                });
+            }
+            return Ok(env);
+        };
+        if db.as_os_str().is_empty() {
+            return Err(StorageConfigError::EmptyDb);
+        }
+        let db_text = format!("--db {}", db.display());
+        if backend.is_some() && env.backend != StorageBackend::Sqlite {
+            return Err(StorageConfigError::Contradiction {
+                first: db_text,
+                second: backend_text(),
+                why: "the flag keeps state in that SQLite file, the variable in memory",
+            });
+        }
+        if path.is_some() && env.path != db {
+            return Err(StorageConfigError::Contradiction {
+                first: db_text,
+                second: path_text(),
+                why: "they name different SQLite files",
+            });
+        }
+        Ok(Self {
+            backend: StorageBackend::Sqlite,
+            path: db.to_owned(),
+        })
+    }
+}
+
 /// Python's `repr()` of a string, so the error text matches the reference's.
 fn py_repr(s: &str) -> String {
     let quote = if s.contains('\'') && !s.contains('"') {
@@ -162,6 +237,66 @@ mod tests {
         assert_eq!(c.path, PathBuf::from("/x/y.db"));
         let c = StorageConfig::from_values(Some("MEMORY"), None).unwrap();
         assert_eq!(c.backend, StorageBackend::Memory);
+    }
+
+    #[test]
+    fn one_precedence_and_contradictions_name_both_sources() {
+        use StorageBackend::{Memory, Sqlite};
+        let db = Some(Path::new("x.db"));
+        let ok = |db, b, p| StorageConfig::resolve(Sqlite, db, b, p).unwrap();
+        let err = |db, b, p| {
+            StorageConfig::resolve(Sqlite, db, b, p)
+                .unwrap_err()
+                .to_string()
+        };
+        // Unset: the defaults; each source alone is used; agreeing sources combine.
+        assert_eq!(ok(None, None, None).path, PathBuf::from("asap_state.db"));
+        assert_eq!(ok(None, None, None).backend, Sqlite);
+        assert_eq!(ok(None, Some("memory"), None).backend, Memory);
+        assert_eq!(ok(None, None, Some("y.db")).path, PathBuf::from("y.db"));
+        for (b, p) in [
+            (None, None),
+            (Some(" SQLite "), None),
+            (None, Some(" x.db ")),
+            (Some("sqlite"), Some("x.db")),
+        ] {
+            assert_eq!(
+                ok(db, b, p),
+                StorageConfig {
+                    backend: Sqlite,
+                    path: "x.db".into()
+                },
+                "{b:?} {p:?}"
+            );
+        }
+        // The memory default of a library caller is overridden by --db, which says SQLite.
+        assert_eq!(
+            StorageConfig::resolve(Memory, db, None, None)
+                .unwrap()
+                .backend,
+            Sqlite
+        );
+        assert_eq!(
+            err(db, Some("Memory"), None),
+            "--db x.db contradicts ASAP_STORAGE_BACKEND=Memory: the flag keeps state in that SQLite file, the variable in memory; remove one of them"
+        );
+        assert_eq!(
+            err(db, None, Some("y.db")),
+            "--db x.db contradicts ASAP_STORAGE_PATH=y.db: they name different SQLite files; remove one of them"
+        );
+        assert_eq!(
+            err(None, Some("memory"), Some("y.db")),
+            "ASAP_STORAGE_BACKEND=memory contradicts ASAP_STORAGE_PATH=y.db: memory keeps no file, so the path would be ignored; remove one of them"
+        );
+        // Each source's own errors come first, as before.
+        assert_eq!(
+            err(db, Some("redis"), None),
+            "Unknown ASAP_STORAGE_BACKEND='redis'. Use 'memory' or 'sqlite'."
+        );
+        assert_eq!(
+            err(Some(Path::new("")), None, None),
+            "--db is empty; give it a file path such as 'asap_state.db'"
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The contract suite every [`SnapshotStore`] and [`MeteringStore`] backend must pass.
+//! The contract suite every [`SnapshotStore`], [`MeteringStore`] and
+//! [`ReplayStore`] backend must pass.
 //!
 //! Compiled with the `contract-tests` cargo feature. A backend's test calls
 //! [`snapshot_store`] / [`metering_store`] with a factory returning a fresh,
@@ -8,6 +9,7 @@
 //! use asap_proto::store::{contract, MemoryMeteringStore, MemorySnapshotStore};
 //! contract::snapshot_store(MemorySnapshotStore::new);
 //! contract::metering_store(MemoryMeteringStore::new);
+//! contract::replay_store(asap_proto::store::MemoryReplayStore::new);
 //! ```
 //!
 //! Decisions the suite pins down (all following the reference, spec §17):
@@ -21,8 +23,8 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use serde_json::{json, Value};
 
 use super::{
-    AggregatePeriod, MeteringStore, SnapshotStore, StoreError, UsageAggregate, UsageEvent,
-    UsageMetrics, MAX_METRIC_VALUE,
+    AggregatePeriod, DedupRecord, MeteringStore, NonceRecord, ReplayStore, SnapshotStore,
+    StoreError, UsageAggregate, UsageEvent, UsageMetrics, MAX_METRIC_VALUE,
 };
 use crate::model::{JsonObject, StateSnapshot, Timestamp, UnixTime};
 
@@ -65,6 +67,46 @@ pub const METERING_CASES: &[MeteringCase] = &[
     ("unicode ids", unicode_events),
     ("many events", many_events),
 ];
+
+/// A named contract case over a replay store.
+pub type ReplayCase = (&'static str, fn(&mut dyn ReplayStore));
+
+/// Every replay-store case, in the order [`replay_store`] runs them.
+pub const REPLAY_CASES: &[ReplayCase] = &[
+    ("empty store", empty_replay_store),
+    (
+        "a nonce is live through its expiry millisecond",
+        nonce_liveness,
+    ),
+    (
+        "recording a nonce again keeps the later expiry",
+        nonce_keeps_later_expiry,
+    ),
+    (
+        "nonce keys are exact and scoped per sender",
+        nonce_keys_exact,
+    ),
+    ("loads are ordered by expiry, then key", replay_load_order),
+    (
+        "dedup records round-trip bytes and are replaced",
+        dedup_round_trip,
+    ),
+    (
+        "purge removes expired records of both kinds",
+        purge_both_kinds,
+    ),
+    ("empty keys rejected", replay_empty_keys_rejected),
+    ("unicode keys", replay_unicode_keys),
+    ("many nonces", many_nonces),
+];
+
+/// Runs every case of [`REPLAY_CASES`], each on a fresh store from `make`.
+pub fn replay_store<R: ReplayStore, F: FnMut() -> R>(mut make: F) {
+    for (name, case) in REPLAY_CASES {
+        let mut store = make();
+        run_case("ReplayStore", name, || case(&mut store));
+    }
+}
 
 /// Runs every case of [`SNAPSHOT_CASES`], each on a fresh store from `make`.
 pub fn snapshot_store<S: SnapshotStore, F: FnMut() -> S>(mut make: F) {
@@ -752,9 +794,208 @@ fn many_events(s: &mut dyn MeteringStore) {
         .all(|w| w[0].timestamp.unix() <= w[1].timestamp.unix()));
 }
 
+// ---- replay ----
+
+fn ms(t: i64) -> UnixTime {
+    UnixTime::from_millis(t)
+}
+
+fn nonce(sender: &str, n: &str, expires: i64) -> NonceRecord {
+    NonceRecord {
+        sender: sender.to_owned(),
+        nonce: n.to_owned(),
+        expires_at_unix_ms: expires,
+    }
+}
+
+fn dedup(sender: &str, id: &str, response: &[u8], expires: i64) -> DedupRecord {
+    DedupRecord {
+        sender: sender.to_owned(),
+        envelope_id: id.to_owned(),
+        response: response.to_vec(),
+        expires_at_unix_ms: expires,
+    }
+}
+
+fn nonces_at(s: &dyn ReplayStore, t: i64) -> Vec<NonceRecord> {
+    ok(s.load_nonces(ms(t)), "load_nonces")
+}
+
+fn empty_replay_store(s: &mut dyn ReplayStore) {
+    assert_eq!(nonces_at(s, 0), vec![]);
+    assert_eq!(ok(s.load_dedup(ms(0)), "load_dedup"), vec![]);
+    assert_eq!(ok(s.purge_expired(ms(i64::MAX / 1000)), "purge"), 0);
+}
+
+fn nonce_liveness(s: &mut dyn ReplayStore) {
+    let r = nonce("urn:asap:agent:a", "n1", 1_000);
+    ok(s.record_nonce(&r), "record_nonce");
+    assert_eq!(nonces_at(s, 0), vec![r.clone()]);
+    assert_eq!(nonces_at(s, 1_000), vec![r.clone()], "live at its expiry");
+    // 999 µs past the expiry millisecond is still that millisecond.
+    let late = UnixTime::from_micros(1_000_999);
+    assert_eq!(ok(s.load_nonces(late), "load_nonces"), vec![r.clone()]);
+    assert_eq!(nonces_at(s, 1_001), vec![], "expired one ms later");
+    assert_eq!(ok(s.purge_expired(ms(1_000)), "purge at expiry"), 0);
+    assert_eq!(
+        nonces_at(s, 1_000),
+        vec![r],
+        "a purge at its expiry keeps it"
+    );
+    assert_eq!(ok(s.purge_expired(ms(1_001)), "purge after expiry"), 1);
+    assert_eq!(nonces_at(s, 0), vec![], "purged for good");
+}
+
+fn nonce_keeps_later_expiry(s: &mut dyn ReplayStore) {
+    ok(s.record_nonce(&nonce("a", "n", 2_000)), "record");
+    ok(
+        s.record_nonce(&nonce("a", "n", 1_000)),
+        "record earlier expiry",
+    );
+    assert_eq!(nonces_at(s, 0), vec![nonce("a", "n", 2_000)]);
+    ok(
+        s.record_nonce(&nonce("a", "n", 3_000)),
+        "record later expiry",
+    );
+    assert_eq!(nonces_at(s, 0), vec![nonce("a", "n", 3_000)]);
+    assert_eq!(ok(s.purge_expired(ms(2_500)), "purge"), 0);
+}
+
+fn nonce_keys_exact(s: &mut dyn ReplayStore) {
+    let keys = [
+        ("a", "n"),
+        ("b", "n"),
+        ("a", "N"),
+        ("a", "n%"),
+        ("a", "n_"),
+        ("a ", "n"),
+        ("%", "%"),
+        ("a", "n "),
+    ];
+    for (i, (sender, n)) in keys.iter().enumerate() {
+        ok(
+            s.record_nonce(&nonce(sender, n, 1_000 + i as i64)),
+            "record",
+        );
+    }
+    let got = nonces_at(s, 0);
+    assert_eq!(got.len(), keys.len(), "{got:?}");
+    for (i, (sender, n)) in keys.iter().enumerate() {
+        assert!(
+            got.contains(&nonce(sender, n, 1_000 + i as i64)),
+            "{sender:?} {n:?}"
+        );
+    }
+}
+
+fn replay_load_order(s: &mut dyn ReplayStore) {
+    for (sender, n, at) in [("b", "2", 5), ("a", "9", 7), ("a", "1", 5), ("c", "0", 1)] {
+        ok(s.record_nonce(&nonce(sender, n, at)), "record");
+        ok(s.record_dedup(&dedup(sender, n, b"r", at)), "record_dedup");
+    }
+    let got: Vec<(String, String, i64)> = nonces_at(s, 0)
+        .into_iter()
+        .map(|r| (r.sender, r.nonce, r.expires_at_unix_ms))
+        .collect();
+    let want = [("c", "0", 1), ("a", "1", 5), ("b", "2", 5), ("a", "9", 7)]
+        .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c));
+    assert_eq!(got, want);
+    let got: Vec<(String, String)> = ok(s.load_dedup(ms(2)), "load_dedup")
+        .into_iter()
+        .map(|r| (r.sender, r.envelope_id))
+        .collect();
+    assert_eq!(
+        got,
+        want[1..]
+            .iter()
+            .map(|(a, b, _)| (a.clone(), b.clone()))
+            .collect::<Vec<_>>()
+    );
+}
+
+fn dedup_round_trip(s: &mut dyn ReplayStore) {
+    let bytes = [0u8, 0xff, b'{', 0x80, b'\n', 0];
+    let r = dedup("urn:asap:agent:a", "01KDXZ0000ENVREQ0000000001", &bytes, 10);
+    ok(s.record_dedup(&r), "record_dedup");
+    assert_eq!(ok(s.load_dedup(ms(10)), "load_dedup"), vec![r.clone()]);
+    let big = dedup("urn:asap:agent:a", "big", &vec![7u8; 1 << 20], 10);
+    ok(s.record_dedup(&big), "record 1 MiB response");
+    let replacement = dedup(
+        "urn:asap:agent:a",
+        "01KDXZ0000ENVREQ0000000001",
+        b"second",
+        5,
+    );
+    ok(s.record_dedup(&replacement), "record again");
+    assert_eq!(
+        ok(s.load_dedup(ms(0)), "load_dedup"),
+        vec![replacement, big]
+    );
+    assert_eq!(ok(s.load_dedup(ms(11)), "load_dedup"), vec![]);
+    assert_eq!(nonces_at(s, 0), vec![], "dedup records are not nonces");
+}
+
+fn purge_both_kinds(s: &mut dyn ReplayStore) {
+    ok(s.record_nonce(&nonce("a", "old", 10)), "record");
+    ok(s.record_nonce(&nonce("a", "new", 20)), "record");
+    ok(s.record_dedup(&dedup("a", "old", b"x", 10)), "record_dedup");
+    ok(s.record_dedup(&dedup("a", "new", b"y", 20)), "record_dedup");
+    assert_eq!(ok(s.purge_expired(ms(15)), "purge"), 2);
+    assert_eq!(nonces_at(s, 0), vec![nonce("a", "new", 20)]);
+    assert_eq!(
+        ok(s.load_dedup(ms(0)), "load_dedup"),
+        vec![dedup("a", "new", b"y", 20)]
+    );
+    assert_eq!(ok(s.purge_expired(ms(15)), "purge again"), 0);
+    // Far-past and far-future expiries.
+    ok(s.record_nonce(&nonce("a", "min", i64::MIN)), "record");
+    ok(s.record_nonce(&nonce("a", "max", i64::MAX)), "record");
+    assert_eq!(ok(s.purge_expired(ms(0)), "purge"), 1);
+    assert_eq!(nonces_at(s, 100), vec![nonce("a", "max", i64::MAX)]);
+}
+
+fn replay_empty_keys_rejected(s: &mut dyn ReplayStore) {
+    for r in [nonce("", "n", 1), nonce("a", "", 1)] {
+        match s.record_nonce(&r) {
+            Err(StoreError::InvalidInput { what, .. }) => assert_eq!(what, "nonce record"),
+            other => panic!("{r:?} should be InvalidInput, got {other:?}"),
+        }
+    }
+    match s.record_nonces(&[nonce("a", "fine", 1), nonce("a", "", 1)]) {
+        Err(StoreError::InvalidInput { .. }) => {}
+        other => panic!("a batch with an empty nonce should be InvalidInput, got {other:?}"),
+    }
+    for r in [dedup("", "e", b"", 1), dedup("a", "", b"", 1)] {
+        match s.record_dedup(&r) {
+            Err(StoreError::InvalidInput { what, .. }) => assert_eq!(what, "dedup record"),
+            other => panic!("{r:?} should be InvalidInput, got {other:?}"),
+        }
+    }
+    assert_eq!(nonces_at(s, 0), vec![], "nothing written");
+    assert_eq!(ok(s.load_dedup(ms(0)), "load_dedup"), vec![]);
+}
+
+fn replay_unicode_keys(s: &mut dyn ReplayStore) {
+    let r = nonce("urn:asap:agent:日本", "nonce_😀\u{0}\"'\\", 1);
+    ok(s.record_nonce(&r), "record");
+    let spaced = nonce("urn:asap:agent:日本", "nonce_😀\u{0}\"'\\ ", 1);
+    ok(s.record_nonce(&spaced), "record");
+    assert_eq!(nonces_at(s, 0), vec![r, spaced]);
+}
+
+fn many_nonces(s: &mut dyn ReplayStore) {
+    let batch: Vec<NonceRecord> = (0..1000)
+        .map(|i| nonce("urn:asap:agent:a", &format!("n{i:04}"), i))
+        .collect();
+    ok(s.record_nonces(&batch), "record_nonces");
+    assert_eq!(nonces_at(s, 0), batch);
+    assert_eq!(ok(s.purge_expired(ms(500)), "purge"), 500);
+    assert_eq!(nonces_at(s, 0), batch[500..]);
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::{MemoryMeteringStore, MemorySnapshotStore};
+    use super::super::{MemoryMeteringStore, MemoryReplayStore, MemorySnapshotStore};
 
     #[test]
     fn memory_snapshot_store_passes_the_contract() {
@@ -764,6 +1005,11 @@ mod tests {
     #[test]
     fn memory_metering_store_passes_the_contract() {
         super::metering_store(MemoryMeteringStore::new);
+    }
+
+    #[test]
+    fn memory_replay_store_passes_the_contract() {
+        super::replay_store(MemoryReplayStore::new);
     }
 
     #[test]

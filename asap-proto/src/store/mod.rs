@@ -6,9 +6,11 @@
 //!   per task (save, get a version, get the latest, list versions, delete).
 //! * [`MeteringStore`]: [`UsageEvent`]s per agent (record, query a time range,
 //!   aggregate over an hour, day, week, month, or everything).
+//! * [`ReplayStore`]: the replay state that must survive a restart: accepted
+//!   nonces ([`NonceRecord`]) and the dedup window's answers ([`DedupRecord`]).
 //!
 //! This module holds the contracts, the models, the in-memory implementations
-//! ([`MemorySnapshotStore`], [`MemoryMeteringStore`]) and the pure parsing of
+//! ([`MemorySnapshotStore`], [`MemoryMeteringStore`], [`MemoryReplayStore`]) and the pure parsing of
 //! the storage configuration ([`StorageConfig`]). Like the rest of the core it
 //! does no I/O and reads no clock: every time value comes in the data or as an
 //! argument. `asap-blocking` implements both traits on SQLite with the
@@ -44,6 +46,7 @@ mod config;
 pub mod contract;
 mod error;
 mod metering;
+mod replay;
 mod snapshot;
 
 pub use config::{
@@ -54,6 +57,10 @@ pub use error::StoreError;
 pub use metering::{
     AggregatePeriod, MemoryMeteringStore, MeteringStore, ParsePeriodError, UsageAggregate,
     UsageEvent, UsageMetrics, DEFAULT_MEMORY_RETAINED_EVENTS, MAX_METRIC_VALUE,
+};
+pub use replay::{
+    check_dedup_record, check_nonce_record, DedupRecord, MemoryReplayStore, NonceRecord,
+    ReplayStore,
 };
 pub use snapshot::{
     check_snapshot, MemorySnapshotStore, SnapshotStore, DEFAULT_MEMORY_RETAINED_TASKS,

@@ -21,6 +21,7 @@
 
 mod checkpoint;
 mod metering;
+mod replay;
 mod snapshot;
 
 use std::path::Path;
@@ -30,6 +31,10 @@ use asap_proto::store::StoreError;
 use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 
 pub use metering::SqliteMeteringStore;
+pub use replay::{
+    SqliteReplayStore, REPLAY_DEDUP_DDL, REPLAY_DEDUP_INDEX_DDL, REPLAY_NONCES_DDL,
+    REPLAY_NONCES_INDEX_DDL,
+};
 pub use snapshot::SqliteSnapshotStore;
 
 /// The reference's `snapshots` table, byte for byte as it appears in `sqlite_master`
@@ -132,16 +137,22 @@ impl SharedConnection {
     }
 }
 
-/// Opens the snapshot and metering stores of `path` on one [`SharedConnection`].
+/// The stores of one file on one [`SharedConnection`].
+pub(crate) struct SharedStores {
+    pub snapshots: SqliteSnapshotStore,
+    pub metering: SqliteMeteringStore,
+    pub replay: SqliteReplayStore,
+    pub conn: SharedConnection,
+}
+
+/// Opens the snapshot, metering and replay stores of `path` on one [`SharedConnection`].
 pub(crate) fn open_shared(
     path: &Path,
     options: &SqliteOptions,
-) -> Result<(SqliteSnapshotStore, SqliteMeteringStore, SharedConnection), StoreError> {
-    let writer = open_connection(
-        path,
-        options,
-        &[SNAPSHOTS_DDL, USAGE_EVENTS_DDL, USAGE_EVENTS_INDEX_DDL],
-    )?;
+) -> Result<SharedStores, StoreError> {
+    let mut ddl = vec![SNAPSHOTS_DDL, USAGE_EVENTS_DDL, USAGE_EVENTS_INDEX_DDL];
+    ddl.extend(replay::DDL);
+    let writer = open_connection(path, options, &ddl)?;
     // Checkpoints move to their own thread (see `checkpoint`): SQLite's
     // automatic one runs inside a commit and that request waits for its fsyncs.
     writer
@@ -149,23 +160,32 @@ pub(crate) fn open_shared(
         .map_err(sql_err)?;
     let conn = SharedConnection::new(writer);
     checkpoint::spawn(path, options, &conn)?;
-    Ok((
-        SqliteSnapshotStore::with_connection(conn.clone(), Some(path.to_owned())),
-        SqliteMeteringStore::with_connection(conn.clone(), Some(path.to_owned())),
+    Ok(SharedStores {
+        snapshots: SqliteSnapshotStore::with_connection(conn.clone(), Some(path.to_owned())),
+        metering: SqliteMeteringStore::with_connection(conn.clone(), Some(path.to_owned())),
+        replay: SqliteReplayStore::with_connection(conn.clone(), Some(path.to_owned())),
         conn,
-    ))
+    })
 }
 
-/// Writes snapshots and usage events in one `BEGIN IMMEDIATE` transaction
-/// (one commit, one sync): all are stored or none.
+/// Writes snapshots, usage events and accepted nonces in one `BEGIN IMMEDIATE`
+/// transaction (one commit, one sync): all are stored or none. With nonces,
+/// the nonces expired at `now` are purged in the same transaction (an index
+/// seek; each row is deleted once), so the table holds about one replay
+/// window of traffic.
 pub(crate) fn record_tasks(
     conn: &SharedConnection,
     snapshots: &[asap_proto::model::StateSnapshot],
     events: &[asap_proto::store::UsageEvent],
+    nonces: &[asap_proto::store::NonceRecord],
+    now: asap_proto::model::UnixTime,
 ) -> Result<(), StoreError> {
     snapshots
         .iter()
         .try_for_each(asap_proto::store::check_snapshot)?;
+    nonces
+        .iter()
+        .try_for_each(asap_proto::store::check_nonce_record)?;
     let events = events
         .iter()
         .map(asap_proto::store::UsageEvent::normalized)
@@ -182,6 +202,15 @@ pub(crate) fn record_tasks(
         let mut stmt = tx.prepare_cached(metering::INSERT).map_err(sql_err)?;
         for e in &events {
             metering::insert(&mut stmt, e)?;
+        }
+        if !nonces.is_empty() {
+            let mut stmt = tx.prepare_cached(replay::INSERT_NONCE).map_err(sql_err)?;
+            for n in nonces {
+                replay::insert_nonce(&mut stmt, n)?;
+            }
+            tx.prepare_cached(replay::PURGE_NONCES)
+                .and_then(|mut s| s.execute([now.as_millis()]))
+                .map_err(sql_err)?;
         }
     }
     tx.commit().map_err(sql_err)

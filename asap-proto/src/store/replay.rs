@@ -1,0 +1,217 @@
+//! Replay state that must outlive the process: the nonces an agent has
+//! accepted, and the receiver's envelope-id dedup window.
+//!
+//! Records are primitive (strings, bytes, an expiry in unix milliseconds) so
+//! any backend stores them as they are. A record is *live* while
+//! `now <= expires_at_unix_ms` (the millisecond of `now`, floored: a record is
+//! never dropped before its expiry) and may be deleted once `now` is past it.
+//!
+//! ```
+//! use asap_proto::model::UnixTime;
+//! use asap_proto::store::{MemoryReplayStore, NonceRecord, ReplayStore};
+//!
+//! let mut store = MemoryReplayStore::new();
+//! let record = NonceRecord { sender: "urn:asap:agent:a".into(), nonce: "n-1".into(), expires_at_unix_ms: 2_000 };
+//! store.record_nonce(&record)?;
+//! assert_eq!(store.load_nonces(UnixTime::from_millis(2_000))?, vec![record]);
+//! assert_eq!(store.purge_expired(UnixTime::from_millis(2_001))?, 1);
+//! assert!(store.load_nonces(UnixTime::from_millis(0))?.is_empty());
+//! # Ok::<(), asap_proto::store::StoreError>(())
+//! ```
+
+use std::collections::BTreeMap;
+
+use super::StoreError;
+use crate::model::UnixTime;
+
+/// A nonce an agent accepted from `sender`, refused again until it expires.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NonceRecord {
+    /// The envelope's sender URN (nonces are scoped per sender).
+    pub sender: String,
+    /// The envelope's `extensions.nonce`.
+    pub nonce: String,
+    /// The last unix millisecond at which the envelope could still pass the
+    /// replay window (its timestamp plus the maximum age, rounded up).
+    pub expires_at_unix_ms: i64,
+}
+
+impl NonceRecord {
+    /// Whether the record is still live at `now`.
+    #[must_use]
+    pub fn is_live(&self, now: UnixTime) -> bool {
+        now.as_millis() <= self.expires_at_unix_ms
+    }
+}
+
+/// The answer given to an envelope, kept so a duplicate of it (same sender,
+/// same envelope id) gets the same answer instead of a second run.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DedupRecord {
+    /// The envelope's sender URN.
+    pub sender: String,
+    /// The envelope's id.
+    pub envelope_id: String,
+    /// The response body that was sent.
+    pub response: Vec<u8>,
+    /// The last unix millisecond the record is kept.
+    pub expires_at_unix_ms: i64,
+}
+
+impl DedupRecord {
+    /// Whether the record is still live at `now`.
+    #[must_use]
+    pub fn is_live(&self, now: UnixTime) -> bool {
+        now.as_millis() <= self.expires_at_unix_ms
+    }
+}
+
+/// Durable replay state (nonces, dedup window). Every backend passes
+/// `store::contract::replay_store`.
+///
+/// * Keys are exact: `(sender, nonce)` and `(sender, envelope_id)`.
+/// * Recording a nonce again keeps the later expiry; recording a dedup
+///   record again replaces it (the window had forgotten it, so the newer
+///   answer is the one given).
+/// * Loads return live records only, by expiry, then key.
+/// * Empty senders, nonces and envelope ids are refused with
+///   [`StoreError::InvalidInput`], and nothing is written.
+pub trait ReplayStore {
+    /// Stores one accepted nonce.
+    fn record_nonce(&mut self, record: &NonceRecord) -> Result<(), StoreError>;
+    /// The nonces live at `now`.
+    fn load_nonces(&self, now: UnixTime) -> Result<Vec<NonceRecord>, StoreError>;
+    /// Stores one answer of the dedup window.
+    fn record_dedup(&mut self, record: &DedupRecord) -> Result<(), StoreError>;
+    /// The dedup records live at `now`.
+    fn load_dedup(&self, now: UnixTime) -> Result<Vec<DedupRecord>, StoreError>;
+    /// Deletes every record (both kinds) that has expired at `now`; returns how many.
+    fn purge_expired(&mut self, now: UnixTime) -> Result<u64, StoreError>;
+
+    /// Stores several nonces (one transaction where the backend has them).
+    fn record_nonces(&mut self, records: &[NonceRecord]) -> Result<(), StoreError> {
+        records.iter().try_for_each(check_nonce_record)?;
+        records.iter().try_for_each(|r| self.record_nonce(r))
+    }
+}
+
+impl<T: ReplayStore + ?Sized> ReplayStore for Box<T> {
+    fn record_nonce(&mut self, record: &NonceRecord) -> Result<(), StoreError> {
+        (**self).record_nonce(record)
+    }
+    fn load_nonces(&self, now: UnixTime) -> Result<Vec<NonceRecord>, StoreError> {
+        (**self).load_nonces(now)
+    }
+    fn record_dedup(&mut self, record: &DedupRecord) -> Result<(), StoreError> {
+        (**self).record_dedup(record)
+    }
+    fn load_dedup(&self, now: UnixTime) -> Result<Vec<DedupRecord>, StoreError> {
+        (**self).load_dedup(now)
+    }
+    fn purge_expired(&mut self, now: UnixTime) -> Result<u64, StoreError> {
+        (**self).purge_expired(now)
+    }
+    fn record_nonces(&mut self, records: &[NonceRecord]) -> Result<(), StoreError> {
+        (**self).record_nonces(records)
+    }
+}
+
+fn non_empty(what: &'static str, field: &str, value: &str) -> Result<(), StoreError> {
+    if value.is_empty() {
+        return Err(StoreError::InvalidInput {
+            what,
+            reason: format!("{field} is empty"),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a nonce record a store cannot key (empty sender or nonce).
+pub fn check_nonce_record(r: &NonceRecord) -> Result<(), StoreError> {
+    non_empty("nonce record", "sender", &r.sender)?;
+    non_empty("nonce record", "nonce", &r.nonce)
+}
+
+/// Refuses a dedup record a store cannot key (empty sender or envelope id).
+pub fn check_dedup_record(r: &DedupRecord) -> Result<(), StoreError> {
+    non_empty("dedup record", "sender", &r.sender)?;
+    non_empty("dedup record", "envelope_id", &r.envelope_id)
+}
+
+/// Replay state in memory: for tests and embedders (it does not survive the
+/// process, which is the point of the trait; an agent on the memory backend
+/// keeps its nonces in the server's `NonceStore` alone). Purging scans every record.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryReplayStore {
+    nonces: BTreeMap<(String, String), i64>,
+    dedup: BTreeMap<(String, String), (Vec<u8>, i64)>,
+}
+
+impl MemoryReplayStore {
+    /// An empty store.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl ReplayStore for MemoryReplayStore {
+    fn record_nonce(&mut self, r: &NonceRecord) -> Result<(), StoreError> {
+        check_nonce_record(r)?;
+        let at = self
+            .nonces
+            .entry((r.sender.clone(), r.nonce.clone()))
+            .or_insert(r.expires_at_unix_ms);
+        *at = (*at).max(r.expires_at_unix_ms);
+        Ok(())
+    }
+
+    fn load_nonces(&self, now: UnixTime) -> Result<Vec<NonceRecord>, StoreError> {
+        let mut out: Vec<NonceRecord> = self
+            .nonces
+            .iter()
+            .map(|((sender, nonce), at)| NonceRecord {
+                sender: sender.clone(),
+                nonce: nonce.clone(),
+                expires_at_unix_ms: *at,
+            })
+            .filter(|r| r.is_live(now))
+            .collect();
+        // The map is in key order; a stable sort by expiry gives (expiry, key).
+        out.sort_by_key(|r| r.expires_at_unix_ms);
+        Ok(out)
+    }
+
+    fn record_dedup(&mut self, r: &DedupRecord) -> Result<(), StoreError> {
+        check_dedup_record(r)?;
+        self.dedup.insert(
+            (r.sender.clone(), r.envelope_id.clone()),
+            (r.response.clone(), r.expires_at_unix_ms),
+        );
+        Ok(())
+    }
+
+    fn load_dedup(&self, now: UnixTime) -> Result<Vec<DedupRecord>, StoreError> {
+        let mut out: Vec<DedupRecord> = self
+            .dedup
+            .iter()
+            .map(|((sender, id), (response, at))| DedupRecord {
+                sender: sender.clone(),
+                envelope_id: id.clone(),
+                response: response.clone(),
+                expires_at_unix_ms: *at,
+            })
+            .filter(|r| r.is_live(now))
+            .collect();
+        out.sort_by_key(|r| r.expires_at_unix_ms);
+        Ok(out)
+    }
+
+    fn purge_expired(&mut self, now: UnixTime) -> Result<u64, StoreError> {
+        let now_ms = now.as_millis();
+        let before = self.nonces.len() + self.dedup.len();
+        self.nonces.retain(|_, at| *at >= now_ms);
+        self.dedup.retain(|_, (_, at)| *at >= now_ms);
+        Ok((before - self.nonces.len() - self.dedup.len()) as u64)
+    }
+}
