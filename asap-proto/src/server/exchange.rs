@@ -820,6 +820,52 @@ mod tests {
     }
 
     #[test]
+    fn a_head_over_the_header_cap_is_431_on_every_route() {
+        let mut s = server(
+            ServerConfig {
+                max_header_bytes: 200,
+                ..ServerConfig::default()
+            },
+            false,
+        );
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-pad", HeaderValue::from_str(&"a".repeat(150)).unwrap());
+        for (method, path) in [(Method::POST, "/asap"), (Method::GET, "/health")] {
+            let head = RequestHead {
+                method: &method,
+                path,
+                headers: &headers,
+                peer: None,
+                transport: Transport::Http,
+            };
+            let mut ex = s.handle_request(&head, now());
+            let step = ex.poll_step();
+            assert!(
+                matches!(&step, Step::ReadBody { .. })
+                    || matches!(&step, Step::Respond(r) if r.response.status() == 200),
+                "{step:?}"
+            );
+        }
+        headers.insert("x-more", HeaderValue::from_str(&"b".repeat(40)).unwrap());
+        let head = RequestHead {
+            method: &Method::POST,
+            path: "/asap",
+            headers: &headers,
+            peer: None,
+            transport: Transport::Http,
+        };
+        let mut ex = s.handle_request(&head, now());
+        let Step::Respond(reply) = ex.poll_step() else {
+            panic!()
+        };
+        assert_eq!(reply.response.status(), 431);
+        assert_eq!(
+            reply.response.body(),
+            br#"{"detail":"Request headers (232 bytes) exceed maximum (200 bytes)"}"#
+        );
+    }
+
+    #[test]
     fn refusals_on_headers_are_recorded_and_ask_for_the_body_to_be_drained() {
         let mut s = server(
             ServerConfig {

@@ -85,7 +85,9 @@
 mod admission;
 mod answer;
 mod body;
+mod body_budget;
 mod config;
+mod connection;
 mod exchange;
 mod handler;
 mod inline;
@@ -101,12 +103,19 @@ use std::time::Instant;
 
 use http::{header, Method, StatusCode};
 
-pub use answer::{handler_error, has_remote_trace_context, rate_limited};
-pub use body::{check_depth, decode_body, BodyError, BodyPlan, ContentEncoding};
-pub use config::{
-    ServerConfig, DEFAULT_MAX_JSON_DEPTH, DEFAULT_MAX_NONCES, DEFAULT_MAX_REQUEST_SIZE,
-    DEFAULT_RATE_LIMIT,
+pub use answer::{
+    busy, encode_http1, handler_error, has_remote_trace_context, headers_too_large, rate_limited,
+    request_timeout,
 };
+pub use body::{check_depth, decode_body, BodyError, BodyPlan, BodyTimeout, ContentEncoding};
+pub use body_budget::{BodyBudget, BodyGrant, BodyTimer};
+pub use config::{
+    ConnectionLimits, ServerConfig, Timeouts, DEFAULT_BODY_TIMEOUT, DEFAULT_BUSY_RETRY_AFTER_SECS,
+    DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT, DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_JSON_DEPTH, DEFAULT_MAX_NONCES,
+    DEFAULT_MAX_REQUEST_SIZE, DEFAULT_RATE_LIMIT, DEFAULT_REQUEST_TIMEOUT, RESERVED_FDS,
+};
+pub use connection::{Admission, Close, CloseReason, ConnectionBudget, ConnectionId};
 pub use exchange::{
     Exchange, Now, Outcome, Reply, RequestHead, RequestRecord, StateRequest, Step, Transport,
 };
@@ -157,6 +166,15 @@ fn allowed_method(path: &str) -> Option<Method> {
         | "/ready" => Some(Method::GET),
         _ => None,
     }
+}
+
+/// Bytes of a request head as sent: request line and `name: value\r\n` lines
+/// (the path stands for the target: the query is not in [`RequestHead`]).
+fn head_size(head: &RequestHead<'_>) -> usize {
+    let line = head.method.as_str().len() + head.path.len() + " HTTP/1.1\r\n ".len();
+    head.headers.iter().fold(line + 2, |n, (name, value)| {
+        n + name.as_str().len() + value.len() + 4
+    })
 }
 
 impl Server {
@@ -235,6 +253,11 @@ impl Server {
             now.monotonic,
             head.transport,
         );
+        let head_bytes = head_size(head);
+        if head_bytes > self.shared.config.max_header_bytes {
+            let r = answer::headers_too_large(head_bytes, self.shared.config.max_header_bytes);
+            return ex.respond_now(r, false, Outcome::RejectedHeaders);
+        }
         let Some(allowed) = allowed_method(head.path) else {
             return ex.answer_get(answer::detail(StatusCode::NOT_FOUND, "Not Found"), false);
         };
