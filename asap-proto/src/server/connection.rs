@@ -20,7 +20,7 @@
 //! use std::time::{Duration, Instant};
 //! use asap_proto::server::{Admission, ConnectionBudget, ConnectionLimits, Timeouts};
 //!
-//! let limits = ConnectionLimits { max_connections: Some(2), ..Default::default() };
+//! let limits = ConnectionLimits { max_connections: Some(2), max_per_ip: Some(2), ..Default::default() };
 //! let mut budget = ConnectionBudget::new(&limits, &Timeouts::default(), None);
 //! let t0 = Instant::now(); // adapters read the clock; the core is handed it
 //! let ip = [127, 0, 0, 1].into();
