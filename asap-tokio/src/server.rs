@@ -38,9 +38,9 @@ use std::time::{Instant, SystemTime};
 use crate::store::TaskRecorder;
 use asap_proto::model::{Envelope, Manifest, Payload, PayloadKind, TaskRequest, UnixTime};
 use asap_proto::server::{
-    AgentCode, AgentParts, BodyError, HandlerError, HandlerOutcome, HandlerRef, HealthReport,
-    Invocation, Metrics, Now, RequestHead, Server, ServerConfig, SkillResult, StateRequest, Step,
-    Transport,
+    AgentCode, AgentParts, BodyBudget, BodyError, BodyGrant, BodyTimer, Exchange, HandlerError,
+    HandlerOutcome, HandlerRef, HealthReport, Invocation, Metrics, Now, RequestHead, Server,
+    ServerConfig, SkillResult, StateRequest, Step, Transport,
 };
 pub use asap_proto::server::{HandlerReply, SkillContext};
 use asap_proto::store::StoreError;
@@ -70,6 +70,8 @@ pub struct Agent {
 struct AgentInner {
     core: Mutex<Server>,
     metrics: Mutex<Metrics>,
+    /// Request-body bytes in flight, for all requests.
+    bodies: Mutex<BodyBudget>,
     code: AgentCode<SkillFn, PayloadFn, HealthFn, TaskRecorder>,
 }
 
@@ -189,10 +191,16 @@ impl AgentBuilder {
     /// Finishes the agent.
     #[must_use]
     pub fn build(self) -> Agent {
+        let config = &self.parts.config;
+        let bodies = BodyBudget::new(
+            config.max_body_bytes_in_flight,
+            config.connections.retry_after_secs,
+        );
         let (core, code) = self.parts.into_server(Instant::now(), random_seed());
         let inner = AgentInner {
             core: Mutex::new(core),
             metrics: Mutex::default(),
+            bodies: Mutex::new(bodies),
             code,
         };
         Agent {
@@ -238,7 +246,10 @@ fn routes() -> Router<Agent> {
         .route("/asap/metrics", any(handle))
 }
 
-/// Serves `agent` on `listener` until `shutdown` completes, then drains in-flight requests.
+/// Serves `agent` on `listener` until `shutdown` completes, then drains in-flight
+/// requests. Connections are held to the agent's [`ServerConfig`]: the
+/// connection budget (from the descriptor limit), header, keep-alive and body
+/// timeouts, the header cap (see [`crate::connection`]).
 pub async fn serve<S>(
     listener: tokio::net::TcpListener,
     agent: Agent,
@@ -247,13 +258,9 @@ pub async fn serve<S>(
 where
     S: Future<Output = ()> + Send + 'static,
 {
+    let config = lock(&agent.inner.core).config().clone();
     let app = routes().fallback(any(handle)).with_state(agent);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    crate::connection::serve(listener, app, &config, shutdown).await
 }
 
 fn now() -> Now {
@@ -282,13 +289,28 @@ async fn handle(
         transport: Transport::Http,
     };
     let inner = &agent.inner;
-    let mut ex = lock(&inner.core).handle_request(&head, now());
+    let opened = now();
+    let mut ex = lock(&inner.core).handle_request(&head, opened);
+    // Held until the answer is built: the decoded request is as large as its body.
+    let mut grant = Grant {
+        budget: &inner.bodies,
+        grant: BodyGrant::default(),
+    };
     let reply = loop {
         match ex.poll_step() {
-            Step::ReadBody { limit } => match read_bounded(&mut body, limit).await {
-                Ok(raw) => ex.handle_body(&raw, wall_now()),
-                Err(e) => ex.handle_body_error(e),
-            },
+            Step::ReadBody { limit } => {
+                let timer = BodyTimer::new(&ex.timeouts(), opened.monotonic);
+                match read_bounded(&mut body, limit, timer, &mut grant).await {
+                    Ok(raw) if raw.len() >= OFFLOAD_BYTES => {
+                        ex = match decode_off_runtime(ex, raw).await {
+                            Some(ex) => ex,
+                            None => return internal_error(),
+                        }
+                    }
+                    Ok(raw) => ex.handle_body(&raw, wall_now()),
+                    Err(e) => ex.handle_body_error(e),
+                }
+            }
             Step::Admit => lock(&inner.core).handle_admission(&mut ex, now()),
             Step::Invoke(inv) => ex.handle_outcome(run_handler(&agent, inv).await, wall_now()),
             Step::Persist(records) => {
@@ -321,6 +343,49 @@ async fn handle(
         );
     }
     reply.response.map(Body::from)
+}
+
+/// Bodies from this size on are decoded on the blocking pool: decoding a
+/// pathological body (a million keys) takes long enough to delay every other
+/// request queued on the same runtime worker.
+const OFFLOAD_BYTES: usize = 256 * 1024;
+
+async fn decode_off_runtime(mut ex: Exchange, raw: Vec<u8>) -> Option<Exchange> {
+    tokio::task::spawn_blocking(move || {
+        ex.handle_body(&raw, wall_now());
+        // The body's bytes are freed here, off the runtime too.
+        drop(raw);
+        ex
+    })
+    .await
+    .ok()
+}
+
+fn internal_error() -> Response<Body> {
+    let mut r = Response::new(Body::from(r#"{"detail":"Internal Server Error"}"#));
+    *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+    r
+}
+
+/// A request's share of the body budget, given back when the request is answered.
+struct Grant<'a> {
+    budget: &'a Mutex<BodyBudget>,
+    grant: BodyGrant,
+}
+
+impl Grant<'_> {
+    fn reserve(&mut self, total: usize) -> Result<(), BodyError> {
+        lock(self.budget).handle_reserve(&mut self.grant, total)
+    }
+}
+
+impl Drop for Grant<'_> {
+    fn drop(&mut self) {
+        let grant = std::mem::take(&mut self.grant);
+        if grant.bytes() > 0 {
+            lock(self.budget).handle_release(grant);
+        }
+    }
 }
 
 async fn run_state(agent: &Agent, request: StateRequest) -> Result<Payload, HandlerError> {
@@ -384,16 +449,45 @@ async fn drain(mut body: Body, limit: usize) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), read).await;
 }
 
-async fn read_bounded(body: &mut Body, max: usize) -> Result<Vec<u8>, BodyError> {
-    let mut out = Vec::new();
-    while let Some(frame) = body.frame().await {
+/// Reservations of bodies of unknown length grow by at least this much, so a
+/// chunked body takes the budget's lock once per 64 KiB, not once per frame.
+const RESERVE_STEP: usize = 64 * 1024;
+
+/// Reads the body within `max` bytes, the body budget and the body timeouts.
+async fn read_bounded(
+    body: &mut Body,
+    max: usize,
+    mut timer: BodyTimer,
+    grant: &mut Grant<'_>,
+) -> Result<Vec<u8>, BodyError> {
+    use axum::body::HttpBody as _;
+    let announced = body.size_hint().exact().map(|n| n as usize);
+    if let Some(n) = announced {
+        // Refuse before reading a byte when the whole body cannot fit.
+        grant.reserve(n.min(max + 1))?;
+    }
+    let mut out = Vec::with_capacity(announced.unwrap_or(0).min(max));
+    loop {
+        let deadline = timer.poll_timeout().unwrap_or_else(Instant::now);
+        let frame = match tokio::time::timeout_at(deadline.into(), body.frame()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(out),
+            Err(_) => {
+                timer.handle_timeout(Instant::now())?;
+                continue;
+            }
+        };
+        timer.handle_progress(Instant::now());
         let frame = frame.map_err(|e| BodyError::Unreadable(e.to_string()))?;
         if let Ok(data) = frame.into_data() {
-            if out.len() + data.len() > max {
-                return Err(BodyError::TooLarge((out.len() + data.len()) as u64));
+            let total = out.len() + data.len();
+            if total > max {
+                return Err(BodyError::TooLarge(total as u64));
+            }
+            if total > grant.grant.bytes() {
+                grant.reserve(total.max(grant.grant.bytes() + RESERVE_STEP).min(max + 1))?;
             }
             out.extend_from_slice(&data);
         }
     }
-    Ok(out)
 }

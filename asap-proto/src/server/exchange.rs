@@ -318,6 +318,12 @@ impl Exchange {
         self
     }
 
+    /// The timeouts that apply to this exchange's body (for a [`BodyTimer`](super::BodyTimer)).
+    #[must_use]
+    pub fn timeouts(&self) -> super::Timeouts {
+        self.shared.config.timeouts
+    }
+
     /// The transport this exchange came on.
     #[must_use]
     pub fn transport(&self) -> Transport {
@@ -410,7 +416,9 @@ impl Exchange {
 
     fn body_failed(&mut self, err: &BodyError) {
         let max = self.shared.config.max_request_size;
-        let drain = matches!(err, BodyError::TooLarge(_)).then_some(max);
+        // A client still uploading reads these answers only if we read on.
+        let drain =
+            matches!(err, BodyError::TooLarge(_) | BodyError::OverBudget { .. }).then_some(max);
         self.finish_with(err.response(max), Outcome::BadBody, drain);
     }
 
