@@ -296,13 +296,22 @@ async fn handle(
         budget: &inner.bodies,
         grant: BodyGrant::default(),
     };
+    // A large body makes every later step large too: those run off the runtime.
+    let mut heavy = false;
     let reply = loop {
         match ex.poll_step() {
             Step::ReadBody { limit } => {
                 let timer = BodyTimer::new(&ex.timeouts(), opened.monotonic);
                 match read_bounded(&mut body, limit, timer, &mut grant).await {
                     Ok(raw) if raw.len() >= OFFLOAD_BYTES => {
-                        ex = match decode_off_runtime(ex, raw).await {
+                        heavy = true;
+                        ex = match off_runtime(ex, move |ex| {
+                            ex.handle_body(&raw, wall_now());
+                            // The body's bytes are freed here, off the runtime too.
+                            drop(raw);
+                        })
+                        .await
+                        {
                             Some(ex) => ex,
                             None => return internal_error(),
                         }
@@ -312,13 +321,36 @@ async fn handle(
                 }
             }
             Step::Admit => lock(&inner.core).handle_admission(&mut ex, now()),
-            Step::Invoke(inv) => ex.handle_outcome(run_handler(&agent, inv).await, wall_now()),
+            Step::Invoke(inv) => {
+                let outcome = run_handler(&agent, inv).await;
+                if heavy {
+                    // Building the task records of a large request copies it.
+                    ex = match off_runtime(ex, move |ex| ex.handle_outcome(outcome, wall_now()))
+                        .await
+                    {
+                        Some(ex) => ex,
+                        None => return internal_error(),
+                    };
+                } else {
+                    ex.handle_outcome(outcome, wall_now());
+                }
+            }
             Step::Persist(records) => {
                 let saved = match &inner.code.stores {
                     Some(recorder) => recorder.record(records).await,
                     None => Err(StoreError::Backend("no task-state store".into())),
                 };
-                ex.handle_persisted(saved, wall_now());
+                if heavy {
+                    // Encoding the answer of a large request takes as long as decoding it.
+                    ex = match off_runtime(ex, move |ex| ex.handle_persisted(saved, wall_now()))
+                        .await
+                    {
+                        Some(ex) => ex,
+                        None => return internal_error(),
+                    };
+                } else {
+                    ex.handle_persisted(saved, wall_now());
+                }
             }
             Step::QueryState(request) => {
                 ex.handle_state(run_state(&agent, request).await, wall_now())
@@ -350,11 +382,13 @@ async fn handle(
 /// request queued on the same runtime worker.
 const OFFLOAD_BYTES: usize = 256 * 1024;
 
-async fn decode_off_runtime(mut ex: Exchange, raw: Vec<u8>) -> Option<Exchange> {
+/// Feeds `ex` one input on the blocking pool; `None` if that panicked.
+async fn off_runtime(
+    mut ex: Exchange,
+    input: impl FnOnce(&mut Exchange) + Send + 'static,
+) -> Option<Exchange> {
     tokio::task::spawn_blocking(move || {
-        ex.handle_body(&raw, wall_now());
-        // The body's bytes are freed here, off the runtime too.
-        drop(raw);
+        input(&mut ex);
         ex
     })
     .await
