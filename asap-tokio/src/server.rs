@@ -519,7 +519,11 @@ async fn read_bounded(
                 return Err(BodyError::TooLarge(total as u64));
             }
             if total > grant.grant.bytes() {
-                grant.reserve(total.max(grant.grant.bytes() + RESERVE_STEP).min(max + 1))?;
+                // A step ahead when it fits, else exactly what arrived.
+                let ahead = (grant.grant.bytes() + RESERVE_STEP).min(max + 1).max(total);
+                if grant.reserve(ahead).is_err() {
+                    grant.reserve(total)?;
+                }
             }
             out.extend_from_slice(&data);
         }
