@@ -294,7 +294,7 @@ fn header_cap_and_body_budget_hold_on_the_blocking_server() {
     let r = agent.handle(&post, "/asap", &headers, None, &mut &b"{}"[..]);
     assert_eq!(r.status(), 431);
     // A body larger than the budget of bodies in flight: 503, retry later.
-    let body = vec![b' '; 200];
+    let body = [b' '; 200];
     let mut headers = http::HeaderMap::new();
     headers.insert(http::header::CONTENT_LENGTH, 200.into());
     let r = agent.handle(&post, "/asap", &headers, None, &mut &body[..]);
