@@ -1,6 +1,6 @@
 //! The accept loop behind [`serve`](crate::server::serve): every connection is
 //! admitted, timed and closed by the core's
-//! [`ConnectionBudget`](asap_proto::server::ConnectionBudget); this module only
+//! [`ConnectionBudget`]; this module only
 //! enforces what it says with sockets, hyper and tokio timers.
 //!
 //! * hyper caps the request head at [`ServerConfig::max_header_bytes`] (431);

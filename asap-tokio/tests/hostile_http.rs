@@ -337,6 +337,7 @@ fn heads_over_16_kib_are_431_and_a_thousand_unterminated_ones_cost_little_memory
         }
     }
     let after = server.status_kib("VmHWM:");
+    eprintln!("1000 unterminated 390 KB heads: {refused} answered 431; RSS {before} KiB before, peak {after} KiB");
     assert!(refused >= 990, "only {refused} of 1000 got 431");
     assert!(
         after < before + 64 * 1024,
@@ -469,6 +470,8 @@ fn concurrent_10_mib_bodies_stay_within_the_body_budget() {
     assert!(echoed_ok(&echo(&mut server.connect(), &json!({}))));
     std::thread::sleep(Duration::from_millis(500));
     let wal = std::fs::metadata(server.db_path("-wal")).map_or(0, |m| m.len());
+    let db = std::fs::metadata(server.db_path("")).map_or(0, |m| m.len());
+    eprintln!("after the burst: database {db} bytes, WAL {wal} bytes");
     assert!(wal <= 64 * 1024 * 1024, "WAL left at {wal} bytes");
 }
 
