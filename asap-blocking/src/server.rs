@@ -4,6 +4,14 @@
 //! this module reads bodies with a bound, runs closures on a fixed pool of
 //! worker threads and writes responses.
 //!
+//! Under hostile load it holds what tiny_http lets it: the header cap (431 past
+//! [`ServerConfig::max_header_bytes`], decided by the core once tiny_http has
+//! parsed the head) and the global budget of body bytes in flight (503 +
+//! `Retry-After`, [`asap_proto::server::BodyBudget`]). tiny_http exposes
+//! neither its sockets nor its accept loop, so the header, body and keep-alive
+//! timeouts and the connection budget are not enforced here: put this server
+//! behind a proxy that has them, or use `asap-tokio`, which enforces all of them.
+//!
 //! ```no_run
 //! use asap_blocking::server::{serve, Agent};
 //! use asap_proto::model::{AgentUrn, Manifest, Skill};
@@ -32,9 +40,9 @@ use std::time::{Instant, SystemTime};
 use crate::store::Stores;
 use asap_proto::model::{Envelope, Manifest, Payload, PayloadKind, TaskRequest, UnixTime};
 use asap_proto::server::{
-    AgentCode, AgentParts, BodyError, FirstAnswer, HandlerError, HandlerOutcome, HandlerRef,
-    HealthReport, Invocation, Metrics, Now, Parking, RequestHead, Server, ServerConfig,
-    SkillResult, Step, Transport,
+    AgentCode, AgentParts, BodyBudget, BodyError, BodyGrant, FirstAnswer, HandlerError,
+    HandlerOutcome, HandlerRef, HealthReport, Invocation, Metrics, Now, Parking, RequestHead,
+    Server, ServerConfig, SkillResult, Step, Transport,
 };
 pub use asap_proto::server::{HandlerReply, SkillContext};
 use asap_proto::store::StoreError;
@@ -57,6 +65,8 @@ pub struct Agent {
 struct AgentInner {
     core: Mutex<Server>,
     metrics: Mutex<Metrics>,
+    /// Request-body bytes in flight, for all requests.
+    bodies: Mutex<BodyBudget>,
     code: AgentCode<SkillFn, PayloadFn, HealthFn, Mutex<Stores>>,
     /// Copies of running envelopes, parked until the first answers.
     parked: Mutex<Parking<std::sync::mpsc::Sender<FirstAnswer>>>,
@@ -96,15 +106,17 @@ impl Agent {
             transport: Transport::Http,
         };
         let mut ex = lock(&inner.core).handle_request(&head, now());
+        // Held until the answer is built: the decoded request is as large as its body.
+        let mut grant = Grant {
+            budget: &inner.bodies,
+            grant: BodyGrant::default(),
+        };
         let reply = loop {
             match ex.poll_step() {
-                Step::ReadBody { limit } => {
-                    let mut raw = Vec::new();
-                    match body.take(limit as u64 + 1).read_to_end(&mut raw) {
-                        Ok(_) => ex.handle_body(&raw, wall_now()),
-                        Err(e) => ex.handle_body_error(BodyError::Unreadable(e.to_string())),
-                    }
-                }
+                Step::ReadBody { limit } => match read_bounded(body, headers, limit, &mut grant) {
+                    Ok(raw) => ex.handle_body(&raw, wall_now()),
+                    Err(e) => ex.handle_body_error(e),
+                },
                 Step::Admit => lock(&inner.core).handle_admission(&mut ex, now()),
                 Step::Invoke(inv) => ex.handle_outcome(self.run_handler(inv), wall_now()),
                 Step::Persist(records) => {
@@ -166,6 +178,70 @@ impl Agent {
             Ok(Err(e)) => HandlerOutcome::Failed(e),
             Err(_) => HandlerOutcome::Failed(HandlerError::failed("handler panicked")),
         }
+    }
+}
+
+/// A request's share of the body budget, given back when the request is answered.
+struct Grant<'a> {
+    budget: &'a Mutex<BodyBudget>,
+    grant: BodyGrant,
+}
+
+impl Grant<'_> {
+    fn reserve(&mut self, total: usize) -> Result<(), BodyError> {
+        lock(self.budget).handle_reserve(&mut self.grant, total)
+    }
+}
+
+impl Drop for Grant<'_> {
+    fn drop(&mut self) {
+        let grant = std::mem::take(&mut self.grant);
+        if grant.bytes() > 0 {
+            lock(self.budget).handle_release(grant);
+        }
+    }
+}
+
+/// Bytes read (and reserved) at a time when the length is not announced.
+const READ_STEP: usize = 64 * 1024;
+
+/// Reads at most `limit + 1` bytes within the body budget: all of an announced
+/// `Content-Length` is reserved before reading, else each 64 KiB as it comes.
+fn read_bounded(
+    body: &mut dyn Read,
+    headers: &HeaderMap,
+    limit: usize,
+    grant: &mut Grant<'_>,
+) -> Result<Vec<u8>, BodyError> {
+    let announced = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    if let Some(n) = announced {
+        grant.reserve(n.min(limit + 1))?;
+    }
+    let mut raw = Vec::with_capacity(announced.unwrap_or(0).min(limit + 1));
+    let mut chunk = vec![0u8; READ_STEP];
+    loop {
+        let room = (limit + 1 - raw.len()).min(READ_STEP);
+        if room == 0 {
+            return Ok(raw);
+        }
+        let n = match body.read(&mut chunk[..room]) {
+            Ok(0) => return Ok(raw),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(BodyError::Unreadable(e.to_string())),
+        };
+        let total = raw.len() + n;
+        if total > grant.grant.bytes() {
+            // A step ahead when it fits, else exactly what arrived.
+            let ahead = (raw.len() + READ_STEP).min(limit + 1).max(total);
+            if grant.reserve(ahead).is_err() {
+                grant.reserve(total)?;
+            }
+        }
+        raw.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -255,11 +331,16 @@ impl AgentBuilder {
     /// Finishes the agent.
     #[must_use]
     pub fn build(self) -> Agent {
+        let bodies = BodyBudget::new(
+            self.parts.config.max_body_bytes_in_flight,
+            self.parts.config.connections.retry_after_secs,
+        );
         let (core, code) = self.parts.into_server(Instant::now(), seed());
         Agent {
             inner: Arc::new(AgentInner {
                 core: Mutex::new(core),
                 metrics: Mutex::default(),
+                bodies: Mutex::new(bodies),
                 code,
                 parked: Mutex::default(),
             }),

@@ -269,3 +269,53 @@ fn head_answers_like_get_without_a_body() {
         "no body after the headers: {text}"
     );
 }
+
+#[test]
+fn header_cap_and_body_budget_hold_on_the_blocking_server() {
+    let m = Manifest::new(
+        AgentUrn::new(AGENT).unwrap(),
+        "Echo",
+        "1.0.0",
+        "test",
+        "http://127.0.0.1/asap",
+    );
+    let agent = Agent::builder(m)
+        .config(ServerConfig {
+            rate_limit: None,
+            max_body_bytes_in_flight: 100,
+            max_header_bytes: 1024,
+            ..ServerConfig::default()
+        })
+        .echo_skill("echo")
+        .build();
+    let post = http::Method::POST;
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-pad", "a".repeat(2000).parse().unwrap());
+    let r = agent.handle(&post, "/asap", &headers, None, &mut &b"{}"[..]);
+    assert_eq!(r.status(), 431);
+    // A body larger than the budget of bodies in flight: 503, retry later.
+    let body = [b' '; 200];
+    let mut headers = http::HeaderMap::new();
+    headers.insert(http::header::CONTENT_LENGTH, 200.into());
+    let r = agent.handle(&post, "/asap", &headers, None, &mut &body[..]);
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    // Unannounced (chunked) bodies are counted as they arrive.
+    let r = agent.handle(
+        &post,
+        "/asap",
+        &http::HeaderMap::new(),
+        None,
+        &mut &body[..],
+    );
+    assert_eq!(r.status(), 503);
+    // The budget was given back: a small request passes.
+    let r = agent.handle(
+        &post,
+        "/asap",
+        &http::HeaderMap::new(),
+        None,
+        &mut &b"{}"[..],
+    );
+    assert_eq!(r.status(), 200);
+}

@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod client;
+pub mod connection;
 pub mod server;
 pub mod store;
 pub mod ws;

@@ -99,6 +99,67 @@ struct ServeArgs {
     /// Include handler error details in -32603 responses.
     #[arg(long, env = "ASAP_DEBUG")]
     debug: bool,
+    #[command(flatten)]
+    hostile: HostileArgs,
+}
+
+/// Limits that hold under hostile load (docs/reliability.md).
+#[derive(clap::Args)]
+struct HostileArgs {
+    /// Most open connections; beyond, new ones get 503 + Retry-After once no
+    /// waiting connection can give way. Default: the descriptor limit (raised to
+    /// its hard limit at startup) minus 64 minus an eighth.
+    #[arg(long, env = "ASAP_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Most open connections per client IP. Default: half the connection budget.
+    #[arg(long, env = "ASAP_MAX_CONNECTIONS_PER_IP")]
+    max_connections_per_ip: Option<usize>,
+    /// Seconds a connection has to send a complete request head (408 / close).
+    #[arg(long, env = "ASAP_HEADER_TIMEOUT", default_value_t = asap_proto::server::DEFAULT_HEADER_TIMEOUT.as_secs_f64())]
+    header_timeout: f64,
+    /// Longest silence, seconds, while a request body is read (408).
+    #[arg(long, env = "ASAP_BODY_TIMEOUT", default_value_t = asap_proto::server::DEFAULT_BODY_TIMEOUT.as_secs_f64())]
+    body_timeout: f64,
+    /// Seconds a kept-alive connection may wait for its next request.
+    #[arg(long, env = "ASAP_KEEP_ALIVE_TIMEOUT", default_value_t = asap_proto::server::DEFAULT_KEEP_ALIVE_TIMEOUT.as_secs_f64())]
+    keep_alive_timeout: f64,
+    /// Seconds from a request's head to the last byte of its body (408).
+    #[arg(long, env = "ASAP_REQUEST_TIMEOUT", default_value_t = asap_proto::server::DEFAULT_REQUEST_TIMEOUT.as_secs_f64())]
+    request_timeout: f64,
+    /// Largest request head (request line and headers), bytes (431 beyond).
+    #[arg(long, env = "ASAP_MAX_HEADER_SIZE", default_value_t = asap_proto::server::DEFAULT_MAX_HEADER_BYTES)]
+    max_header_size: usize,
+    /// Request-body bytes all requests together may hold at once (503 + Retry-After beyond).
+    #[arg(long, env = "ASAP_MAX_BODY_BYTES_IN_FLIGHT", default_value_t = asap_proto::server::DEFAULT_MAX_BODY_BYTES_IN_FLIGHT)]
+    max_body_bytes_in_flight: usize,
+}
+
+impl HostileArgs {
+    fn apply(&self, config: &mut ServerConfig) -> Result<(), String> {
+        let secs = |name: &str, v: f64| {
+            std::time::Duration::try_from_secs_f64(v)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| format!("--{name} {v}: give a positive number of seconds, e.g. 10"))
+        };
+        config.timeouts = asap_proto::server::Timeouts {
+            header: secs("header-timeout", self.header_timeout)?,
+            body: secs("body-timeout", self.body_timeout)?,
+            keep_alive: secs("keep-alive-timeout", self.keep_alive_timeout)?,
+            request: secs("request-timeout", self.request_timeout)?,
+        };
+        config.connections.max_connections = self.max_connections;
+        config.connections.max_per_ip = self.max_connections_per_ip;
+        config.max_header_bytes = self.max_header_size;
+        if self.max_body_bytes_in_flight < config.max_request_size {
+            return Err(format!(
+                "--max-body-bytes-in-flight {} is below --max-request-size {}: the largest request could never pass",
+                self.max_body_bytes_in_flight, config.max_request_size
+            ));
+        }
+        config.max_body_bytes_in_flight = self.max_body_bytes_in_flight;
+        Ok(())
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -220,7 +281,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let spec = RateLimitSpec::parse(&args.rate_limit)
         .map_err(|e| format!("invalid --rate-limit {:?}: {e}", args.rate_limit))?;
     let rate_limit = (!spec.is_unlimited()).then_some(spec);
-    let config = ServerConfig {
+    let mut config = ServerConfig {
         max_request_size: args.max_request_size,
         rate_limit,
         nonce: match (args.nonce, args.require_nonce) {
@@ -235,6 +296,16 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         debug: args.debug,
         ..ServerConfig::default()
     };
+    args.hostile.apply(&mut config)?;
+    // The connection budget follows the soft descriptor limit: take all we may.
+    let fds = asap_tokio::connection::raise_descriptor_limit()
+        .unwrap_or_else(|_| asap_tokio::connection::descriptor_limit());
+    let (max_connections, max_per_ip) = config.connections.resolve(fds);
+    let budget_line = format!(
+        "connections: at most {max_connections} ({max_per_ip} per client IP), descriptor limit {}; bodies in flight: at most {} bytes",
+        fds.map_or_else(|| "unlimited".to_owned(), |n| n.to_string()),
+        config.max_body_bytes_in_flight
+    );
     let nonces = match config.nonce {
         NonceMode::Off => "off".to_owned(),
         mode => format!("{mode} (at most {} remembered)", config.max_nonces),
@@ -298,6 +369,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         println!("  GET  http://{addr}/.well-known/asap/health        health");
         println!("  task state: {state}");
         println!("  nonces: {nonces}");
+        println!("  {budget_line}");
         println!("Press Ctrl-C to stop.");
         asap_tokio::serve(listener, agent, shutdown_signal())
             .await

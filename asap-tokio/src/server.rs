@@ -38,9 +38,9 @@ use std::time::{Instant, SystemTime};
 use crate::store::TaskRecorder;
 use asap_proto::model::{Envelope, Manifest, Payload, PayloadKind, TaskRequest, UnixTime};
 use asap_proto::server::{
-    AgentCode, AgentParts, BodyError, Exchange, FirstAnswer, HandlerError, HandlerOutcome,
-    HandlerRef, HealthReport, Invocation, Metrics, Now, Parking, PushSink, Reply, RequestHead,
-    Server, ServerConfig, SkillResult, StateRequest, Step, Transport,
+    AgentCode, AgentParts, BodyBudget, BodyError, BodyGrant, BodyTimer, Exchange, FirstAnswer,
+    HandlerError, HandlerOutcome, HandlerRef, HealthReport, Invocation, Metrics, Now, Parking,
+    PushSink, Reply, RequestHead, Server, ServerConfig, SkillResult, StateRequest, Step, Transport,
 };
 pub use asap_proto::server::{HandlerReply, SkillContext};
 use asap_proto::store::StoreError;
@@ -71,6 +71,8 @@ pub struct Agent {
 pub(crate) struct AgentInner {
     pub(crate) core: Mutex<Server>,
     metrics: Mutex<Metrics>,
+    /// Request-body bytes in flight, for all requests.
+    bodies: Mutex<BodyBudget>,
     code: AgentCode<SkillFn, PayloadFn, HealthFn, TaskRecorder>,
     /// Policy of each `/asap/ws` connection.
     pub(crate) websocket: SessionConfig,
@@ -217,10 +219,16 @@ impl AgentBuilder {
     /// Finishes the agent.
     #[must_use]
     pub fn build(self) -> Agent {
+        let config = &self.parts.config;
+        let bodies = BodyBudget::new(
+            config.max_body_bytes_in_flight,
+            config.connections.retry_after_secs,
+        );
         let (core, code) = self.parts.into_server(Instant::now(), random_seed());
         let inner = AgentInner {
             core: Mutex::new(core),
             metrics: Mutex::default(),
+            bodies: Mutex::new(bodies),
             code,
             websocket: self.websocket,
             shutdown: tokio::sync::watch::Sender::new(false),
@@ -270,7 +278,10 @@ fn routes() -> Router<Agent> {
         .route("/asap/metrics", any(handle))
 }
 
-/// Serves `agent` on `listener` until `shutdown` completes, then drains in-flight requests.
+/// Serves `agent` on `listener` until `shutdown` completes, then drains in-flight
+/// requests. Connections are held to the agent's [`ServerConfig`]: the
+/// connection budget (from the descriptor limit), header, keep-alive and body
+/// timeouts, the header cap (see [`crate::connection`]).
 pub async fn serve<S>(
     listener: tokio::net::TcpListener,
     agent: Agent,
@@ -279,20 +290,16 @@ pub async fn serve<S>(
 where
     S: Future<Output = ()> + Send + 'static,
 {
+    let config = lock(&agent.inner.core).config().clone();
     let app = routes().fallback(any(handle)).with_state(agent.clone());
-    let closing = agent.clone();
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let shutdown = async move {
         shutdown.await;
         // Upgraded connections are not hyper's to drain: tell them, then give
         // their close frames a moment to go out.
-        closing.shutdown_websockets();
-        crate::ws::wait_closed(&closing, std::time::Duration::from_secs(5)).await;
-    })
-    .await
+        agent.shutdown_websockets();
+        crate::ws::wait_closed(&agent, std::time::Duration::from_secs(5)).await;
+    };
+    crate::connection::serve(listener, app, &config, shutdown).await
 }
 
 pub(crate) fn now() -> Now {
@@ -319,9 +326,10 @@ async fn handle(
         peer,
         transport: Transport::Http,
     };
-    let ex = lock(&agent.inner.core).handle_request(&head, now());
+    let opened = now();
+    let ex = lock(&agent.inner.core).handle_request(&head, opened);
     let mut body = BodySource::Http(body);
-    let reply = drive(&agent, ex, &mut body, None).await;
+    let reply = drive(&agent, ex, &mut body, None, opened).await;
     if let (Some(limit), BodySource::Http(body)) = (reply.drain_body, body) {
         drain(body, limit).await;
     }
@@ -331,7 +339,7 @@ async fn handle(
 
 /// Where an exchange's body comes from.
 pub(crate) enum BodySource {
-    /// An HTTP request body, read bounded.
+    /// An HTTP request body, read bounded (bytes, time, the body budget).
     Http(Body),
     /// One WebSocket text frame.
     Frame(axum::extract::ws::Utf8Bytes),
@@ -339,39 +347,80 @@ pub(crate) enum BodySource {
 
 /// The driver loop: performs each step of the core's exchange (see
 /// `asap_proto::server` for the call order). `ws` is the connection's report
-/// channel when the exchange is a WebSocket frame (acks and pushes go there).
+/// channel when the exchange is a WebSocket frame (acks and pushes go there);
+/// `opened` is when the request arrived (its body timers run from there).
 pub(crate) async fn drive(
     agent: &Agent,
     ex: Exchange,
     body: &mut BodySource,
     ws: Option<&crate::ws::Reports>,
+    opened: Now,
 ) -> Reply {
     let inner = &agent.inner;
-    let mut guard = Unanswered { agent, ex };
-    let ex = &mut guard.ex;
+    let mut held = Unanswered {
+        agent,
+        ex: Some(ex),
+    };
+    // Held until the answer is built: the decoded request is as large as its body.
+    let mut grant = Grant {
+        budget: &inner.bodies,
+        grant: BodyGrant::default(),
+    };
+    // A large body makes every later step large too: those run off the runtime.
+    let mut heavy = false;
     loop {
+        let Some(ex) = held.ex.as_mut() else {
+            return internal_error();
+        };
         match ex.poll_step() {
-            Step::ReadBody { limit } => match body {
-                BodySource::Http(body) => match read_bounded(body, limit).await {
+            Step::ReadBody { limit } => {
+                let raw = match body {
+                    BodySource::Http(body) => {
+                        let timer = BodyTimer::new(&ex.timeouts(), opened.monotonic);
+                        read_bounded(body, limit, timer, &mut grant)
+                            .await
+                            .map(axum::body::Bytes::from)
+                    }
+                    BodySource::Frame(text) => {
+                        let bytes = axum::body::Bytes::copy_from_slice(text.as_bytes());
+                        Ok(bytes.slice(..bytes.len().min(limit + 1)))
+                    }
+                };
+                match raw {
+                    Ok(raw) if raw.len() >= OFFLOAD_BYTES => {
+                        heavy = true;
+                        // The body's bytes are freed off the runtime too.
+                        held.off_runtime(move |ex| ex.handle_body(&raw, wall_now()))
+                            .await;
+                    }
                     Ok(raw) => ex.handle_body(&raw, wall_now()),
                     Err(e) => ex.handle_body_error(e),
-                },
-                BodySource::Frame(text) => {
-                    let raw = text.as_bytes();
-                    ex.handle_body(&raw[..raw.len().min(limit + 1)], wall_now());
                 }
-            },
+            }
             Step::Admit => lock(&inner.core).handle_admission(ex, now()),
             Step::Invoke(inv) => {
                 let push = ws.map(|reports| reports.push_sink(&inv, agent));
-                ex.handle_outcome(run_handler(agent, inv, push).await, wall_now());
+                let outcome = run_handler(agent, inv, push).await;
+                if heavy {
+                    // Building the task records of a large request copies it.
+                    held.off_runtime(move |ex| ex.handle_outcome(outcome, wall_now()))
+                        .await;
+                } else {
+                    ex.handle_outcome(outcome, wall_now());
+                }
             }
             Step::Persist(records) => {
                 let saved = match &inner.code.stores {
                     Some(recorder) => recorder.record(records).await,
                     None => Err(StoreError::Backend("no task-state store".into())),
                 };
-                ex.handle_persisted(saved, wall_now());
+                if heavy {
+                    // Encoding the answer of a large request takes as long as decoding it.
+                    held.off_runtime(move |ex| ex.handle_persisted(saved, wall_now()))
+                        .await;
+                } else {
+                    ex.handle_persisted(saved, wall_now());
+                }
             }
             Step::QueryState(request) => {
                 ex.handle_state(run_state(agent, request).await, wall_now())
@@ -402,16 +451,70 @@ pub(crate) async fn drive(
     }
 }
 
-/// Settles a deduplicated envelope's exchange that is dropped unanswered
-/// (its HTTP client or WebSocket went away mid-handler).
+/// Bodies from this size on are decoded on the blocking pool: decoding a
+/// pathological body (a million keys) takes long enough to delay every other
+/// request queued on the same runtime worker.
+const OFFLOAD_BYTES: usize = 256 * 1024;
+
+fn internal_error() -> Reply {
+    let mut response = Response::new(br#"{"detail":"Internal Server Error"}"#.to_vec());
+    *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+    Reply {
+        response,
+        record: None,
+        drain_body: None,
+        answered: None,
+    }
+}
+
+/// A request's share of the body budget, given back when the request is answered.
+struct Grant<'a> {
+    budget: &'a Mutex<BodyBudget>,
+    grant: BodyGrant,
+}
+
+impl Grant<'_> {
+    fn reserve(&mut self, total: usize) -> Result<(), BodyError> {
+        lock(self.budget).handle_reserve(&mut self.grant, total)
+    }
+}
+
+impl Drop for Grant<'_> {
+    fn drop(&mut self) {
+        let grant = std::mem::take(&mut self.grant);
+        if grant.bytes() > 0 {
+            lock(self.budget).handle_release(grant);
+        }
+    }
+}
+
+/// The exchange being driven. Dropped unanswered (its HTTP client or
+/// WebSocket went away mid-handler), it settles its dedup admission so
+/// copies waiting on it are not left waiting.
 struct Unanswered<'a> {
     agent: &'a Agent,
-    ex: Exchange,
+    ex: Option<Exchange>,
+}
+
+impl Unanswered<'_> {
+    /// Feeds the exchange one input on the blocking pool (if that panics the
+    /// exchange is gone and the driver answers 500).
+    async fn off_runtime(&mut self, input: impl FnOnce(&mut Exchange) + Send + 'static) {
+        let Some(mut ex) = self.ex.take() else {
+            return;
+        };
+        self.ex = tokio::task::spawn_blocking(move || {
+            input(&mut ex);
+            ex
+        })
+        .await
+        .ok();
+    }
 }
 
 impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
-        if let Some(answered) = self.ex.abandon() {
+        if let Some(answered) = self.ex.as_mut().and_then(Exchange::abandon) {
             settle(self.agent, answered);
         }
     }
@@ -509,16 +612,49 @@ async fn drain(mut body: Body, limit: usize) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), read).await;
 }
 
-async fn read_bounded(body: &mut Body, max: usize) -> Result<Vec<u8>, BodyError> {
-    let mut out = Vec::new();
-    while let Some(frame) = body.frame().await {
+/// Reservations of bodies of unknown length grow by at least this much, so a
+/// chunked body takes the budget's lock once per 64 KiB, not once per frame.
+const RESERVE_STEP: usize = 64 * 1024;
+
+/// Reads the body within `max` bytes, the body budget and the body timeouts.
+async fn read_bounded(
+    body: &mut Body,
+    max: usize,
+    mut timer: BodyTimer,
+    grant: &mut Grant<'_>,
+) -> Result<Vec<u8>, BodyError> {
+    use axum::body::HttpBody as _;
+    let announced = body.size_hint().exact().map(|n| n as usize);
+    if let Some(n) = announced {
+        // Refuse before reading a byte when the whole body cannot fit.
+        grant.reserve(n.min(max + 1))?;
+    }
+    let mut out = Vec::with_capacity(announced.unwrap_or(0).min(max));
+    loop {
+        let deadline = timer.poll_timeout().unwrap_or_else(Instant::now);
+        let frame = match tokio::time::timeout_at(deadline.into(), body.frame()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(out),
+            Err(_) => {
+                timer.handle_timeout(Instant::now())?;
+                continue;
+            }
+        };
+        timer.handle_progress(Instant::now());
         let frame = frame.map_err(|e| BodyError::Unreadable(e.to_string()))?;
         if let Ok(data) = frame.into_data() {
-            if out.len() + data.len() > max {
-                return Err(BodyError::TooLarge((out.len() + data.len()) as u64));
+            let total = out.len() + data.len();
+            if total > max {
+                return Err(BodyError::TooLarge(total as u64));
+            }
+            if total > grant.grant.bytes() {
+                // A step ahead when it fits, else exactly what arrived.
+                let ahead = (grant.grant.bytes() + RESERVE_STEP).min(max + 1).max(total);
+                if grant.reserve(ahead).is_err() {
+                    grant.reserve(total)?;
+                }
             }
             out.extend_from_slice(&data);
         }
     }
-    Ok(out)
 }

@@ -29,6 +29,69 @@ pub(super) fn rpc_error(err: &ErrorResponse) -> Response<Vec<u8>> {
     json_response(StatusCode::OK, err.to_vec())
 }
 
+/// 503 with `Retry-After` and `Connection: close`: a budget (connections,
+/// bytes of bodies in flight) is full; `what` says which, for the client's logs.
+#[must_use]
+pub fn busy(retry_after_secs: u64, what: &str) -> Response<Vec<u8>> {
+    let mut r = detail(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!("Server busy: {what}; retry after {retry_after_secs} s"),
+    );
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        http::HeaderValue::from(retry_after_secs),
+    );
+    closing(r)
+}
+
+/// 408 with `Connection: close`: the peer was too slow; `what` names the limit.
+#[must_use]
+pub fn request_timeout(what: &str) -> Response<Vec<u8>> {
+    closing(detail(
+        StatusCode::REQUEST_TIMEOUT,
+        &format!("Request timed out: {what}"),
+    ))
+}
+
+/// 431: the request head is larger than `max` bytes.
+#[must_use]
+pub fn headers_too_large(size: usize, max: usize) -> Response<Vec<u8>> {
+    closing(detail(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        &format!("Request headers ({size} bytes) exceed maximum ({max} bytes)"),
+    ))
+}
+
+fn closing(mut r: Response<Vec<u8>>) -> Response<Vec<u8>> {
+    r.headers_mut()
+        .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    r
+}
+
+/// The bytes of `response` as an HTTP/1.1 message with `Content-Length`, for
+/// adapters that answer on a raw socket (a refused connection, a timed-out head).
+#[must_use]
+pub fn encode_http1(response: &Response<Vec<u8>>) -> Vec<u8> {
+    let status = response.status();
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )
+    .into_bytes();
+    for (name, value) in response.headers() {
+        if name != header::CONTENT_LENGTH {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(format!("content-length: {}\r\n\r\n", response.body().len()).as_bytes());
+    out.extend_from_slice(response.body());
+    out
+}
+
 /// The reference's 429: JSON-RPC-shaped body with code 429 and `Retry-After`.
 #[must_use]
 pub fn rate_limited(retry_after_secs: u64, limit: &str) -> Response<Vec<u8>> {
@@ -206,13 +269,4 @@ pub(super) fn readdress(body: &[u8], id: &RequestId) -> Response<Vec<u8>> {
         obj.insert("id".into(), serde_json::to_value(id).unwrap_or(Value::Null));
     }
     json_response(StatusCode::OK, serde_json::to_vec(&v).unwrap_or_default())
-}
-
-/// 503 with `Retry-After: 1`: a bounded table of this server is full; the
-/// sender may retry shortly (nothing was forgotten to make room).
-pub(super) fn busy(text: &str) -> Response<Vec<u8>> {
-    let mut r = detail(StatusCode::SERVICE_UNAVAILABLE, text);
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
-    r
 }

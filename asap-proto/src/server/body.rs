@@ -3,9 +3,11 @@
 
 use std::borrow::Cow;
 
+use std::time::Duration;
+
 use http::{header, HeaderMap, Response, StatusCode};
 
-use super::answer::detail;
+use super::answer::{busy, detail, request_timeout};
 use super::config::ServerConfig;
 
 /// Content encodings accepted on `POST /asap`.
@@ -44,6 +46,35 @@ pub enum BodyError {
     /// The transport failed while the body was read (400); the text says how.
     #[error("could not read the request body: {0}")]
     Unreadable(String),
+    /// The peer was too slow sending the body (408); the connection is closed.
+    #[error("the request body {0}")]
+    TimedOut(BodyTimeout),
+    /// Bodies in flight already hold the server's budget (503 + `Retry-After`);
+    /// the client's request is fine, the server is busy: retry later.
+    #[error("request bodies in flight ({in_flight} bytes) leave no room for {wanted} more bytes within the budget of {budget} bytes")]
+    OverBudget {
+        /// Bytes held by other requests.
+        in_flight: usize,
+        /// Bytes this request needed.
+        wanted: usize,
+        /// The budget ([`ServerConfig::max_body_bytes_in_flight`]).
+        budget: usize,
+        /// Seconds to wait before retrying.
+        retry_after_secs: u64,
+    },
+}
+
+/// Which body timeout passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BodyTimeout {
+    /// No byte arrived for this long ([`Timeouts::body`](super::Timeouts::body)).
+    #[error("sent nothing for {} s (body timeout)", .0.as_secs_f64())]
+    Silent(Duration),
+    /// The body was not complete this long after the head
+    /// ([`Timeouts::request`](super::Timeouts::request)).
+    #[error("was not complete {} s after the request head (request timeout)", .0.as_secs_f64())]
+    Deadline(Duration),
 }
 
 impl BodyError {
@@ -68,6 +99,15 @@ impl BodyError {
             Self::Unreadable(msg) => detail(
                 StatusCode::BAD_REQUEST,
                 &format!("Could not read request body: {msg}"),
+            ),
+            Self::TimedOut(t) => request_timeout(&format!("the request body {t}")),
+            Self::OverBudget {
+                budget,
+                retry_after_secs,
+                ..
+            } => busy(
+                *retry_after_secs,
+                &format!("request bodies in flight fill the budget of {budget} bytes"),
             ),
         }
     }

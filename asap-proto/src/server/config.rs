@@ -1,5 +1,7 @@
 //! Server policy and its defaults (each defined once, here).
 
+use std::time::Duration;
+
 use super::replay::{NonceMode, ReplayWindow};
 use crate::reliability::rate_limit::{RateLimitSpec, DEFAULT_MAX_KEYS};
 
@@ -15,6 +17,106 @@ pub const DEFAULT_MAX_JSON_DEPTH: usize = 120;
 /// envelopes are refused (503), never old nonces forgotten. About 75 MB when full (73 MiB measured).
 pub const DEFAULT_MAX_NONCES: usize = 1_000_000;
 pub use crate::reliability::rate_limit::DEFAULT_RATE_LIMIT;
+/// Default cap on a request head (request line and headers), bytes; beyond it 431.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Default bound on request-body bytes held by all requests at once; beyond it 503.
+/// Six 10 MiB bodies fit; a 33rd concurrent one waits for its turn (`Retry-After`).
+pub const DEFAULT_MAX_BODY_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
+/// Default time a new connection has to deliver a complete request head, and a
+/// kept-alive one to complete a head once its first byte arrived.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default longest silence while a request body is read.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a kept-alive connection may wait for its next request.
+pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time from a request's head to the last byte of its body.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `Retry-After` of a 503 for a full connection or body budget, seconds.
+pub const DEFAULT_BUSY_RETRY_AFTER_SECS: u64 = 1;
+/// File descriptors kept out of the connection budget: the store's files and its
+/// checkpoint thread, outgoing calls, the listener, refusals being written. The
+/// budget is the descriptor limit minus this, minus an eighth of the limit.
+pub const RESERVED_FDS: u64 = 64;
+/// Connection budget when the descriptor limit is unknown (or unlimited).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// How long a peer may take at each stage of a request; a slow or silent peer is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// A new connection must deliver a complete head within this; so must a
+    /// kept-alive one, counted from the first byte of its next head (408 when
+    /// part of a head arrived, else the connection is just closed).
+    pub header: Duration,
+    /// Longest silence while a body is read (408).
+    pub body: Duration,
+    /// A kept-alive connection with no request under way is closed after this.
+    pub keep_alive: Duration,
+    /// The whole body must have arrived within this of the head (408), so a peer
+    /// dripping one byte per `body` interval cannot hold a request open forever.
+    /// Handlers are not cut: their time is the application's.
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            header: DEFAULT_HEADER_TIMEOUT,
+            body: DEFAULT_BODY_TIMEOUT,
+            keep_alive: DEFAULT_KEEP_ALIVE_TIMEOUT,
+            request: DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+}
+
+/// How many connections may be open, in all and per client IP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Most open connections; `None` derives it from the descriptor limit
+    /// ([`ConnectionLimits::resolve`]). Never more than the descriptors allow.
+    pub max_connections: Option<usize>,
+    /// Most open connections of one client IP; `None` is half the budget.
+    pub max_per_ip: Option<usize>,
+    /// `Retry-After` of the 503 a refused connection or body gets, seconds.
+    pub retry_after_secs: u64,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: None,
+            max_per_ip: None,
+            retry_after_secs: DEFAULT_BUSY_RETRY_AFTER_SECS,
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// The connection budget for a process whose soft descriptor limit is
+    /// `fd_limit` (`None`: unknown or unlimited): `(max_connections, max_per_ip)`.
+    ///
+    /// ```
+    /// use asap_proto::server::ConnectionLimits;
+    /// assert_eq!(ConnectionLimits::default().resolve(Some(1024)), (832, 416));
+    /// let tight = ConnectionLimits { max_connections: Some(5000), ..Default::default() };
+    /// assert_eq!(tight.resolve(Some(1024)).0, 832); // descriptors win
+    /// ```
+    #[must_use]
+    pub fn resolve(&self, fd_limit: Option<u64>) -> (usize, usize) {
+        let by_fds = fd_limit.map(|n| {
+            let usable = n.saturating_sub(RESERVED_FDS).saturating_sub(n / 8).max(1);
+            usize::try_from(usable).unwrap_or(usize::MAX)
+        });
+        let max = match (self.max_connections, by_fds) {
+            (Some(m), Some(f)) => m.min(f),
+            (Some(m), None) => m,
+            (None, Some(f)) => f,
+            (None, None) => DEFAULT_MAX_CONNECTIONS,
+        }
+        .max(1);
+        let per_ip = self.max_per_ip.unwrap_or(max / 2).clamp(1, max);
+        (max, per_ip)
+    }
+}
 
 /// Server policy. `Default` matches the reference, except where a field says otherwise.
 #[derive(Debug, Clone)]
@@ -52,6 +154,15 @@ pub struct ServerConfig {
     /// request's server-side span, as the reference's tracing does, unless the request
     /// carried its own W3C context (32-hex `trace_id` + 16-hex `extensions.span_id`).
     pub trace_extensions: bool,
+    /// Largest request head (request line and headers), bytes; beyond it 431.
+    pub max_header_bytes: usize,
+    /// Request-body bytes all requests together may hold at once; beyond it 503
+    /// with `Retry-After` (see [`BodyBudget`](super::BodyBudget)).
+    pub max_body_bytes_in_flight: usize,
+    /// Header, body, keep-alive and whole-request timeouts.
+    pub timeouts: Timeouts,
+    /// The connection budget.
+    pub connections: ConnectionLimits,
     /// Receiver dedup (sender + envelope id): a copy of an envelope already
     /// processed gets the first answer and runs nothing, on HTTP and
     /// WebSocket alike. `None` runs every copy, as the reference does.
@@ -74,6 +185,10 @@ impl Default for ServerConfig {
             accept_any_recipient: false,
             debug: false,
             trace_extensions: true,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_body_bytes_in_flight: DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
+            timeouts: Timeouts::default(),
+            connections: ConnectionLimits::default(),
             dedup: Some(crate::reliability::DedupConfig::default()),
         }
     }

@@ -417,6 +417,12 @@ impl Exchange {
         self.token
     }
 
+    /// The timeouts that apply to this exchange's body (for a [`BodyTimer`](super::BodyTimer)).
+    #[must_use]
+    pub fn timeouts(&self) -> super::Timeouts {
+        self.shared.config.timeouts
+    }
+
     /// The transport this exchange came on.
     #[must_use]
     pub fn transport(&self) -> Transport {
@@ -518,7 +524,9 @@ impl Exchange {
 
     fn body_failed(&mut self, err: &BodyError) {
         let max = self.shared.config.max_request_size;
-        let drain = matches!(err, BodyError::TooLarge(_)).then_some(max);
+        // A client still uploading reads these answers only if we read on.
+        let drain =
+            matches!(err, BodyError::TooLarge(_) | BodyError::OverBudget { .. }).then_some(max);
         self.finish_with(err.response(max), Outcome::BadBody, drain);
     }
 
@@ -1258,6 +1266,52 @@ mod tests {
         };
         assert_eq!(reply.response.status(), 503);
         assert!(reply.response.body().is_empty());
+    }
+
+    #[test]
+    fn a_head_over_the_header_cap_is_431_on_every_route() {
+        let mut s = server(
+            ServerConfig {
+                max_header_bytes: 200,
+                ..ServerConfig::default()
+            },
+            false,
+        );
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-pad", HeaderValue::from_str(&"a".repeat(150)).unwrap());
+        for (method, path) in [(Method::POST, "/asap"), (Method::GET, "/health")] {
+            let head = RequestHead {
+                method: &method,
+                path,
+                headers: &headers,
+                peer: None,
+                transport: Transport::Http,
+            };
+            let mut ex = s.handle_request(&head, now());
+            let step = ex.poll_step();
+            assert!(
+                matches!(&step, Step::ReadBody { .. })
+                    || matches!(&step, Step::Respond(r) if r.response.status() == 200),
+                "{step:?}"
+            );
+        }
+        headers.insert("x-more", HeaderValue::from_str(&"b".repeat(40)).unwrap());
+        let head = RequestHead {
+            method: &Method::POST,
+            path: "/asap",
+            headers: &headers,
+            peer: None,
+            transport: Transport::Http,
+        };
+        let mut ex = s.handle_request(&head, now());
+        let Step::Respond(reply) = ex.poll_step() else {
+            panic!()
+        };
+        assert_eq!(reply.response.status(), 431);
+        assert_eq!(
+            reply.response.body(),
+            br#"{"detail":"Request headers (232 bytes) exceed maximum (200 bytes)"}"#
+        );
     }
 
     #[test]

@@ -100,7 +100,9 @@
 mod admission;
 mod answer;
 mod body;
+mod body_budget;
 mod config;
+mod connection;
 mod exchange;
 mod handler;
 mod inline;
@@ -117,12 +119,19 @@ use std::time::Instant;
 
 use http::{header, Method, StatusCode};
 
-pub use answer::{handler_error, has_remote_trace_context, nonce_store_full, rate_limited};
-pub use body::{check_depth, decode_body, BodyError, BodyPlan, ContentEncoding};
-pub use config::{
-    ServerConfig, DEFAULT_MAX_JSON_DEPTH, DEFAULT_MAX_NONCES, DEFAULT_MAX_REQUEST_SIZE,
-    DEFAULT_RATE_LIMIT,
+pub use answer::{
+    busy, encode_http1, handler_error, has_remote_trace_context, headers_too_large,
+    nonce_store_full, rate_limited, request_timeout,
 };
+pub use body::{check_depth, decode_body, BodyError, BodyPlan, BodyTimeout, ContentEncoding};
+pub use body_budget::{BodyBudget, BodyGrant, BodyTimer};
+pub use config::{
+    ConnectionLimits, ServerConfig, Timeouts, DEFAULT_BODY_TIMEOUT, DEFAULT_BUSY_RETRY_AFTER_SECS,
+    DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT, DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_JSON_DEPTH, DEFAULT_MAX_NONCES,
+    DEFAULT_MAX_REQUEST_SIZE, DEFAULT_RATE_LIMIT, DEFAULT_REQUEST_TIMEOUT, RESERVED_FDS,
+};
+pub use connection::{Admission, Close, CloseReason, ConnectionBudget, ConnectionId};
 pub use exchange::{
     Answered, Exchange, Now, Outcome, Records, Reply, RequestHead, RequestRecord, StateRequest,
     Step, Transport,
@@ -144,7 +153,7 @@ use crate::jsonrpc::ErrorResponse;
 use crate::model::UnixTime;
 use crate::model::{Manifest, UlidGenerator};
 use crate::reliability::rate_limit::{RateDecision, SlidingWindowLimiter};
-use crate::reliability::{Admission, DedupKey, DedupWindow};
+use crate::reliability::{Admission as DedupAdmission, DedupKey, DedupWindow};
 use crate::store::NonceRecord;
 
 /// What every exchange reads and none changes: policy, manifest, routes.
@@ -183,6 +192,15 @@ fn allowed_method(path: &str) -> Option<Method> {
         | "/ready" => Some(Method::GET),
         _ => None,
     }
+}
+
+/// Bytes of a request head as sent: request line and `name: value\r\n` lines
+/// (the path stands for the target: the query is not in [`RequestHead`]).
+fn head_size(head: &RequestHead<'_>) -> usize {
+    let line = head.method.as_str().len() + head.path.len() + " HTTP/1.1\r\n ".len();
+    head.headers.iter().fold(line + 2, |n, (name, value)| {
+        n + name.as_str().len() + value.len() + 4
+    })
 }
 
 impl Server {
@@ -271,6 +289,11 @@ impl Server {
             now.monotonic,
             head.transport,
         );
+        let head_bytes = head_size(head);
+        if head_bytes > self.shared.config.max_header_bytes {
+            let r = answer::headers_too_large(head_bytes, self.shared.config.max_header_bytes);
+            return ex.respond_now(r, false, Outcome::RejectedHeaders);
+        }
         let Some(allowed) = allowed_method(head.path) else {
             return ex.answer_get(answer::detail(StatusCode::NOT_FOUND, "Not Found"), false);
         };
@@ -377,13 +400,13 @@ impl Server {
         // copy is a replay (-32602), byte for byte as the reference answers.
         if let Some(window) = &mut self.dedup {
             match window.check(DedupKey::of(&pending.envelope), ex.token(), now.wall) {
-                Ok(Admission::New(ticket)) => ex.admitted_new(ticket),
-                Ok(Admission::Duplicate(done)) => {
+                Ok(DedupAdmission::New(ticket)) => ex.admitted_new(ticket),
+                Ok(DedupAdmission::Duplicate(done)) => {
                     return ex.answer_copy(pending, done.response.as_deref(), now.wall)
                 }
-                Ok(Admission::InProgress) => return ex.await_first(pending),
+                Ok(DedupAdmission::InProgress) => return ex.await_first(pending),
                 Err(e) => {
-                    let r = answer::busy(&format!("Server busy: {e}"));
+                    let r = answer::busy(1, &e.to_string());
                     return ex.refuse(r, Outcome::Overloaded);
                 }
             }

@@ -183,8 +183,16 @@ async fn run_frame(
     reports: Reports,
 ) {
     let head = RequestHead::websocket(&headers, peer);
-    let ex = lock(&agent.inner.core).handle_request(&head, now());
-    let reply = drive(&agent, ex, &mut BodySource::Frame(text), Some(&reports)).await;
+    let opened = now();
+    let ex = lock(&agent.inner.core).handle_request(&head, opened);
+    let reply = drive(
+        &agent,
+        ex,
+        &mut BodySource::Frame(text),
+        Some(&reports),
+        opened,
+    )
+    .await;
     record(&agent, &reply);
     let _ = reports.0.send(Report::Reply(reply.response.into_body()));
 }
