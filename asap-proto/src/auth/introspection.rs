@@ -292,8 +292,9 @@ impl IntrospectionCache {
     fn ttl(&self, info: &TokenInfo, now: UnixTime) -> Duration {
         match (info.active, info.exp) {
             (true, Some(exp)) => {
-                let left = UnixTime::from_secs(exp).micros_since(now)
-                    - i64::try_from(self.config.expiry_margin.as_micros()).unwrap_or(i64::MAX);
+                let left = UnixTime::from_secs(exp).micros_since(now).saturating_sub(
+                    i64::try_from(self.config.expiry_margin.as_micros()).unwrap_or(i64::MAX),
+                );
                 Duration::from_micros(u64::try_from(left).unwrap_or(0)).min(self.config.max_ttl)
             }
             _ => self.config.short_ttl,

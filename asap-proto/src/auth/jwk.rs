@@ -170,7 +170,8 @@ impl Jwk {
             "RSA" => {
                 let n = strip_zeros(member(obj, "n")?);
                 let e = strip_zeros(member(obj, "e")?);
-                let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+                let bits = (n.len() * 8)
+                    .saturating_sub(n.first().map_or(0, |b| b.leading_zeros() as usize));
                 if !(2048..=8192).contains(&bits) || e.is_empty() {
                     return Err(KeyProblem::RsaSize(bits));
                 }
@@ -374,6 +375,15 @@ mod tests {
         assert!(ed.accepts(Algorithm::EdDsa));
         assert!(!ed.accepts(Algorithm::Es256));
         assert!(!ed.accepts(Algorithm::Hs256));
+    }
+
+    #[test]
+    fn rsa_modulus_bounds() {
+        for (n, bits) in [("AA", 0), ("AQAB", 17)] {
+            let body = format!(r#"{{"keys":[{{"kty":"RSA","n":"{n}","e":"AQAB"}}]}}"#);
+            let set = JwkSet::from_slice(body.as_bytes()).unwrap();
+            assert_eq!(set.skipped()[0].1, KeyProblem::RsaSize(bits));
+        }
     }
 
     #[test]
