@@ -78,6 +78,8 @@ fn out_of_order(f: &mut Fixture, ops: &[u8]) {
             Step::QueryState(_) => ex.handle_state(Err(asap_proto::server::HandlerError::failed("x")), now().wall),
             Step::CheckHealth => ex.handle_health(Default::default(), now().monotonic),
             Step::RenderMetrics => ex.handle_metrics(&f.metrics),
+            Step::Notify(_) => {}
+            Step::AwaitFirst { .. } => ex.handle_first_answer(None, now().wall),
             Step::Respond(_) => return,
         }
     }
