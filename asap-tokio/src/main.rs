@@ -99,6 +99,10 @@ struct ServeArgs {
     /// Include handler error details in -32603 responses.
     #[arg(long, env = "ASAP_DEBUG")]
     debug: bool,
+    /// `/asap/ws` messages per second per connection (burst as large); 0 turns
+    /// the limit off (spec 13.6: -32001, then close 1008).
+    #[arg(long, env = "ASAP_WS_RATE_LIMIT", default_value_t = 10.0)]
+    ws_rate_limit: f64,
     #[command(flatten)]
     hostile: HostileArgs,
 }
@@ -339,8 +343,14 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         manifest.capabilities.state_persistence = storage.backend == StorageBackend::Sqlite;
     }
     let has_echo = manifest.has_skill("echo");
+    let websocket = asap_proto::ws::SessionConfig {
+        message_rate: (args.ws_rate_limit > 0.0).then_some(args.ws_rate_limit),
+        message_burst: args.ws_rate_limit.max(1.0),
+        ..Default::default()
+    };
     let mut builder = asap_tokio::Agent::builder(manifest.clone())
         .config(config)
+        .websocket(websocket)
         .stores(
             TaskRecorder::spawn(stores)
                 .map_err(|e| format!("cannot start the task-state thread: {e}"))?,

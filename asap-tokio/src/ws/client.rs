@@ -100,8 +100,8 @@ impl WsClient {
     /// must succeed; later losses reconnect in the background.
     pub async fn connect(base_url: &str, config: WsClientConfig) -> Result<Self, CallError> {
         let url = BaseUrl::parse(base_url, config.http_policy)?.websocket_url();
-        let socket = match tokio_tungstenite::connect_async(url.as_str()).await {
-            Ok((socket, _)) => socket,
+        let socket = match connect(url.as_str()).await {
+            Ok(socket) => socket,
             Err(e) => {
                 return Err(CallError::Transport {
                     kind: TransportErrorKind::Connect,
@@ -168,9 +168,19 @@ fn seed() -> u64 {
     u64::from_le_bytes(b)
 }
 
+async fn connect(
+    url: &str,
+) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(super::server::READ_BUFFER);
+    tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+        .await
+        .map(|(socket, _)| socket)
+}
+
 async fn open(url: &str) -> Result<Socket, SendError> {
-    match tokio_tungstenite::connect_async(url).await {
-        Ok((socket, _)) => Ok(socket),
+    match connect(url).await {
+        Ok(socket) => Ok(socket),
         Err(e) => Err(transport(
             TransportErrorKind::Connect,
             format!("{url}: {e}"),

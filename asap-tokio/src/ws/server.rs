@@ -74,6 +74,10 @@ impl PushSink for ConnectionPush {
     }
 }
 
+/// Bytes read per socket read: frames of JSON-RPC messages are small, and
+/// the library clears this much before each read (128 KiB by default).
+pub(crate) const READ_BUFFER: usize = 16 * 1024;
+
 /// `GET /asap/ws`: the upgrade, then [`connection`].
 pub(crate) async fn upgrade(
     axum::extract::State(agent): axum::extract::State<Agent>,
@@ -98,6 +102,8 @@ pub(crate) async fn upgrade(
     upgrade
         .max_message_size(max)
         .max_frame_size(max)
+        // tungstenite zero-fills its read buffer up to this size on every read.
+        .read_buffer_size(READ_BUFFER)
         .on_upgrade(move |socket| connection(agent, socket, headers, peer))
 }
 
