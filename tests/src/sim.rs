@@ -277,6 +277,8 @@ pub struct SimStats {
     pub gave_up_unprocessed: usize,
     /// ... whose sender gave up although the handler ran (its acks were lost).
     pub gave_up_processed: usize,
+    /// ... of those, the ones whose request had its response envelope.
+    pub gave_up_answered: usize,
     /// Plain envelopes sent (`task.update`).
     pub plain: usize,
     /// Requests answered with a response envelope.
@@ -312,6 +314,7 @@ impl SimStats {
         self.acked += other.acked;
         self.gave_up_unprocessed += other.gave_up_unprocessed;
         self.gave_up_processed += other.gave_up_processed;
+        self.gave_up_answered += other.gave_up_answered;
         self.plain += other.plain;
         self.responses_ok += other.responses_ok;
         self.responses_err += other.responses_err;
@@ -1411,7 +1414,17 @@ impl Network {
                     // and the response were lost, or came after the give-up);
                     // never twice, which `complete` checks at every run.
                     Some(AckEnd::GaveUp(_)) if runs == 0 => stats.gave_up_unprocessed += 1,
-                    Some(AckEnd::GaveUp(_)) => stats.gave_up_processed += 1,
+                    Some(AckEnd::GaveUp(_)) => {
+                        stats.gave_up_processed += 1;
+                        // The response proved it processed, the lost `processed`
+                        // ack still ends in a give-up (a peer failure).
+                        if c.requests
+                            .values()
+                            .any(|s| s.envelope_id == *id && s.response == Some(true))
+                        {
+                            stats.gave_up_answered += 1;
+                        }
+                    }
                     None => {
                         return Err(
                             self.fail(format!("client {ci}: {id} neither acked nor given up"))
