@@ -1,4 +1,5 @@
 //! Shared helpers for the asap-rs integration tests.
 
 pub mod interop;
+pub mod sim;
 pub mod vectors;

@@ -113,10 +113,14 @@ pub fn classify(text: &str) -> TextKind {
                 has_method: p.method.is_some(),
             },
         },
-        Err(e) if e.is_data() => TextKind::Json {
-            id: None,
-            has_method: false,
-        },
+        // A member of the wrong type stops the probe before the rest is read:
+        // only a whole second pass tells valid JSON from a later syntax error.
+        Err(e) if e.is_data() && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
+            TextKind::Json {
+                id: None,
+                has_method: false,
+            }
+        }
         Err(_) => TextKind::InvalidJson,
     }
 }
@@ -226,6 +230,17 @@ mod tests {
             }
         ));
         assert_eq!(classify("not json"), TextKind::InvalidJson);
+        // A wrongly typed member before a syntax error is still invalid JSON
+        // (free of the rate limit, spec 13.6); found by the ws_frame fuzzer's oracle.
+        assert_eq!(classify(r#"{"id": [1], oops"#), TextKind::InvalidJson);
+        assert_eq!(classify(r#"{"id": {}, "#), TextKind::InvalidJson);
+        assert_eq!(
+            classify(r#"{"id": [1], "method": "asap.send"}"#),
+            TextKind::Json {
+                id: None,
+                has_method: false
+            }
+        );
         assert_eq!(classify(r#"{"a":"#), TextKind::InvalidJson);
         for not_object in ["[1,2]", "5", "\"x\"", "null"] {
             assert_eq!(

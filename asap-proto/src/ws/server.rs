@@ -377,6 +377,11 @@ mod tests {
                 s.handle_frame(Incoming::Text("{oops"), t0()),
                 FrameVerdict::Exchange
             );
+            // Invalid even though a member has the wrong type before the syntax error.
+            assert_eq!(
+                s.handle_frame(Incoming::Text(r#"{"id": [1], oops"#), t0()),
+                FrameVerdict::Exchange
+            );
         }
         assert!(!s.is_closed());
         assert_eq!(
