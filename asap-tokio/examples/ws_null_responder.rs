@@ -36,7 +36,8 @@ async fn main() -> std::io::Result<()> {
         tokio::spawn(async move {
             let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
                 .read_buffer_size(16 * 1024);
-            let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(tcp, Some(config)).await else {
+            let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(tcp, Some(config)).await
+            else {
                 return;
             };
             while let Some(Ok(msg)) = ws.next().await {

@@ -12,8 +12,9 @@ use crate::jsonrpc::{JSONRPC_VERSION, METHOD_SEND};
 use crate::model::{AckStatus, Envelope, MessageAck, Payload, UnixTime};
 use crate::reliability::{set_requires_ack, AckConfig, AckEvent, AckGiveUp, AckTracker};
 
-/// Client policy. `Default` is the reference client's (60 s per request, acks
-/// as [`AckConfig::default`]).
+/// Client policy. `Default`: 60 s per request (the reference client's), acks
+/// as [`AckConfig::default`] except that an ack-required envelope is settled
+/// by `processed`/`rejected` or by its response, not by `received` alone.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClientSessionConfig {
     /// How long a request waits for its response (the reference's client timeout).
@@ -29,7 +30,14 @@ impl Default for ClientSessionConfig {
         Self {
             request_timeout: Duration::from_secs(60),
             max_pending: 1024,
-            ack: AckConfig::default(),
+            // `received` alone does not end the wait: a connection lost after it
+            // would leave the envelope acknowledged but never run. The response
+            // (or `processed`) ends it, so reference peers, which never send
+            // `processed`, are settled by their answers.
+            ack: AckConfig {
+                await_processed: true,
+                ..AckConfig::default()
+            },
         }
     }
 }
@@ -272,7 +280,25 @@ impl ClientSession {
             self.deadlines.remove(&(pending.deadline, id));
         }
         let result = decode_send_result(text.as_bytes());
+        // A result settles the ack: the envelope was processed, whether or not
+        // its `processed` ack got through. An error does not: refusals before
+        // admission (rate limit, busy, replay window) are worth a retransmission,
+        // and a refusal after admission comes with its own `rejected` ack.
+        let processed = result
+            .is_ok()
+            .then(|| self.requests.get(&pending.handle).cloned())
+            .flatten()
+            .filter(|id| self.acks.is_pending(id));
         self.settle(pending.handle, result);
+        if let Some(id) = processed {
+            let ack = MessageAck {
+                original_envelope_id: id,
+                status: AckStatus::Processed,
+                error: None,
+            };
+            let _ = self.acks.handle_ack(&ack, now);
+            self.drain_acks(now);
+        }
     }
 
     fn on_ack(&mut self, obj: &Map<String, Value>, now: Instant) {
@@ -560,13 +586,15 @@ mod tests {
         );
         // The answer to the retransmission settles the request; the ack clears the entry.
         s.handle_frame(Incoming::Text(&ack_text("e1", "received")), at);
+        assert_eq!(s.pending_acks(), 1, "received alone does not settle it");
+        s.handle_frame(Incoming::Text(&ack_text("e1", "rejected")), at);
         let resp = r#"{"jsonrpc":"2.0","error":{"code":-32601,"message":"Method not found"},"id":"ws-req-2"}"#;
         s.handle_frame(Incoming::Text(resp), at);
         let events: Vec<_> = std::iter::from_fn(|| s.poll_output()).collect();
         assert!(events.iter().any(|e| matches!(
             e,
             ClientOutput::Event(ClientEvent::Acked {
-                status: AckStatus::Received,
+                status: AckStatus::Rejected,
                 ..
             })
         )));

@@ -168,9 +168,7 @@ fn seed() -> u64 {
     u64::from_le_bytes(b)
 }
 
-async fn connect(
-    url: &str,
-) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+async fn connect(url: &str) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(super::server::READ_BUFFER);
     tokio_tungstenite::connect_async_with_config(url, Some(config), true)
