@@ -1,58 +1,21 @@
 //! [`WsClient`]: an agent's `/asap/ws`, kept open and reconnected, driving
 //! [`asap_proto::ws::ClientSession`] on a background thread.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use asap_proto::client::{
-    BaseUrl, CallError, HttpPolicy, SendError, TransportError, TransportErrorKind,
-};
+use asap_proto::client::{BaseUrl, CallError, SendError, TransportError, TransportErrorKind};
 use asap_proto::model::Envelope;
-use asap_proto::reliability::{CircuitBreaker, CircuitBreakerConfig, JitterSource};
-use asap_proto::ws::{
-    ClientEvent, ClientOutput, ClientSession, ClientSessionConfig, Incoming, RequestHandle,
-    RECONNECT_BACKOFF,
-};
+pub use asap_proto::ws::WsClientConfig;
+use asap_proto::ws::{CallOutput, ClientCalls, Incoming};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
 use super::wire::Wire;
 use crate::server::{seed, wall_now};
-
-/// Settings of a [`WsClient`].
-#[derive(Debug, Clone)]
-pub struct WsClientConfig {
-    /// Request timeout and ack policy.
-    pub session: ClientSessionConfig,
-    /// Whether plain `ws://` is allowed for hosts other than loopback.
-    pub http_policy: HttpPolicy,
-    /// Reconnect after a lost connection (1, 2, 4 … 30 s, jittered). Default on.
-    pub reconnect: bool,
-    /// Circuit breaker fed by ack give-ups (`None`: no breaker).
-    pub breaker: Option<CircuitBreakerConfig>,
-    /// Pushed envelopes buffered for [`WsClient::pushes`] before new ones are dropped.
-    pub push_buffer: usize,
-    /// Longest wait for the TCP connect and again for the (TLS and)
-    /// WebSocket handshake.
-    pub connect_timeout: Duration,
-}
-
-impl Default for WsClientConfig {
-    fn default() -> Self {
-        Self {
-            session: ClientSessionConfig::default(),
-            http_policy: HttpPolicy::LoopbackOnly,
-            reconnect: true,
-            breaker: Some(CircuitBreakerConfig::default()),
-            push_buffer: 256,
-            connect_timeout: Duration::from_secs(10),
-        }
-    }
-}
 
 /// A writer stuck this long on a peer that does not read ends the connection.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -108,10 +71,6 @@ impl std::fmt::Debug for WsClient {
     }
 }
 
-fn transport(kind: TransportErrorKind, detail: impl Into<String>) -> SendError {
-    SendError::Transport(TransportError::new(kind, detail))
-}
-
 impl WsClient {
     /// Connects to the agent at `base_url` (`ws://host:port`, `wss://…`, or
     /// `http(s)://…`, spec 13.1: `/asap/ws` is appended). The first connect
@@ -126,12 +85,9 @@ impl WsClient {
         })?;
         let (push_tx, push_rx) = mpsc::sync_channel(config.push_buffer.max(1));
         let driver = Driver {
-            session: ClientSession::new(config.session.clone()),
-            breaker: config.breaker.map(CircuitBreaker::new),
-            waiting: HashMap::new(),
+            calls: ClientCalls::new(&config, seed()),
             pushes: push_tx,
             url: url.clone(),
-            jitter: JitterSource::new(seed()),
             events: events.clone(),
             config,
         };
@@ -160,7 +116,11 @@ impl WsClient {
 
     /// Sends `envelope` and waits for its response envelope.
     pub fn send(&self, envelope: Envelope) -> Result<Envelope, SendError> {
-        let closed = || transport(TransportErrorKind::Other, "the WebSocket client is closed");
+        let closed = || {
+            let e =
+                TransportError::new(TransportErrorKind::Other, "the WebSocket client is closed");
+            SendError::Transport(e)
+        };
         let (tx, rx) = mpsc::sync_channel(1);
         self.inner
             .events
@@ -276,62 +236,52 @@ impl Link {
 }
 
 struct Driver {
-    session: ClientSession,
-    breaker: Option<CircuitBreaker>,
-    waiting: HashMap<RequestHandle, Answer>,
+    calls: ClientCalls<Answer>,
     pushes: SyncSender<Envelope>,
     url: String,
-    jitter: JitterSource,
     events: Sender<Event>,
     config: WsClientConfig,
 }
 
 impl Driver {
-    /// The connection loop: frames in, frames and events out, timers; then
+    /// The connection loop: frames in, frames and answers out, timers; then
     /// reconnects until told to close or the handles are gone.
     fn run(mut self, first: Link, inbox: &Receiver<Event>) {
         let mut link = Some(first);
-        let mut attempt = 0u32;
         let mut n = 0u64;
         loop {
             let Some(mut current) = link.take() else {
                 if !self.config.reconnect {
-                    self.fail_all("the WebSocket connection is closed");
-                    return;
+                    return self.close("the WebSocket connection is closed");
                 }
-                let delay = RECONNECT_BACKOFF.delay(attempt, self.jitter.next_unit());
-                attempt = attempt.saturating_add(1);
+                let delay = self.calls.reconnect_delay();
                 if self.idle_for(delay, inbox).is_err() {
-                    return;
+                    return self.close("the WebSocket client was closed");
                 }
                 n += 1;
                 link = Link::open(&self.url, &self.config, n, &self.events).ok();
                 continue;
             };
-            attempt = 0;
-            self.session.handle_connected(Instant::now());
+            self.calls.handle_connected(Instant::now());
             let ended = self.connected(&mut current, inbox);
-            self.session.handle_disconnect(Instant::now());
+            self.calls.handle_disconnect(Instant::now());
             self.deliver();
             current.close();
             if ended {
-                self.fail_all("the WebSocket client was closed");
-                return;
+                return self.close("the WebSocket client was closed");
             }
         }
     }
 
-    /// Waits `delay` before a reconnect while answering sends with an error.
+    /// Waits `delay` before a reconnect; sends meanwhile are answered at once.
     fn idle_for(&mut self, delay: Duration, inbox: &Receiver<Event>) -> Result<(), ()> {
         let until = Instant::now() + delay;
         loop {
             match inbox.recv_timeout(until.saturating_duration_since(Instant::now())) {
                 Err(RecvTimeoutError::Timeout) => return Ok(()),
-                Ok(Event::Send(_, tx)) => {
-                    let _ = tx.send(Err(transport(
-                        TransportErrorKind::Connect,
-                        "reconnecting to the agent's /asap/ws; retry shortly",
-                    )));
+                Ok(Event::Send(envelope, tx)) => {
+                    self.calls.send(*envelope, tx, Instant::now(), wall_now());
+                    self.deliver();
                 }
                 Ok(Event::Bytes(..)) => {}
                 Ok(Event::Close) | Err(RecvTimeoutError::Disconnected) => return Err(()),
@@ -345,14 +295,13 @@ impl Driver {
             if !self.read_frames(link) {
                 return false;
             }
-            while let Some(out) = self.session.poll_output() {
-                match out {
-                    ClientOutput::Transmit(text) => {
-                        if link.ws.send(Message::text(text)).is_err() {
-                            return false;
-                        }
+            while let Some(out) = self.calls.poll_output() {
+                if let CallOutput::Transmit(text) = out {
+                    if link.ws.send(Message::text(text)).is_err() {
+                        return false;
                     }
-                    ClientOutput::Event(e) => self.event(e),
+                } else {
+                    self.output(out);
                 }
             }
             match link.ws.flush() {
@@ -361,7 +310,7 @@ impl Driver {
                 Err(_) => return false,
             }
             let wait = self
-                .session
+                .calls
                 .poll_timeout()
                 .map(|at| at.saturating_duration_since(Instant::now()));
             let event = match wait {
@@ -369,10 +318,12 @@ impl Driver {
                 None => inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match event {
-                Err(RecvTimeoutError::Timeout) => self.session.handle_timeout(Instant::now()),
+                Err(RecvTimeoutError::Timeout) => self.calls.handle_timeout(Instant::now()),
                 Ok(Event::Bytes(n, chunk)) if n == link.n => link.wire().feed(chunk),
                 Ok(Event::Bytes(..)) => {}
-                Ok(Event::Send(envelope, tx)) => self.send(*envelope, tx),
+                Ok(Event::Send(envelope, tx)) => {
+                    self.calls.send(*envelope, tx, Instant::now(), wall_now());
+                }
                 Ok(Event::Close) | Err(RecvTimeoutError::Disconnected) => return true,
             }
         }
@@ -384,8 +335,8 @@ impl Driver {
         loop {
             let now = Instant::now();
             match link.ws.read() {
-                Ok(Message::Text(t)) => self.session.handle_frame(Incoming::Text(&t), now),
-                Ok(Message::Binary(b)) => self.session.handle_frame(Incoming::Binary(&b), now),
+                Ok(Message::Text(t)) => self.calls.handle_frame(Incoming::Text(&t), now),
+                Ok(Message::Binary(b)) => self.calls.handle_frame(Incoming::Binary(&b), now),
                 Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
                 Ok(Message::Close(_)) => return false,
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -397,57 +348,25 @@ impl Driver {
         }
     }
 
-    fn send(&mut self, envelope: Envelope, tx: Answer) {
-        let now = Instant::now();
-        if let Some(b) = &mut self.breaker {
-            if let Err(open) = b.try_acquire(now) {
-                let _ = tx.send(Err(SendError::CircuitOpen(open)));
-                return;
-            }
-        }
-        match self.session.send(envelope, now, wall_now()) {
-            Ok(handle) => {
-                self.waiting.insert(handle, tx);
-            }
-            Err(e) => {
-                let _ = tx.send(Err(transport(TransportErrorKind::Other, e.to_string())));
-            }
-        }
-    }
-
-    fn event(&mut self, event: ClientEvent) {
-        let now = Instant::now();
-        match event {
-            ClientEvent::Response { request, result } => {
-                if let (Some(b), Ok(_)) = (&mut self.breaker, &result) {
-                    b.record_success(now);
-                }
-                if let Some(tx) = self.waiting.remove(&request) {
-                    let _ = tx.send(result);
-                }
-            }
+    fn output(&self, out: CallOutput<Answer>) {
+        match out {
+            CallOutput::Answer { waiter, result } => drop(waiter.send(result)),
             // A full buffer drops the newest: the reader is not keeping up.
-            ClientEvent::Push(envelope) => drop(self.pushes.try_send(*envelope)),
-            ClientEvent::GaveUp { reason, .. } => {
-                if let (Some(b), true) = (&mut self.breaker, reason.is_peer_failure()) {
-                    b.record_failure(now);
-                }
-            }
-            _ => {}
+            CallOutput::Push(envelope) => drop(self.pushes.try_send(*envelope)),
+            // Frames while disconnected: pending acks are resent on reconnect.
+            CallOutput::Transmit(_) | CallOutput::Event(_) => {}
         }
     }
 
+    /// Hands out what the session has for callers (no socket to write to).
     fn deliver(&mut self) {
-        while let Some(out) = self.session.poll_output() {
-            if let ClientOutput::Event(e) = out {
-                self.event(e);
-            }
+        while let Some(out) = self.calls.poll_output() {
+            self.output(out);
         }
     }
 
-    fn fail_all(&mut self, why: &str) {
-        for (_, tx) in self.waiting.drain() {
-            let _ = tx.send(Err(transport(TransportErrorKind::Other, why)));
-        }
+    fn close(&mut self, why: &str) {
+        self.calls.handle_close(why);
+        self.deliver();
     }
 }

@@ -9,8 +9,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use asap_proto::model::{AgentUrn, Envelope, Payload, Timestamp, UlidGenerator};
-use asap_proto::server::{Invocation, PushSink, RequestHead};
+use asap_proto::model::{Envelope, Payload};
+use asap_proto::server::{Invocation, PushReplies, PushSink, RequestHead};
 use asap_proto::ws::{FrameVerdict, Incoming, Output, PushError, ServerSession};
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -51,29 +51,22 @@ impl Reports {
     /// A push channel for the skill of `inv`: its payloads go to this
     /// connection as replies to the request envelope.
     pub(crate) fn push_sink(&self, inv: &Invocation, agent: &Agent) -> Arc<dyn PushSink> {
+        let id = lock(&agent.inner.core).manifest().id.clone();
         Arc::new(ConnectionPush {
             reports: self.clone(),
-            request: inv.envelope.clone(),
-            agent: lock(&agent.inner.core).manifest().id.clone(),
-            ids: Mutex::new(UlidGenerator::new(seed())),
+            replies: Mutex::new(PushReplies::new(inv.envelope.clone(), id, seed())),
         })
     }
 }
 
 struct ConnectionPush {
     reports: Reports,
-    request: Envelope,
-    agent: AgentUrn,
-    ids: Mutex<UlidGenerator>,
+    replies: Mutex<PushReplies>,
 }
 
 impl PushSink for ConnectionPush {
     fn push(&self, payload: Payload) -> Result<(), PushError> {
-        let wall = wall_now();
-        let id = lock(&self.ids).next_string(wall);
-        let envelope =
-            self.request
-                .reply(id, Timestamp::from_unix(wall), self.agent.clone(), payload);
+        let envelope = lock(&self.replies).reply(payload, wall_now());
         self.reports
             .0
             .send(Event::Push(Box::new(envelope)))
