@@ -1,8 +1,10 @@
-//! The ASAP HTTP server on plain threads: handlers are ordinary closures.
+//! The ASAP server on plain threads: handlers are ordinary closures.
 //!
 //! Same decisions as the tokio server (both drive [`asap_proto::server::Server`]);
-//! this module reads bodies with a bound, runs closures on a fixed pool of
-//! worker threads and writes responses.
+//! this module reads HTTP/1.1 requests on a thread per connection (bodies
+//! bounded), runs at most `workers` exchanges at once and writes responses.
+//! `GET /asap/ws` upgrades to the WebSocket binding ([`crate::ws`]): its
+//! frames run through the same driver loop as `POST /asap`.
 //!
 //! Under hostile load it holds what tiny_http lets it: the header cap (431 past
 //! [`ServerConfig::max_header_bytes`], decided by the core once tiny_http has
@@ -31,22 +33,29 @@
 //! handle.join();
 //! ```
 
+use std::collections::HashMap;
 use std::io::Read;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::store::Stores;
 use asap_proto::model::{Envelope, Manifest, Payload, PayloadKind, TaskRequest, UnixTime};
 use asap_proto::server::{
-    AgentCode, AgentParts, BodyBudget, BodyError, BodyGrant, FirstAnswer, HandlerError,
-    HandlerOutcome, HandlerRef, HealthReport, Invocation, Metrics, Now, Parking, RequestHead,
-    Server, ServerConfig, SkillResult, Step, Transport,
+    AgentCode, AgentParts, BodyBudget, BodyError, BodyGrant, Exchange, FirstAnswer, HandlerError,
+    HandlerOutcome, HandlerRef, HealthReport, Invocation, Metrics, Now, Parking, PushSink, Reply,
+    RequestHead, Server, ServerConfig, SkillResult, Step, Transport,
 };
 pub use asap_proto::server::{HandlerReply, SkillContext};
 use asap_proto::store::StoreError;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response};
+use asap_proto::ws::SessionConfig;
+use http::{HeaderMap, Method, Response};
+
+use crate::ws::Reports;
+
+pub(crate) mod http1;
 
 type SkillFn =
     Box<dyn Fn(SkillContext, TaskRequest) -> Result<SkillResult, HandlerError> + Send + Sync>;
@@ -58,24 +67,34 @@ type HealthFn = Box<dyn Fn() -> HealthReport + Send + Sync>;
 /// or call [`Agent::handle`] from any HTTP server.
 #[derive(Clone, Debug)]
 pub struct Agent {
-    inner: Arc<AgentInner>,
+    pub(crate) inner: Arc<AgentInner>,
 }
 
 #[derive(Debug)]
-struct AgentInner {
-    core: Mutex<Server>,
+pub(crate) struct AgentInner {
+    pub(crate) core: Mutex<Server>,
     metrics: Mutex<Metrics>,
     /// Request-body bytes in flight, for all requests.
     bodies: Mutex<BodyBudget>,
     code: AgentCode<SkillFn, PayloadFn, HealthFn, Mutex<Stores>>,
     /// Copies of running envelopes, parked until the first answers.
     parked: Mutex<Parking<std::sync::mpsc::Sender<FirstAnswer>>>,
+    /// Policy of each `/asap/ws` connection.
+    pub(crate) websocket: SessionConfig,
+    /// `/asap/ws` connections open at once; more are refused with 503.
+    pub(crate) max_websockets: usize,
 }
+
+/// `/asap/ws` connections a server keeps open at once by default (each has
+/// two threads).
+pub const DEFAULT_MAX_WEBSOCKETS: usize = 256;
 
 /// Builds an [`Agent`] from plain closures.
 #[derive(Debug)]
 pub struct AgentBuilder {
     parts: AgentParts<SkillFn, PayloadFn, HealthFn, Mutex<Stores>>,
+    websocket: SessionConfig,
+    max_websockets: usize,
 }
 
 impl Agent {
@@ -84,6 +103,8 @@ impl Agent {
     pub fn builder(manifest: Manifest) -> AgentBuilder {
         AgentBuilder {
             parts: AgentParts::new(manifest),
+            websocket: SessionConfig::default(),
+            max_websockets: DEFAULT_MAX_WEBSOCKETS,
         }
     }
 
@@ -97,7 +118,20 @@ impl Agent {
         peer: Option<IpAddr>,
         body: &mut dyn Read,
     ) -> Response<Vec<u8>> {
-        let inner = &*self.inner;
+        self.exchange_http(method, path, headers, peer, body)
+            .response
+    }
+
+    /// [`handle`](Self::handle), keeping what the connection needs to know
+    /// (how much of a refused body to drain).
+    pub(crate) fn exchange_http(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+        body: &mut dyn Read,
+    ) -> Reply {
         let head = RequestHead {
             method,
             path,
@@ -105,20 +139,44 @@ impl Agent {
             peer,
             transport: Transport::Http,
         };
-        let mut ex = lock(&inner.core).handle_request(&head, now());
+        let ex = lock(&self.inner.core).handle_request(&head, now());
+        self.drive(ex, BodySource::Http(body, headers), None)
+    }
+
+    /// The driver loop, for HTTP requests and WebSocket frames alike:
+    /// performs each step of the core's exchange (see `asap_proto::server`
+    /// for the call order). `ws` is the connection's report channel when the
+    /// exchange is a WebSocket frame (acks and pushes go there).
+    pub(crate) fn drive(
+        &self,
+        mut ex: Exchange,
+        mut body: BodySource<'_>,
+        ws: Option<&Reports>,
+    ) -> Reply {
+        let inner = &*self.inner;
         // Held until the answer is built: the decoded request is as large as its body.
         let mut grant = Grant {
             budget: &inner.bodies,
             grant: BodyGrant::default(),
         };
-        let reply = loop {
+        let mut reply = loop {
             match ex.poll_step() {
-                Step::ReadBody { limit } => match read_bounded(body, headers, limit, &mut grant) {
-                    Ok(raw) => ex.handle_body(&raw, wall_now()),
-                    Err(e) => ex.handle_body_error(e),
+                Step::ReadBody { limit } => match &mut body {
+                    BodySource::Http(body, headers) => {
+                        match read_bounded(&mut **body, headers, limit, &mut grant) {
+                            Ok(raw) => ex.handle_body(&raw, wall_now()),
+                            Err(e) => ex.handle_body_error(e),
+                        }
+                    }
+                    BodySource::Frame(raw) => {
+                        ex.handle_body(&raw[..raw.len().min(limit + 1)], wall_now());
+                    }
                 },
                 Step::Admit => lock(&inner.core).handle_admission(&mut ex, now()),
-                Step::Invoke(inv) => ex.handle_outcome(self.run_handler(inv), wall_now()),
+                Step::Invoke(inv) => {
+                    let push = ws.map(|reports| reports.push_sink(&inv, self));
+                    ex.handle_outcome(self.run_handler(inv, push), wall_now());
+                }
                 Step::Persist(records) => {
                     let saved = inner
                         .code
@@ -139,7 +197,11 @@ impl Agent {
                     ex.handle_health(health.unwrap_or_default(), Instant::now());
                 }
                 Step::RenderMetrics => ex.handle_metrics(&lock(&inner.metrics)),
-                Step::Notify(_) => {} // WebSocket acks: this server speaks HTTP only
+                Step::Notify(text) => {
+                    if let Some(reports) = ws {
+                        reports.notify(text);
+                    }
+                }
                 Step::AwaitFirst { token } => {
                     let (tx, rx) = std::sync::mpsc::channel();
                     let ready = lock(&inner.parked).park(token, || tx);
@@ -149,7 +211,6 @@ impl Agent {
                 Step::Respond(reply) => break reply,
             }
         };
-        let mut reply = reply;
         if let Some(answered) = reply.answered.take() {
             let woken = lock(&inner.core).handle_answered(answered, wall_now());
             for (tx, answer) in lock(&inner.parked).wake(woken) {
@@ -159,14 +220,18 @@ impl Agent {
         if let Some(record) = &reply.record {
             lock(&inner.metrics).handle_record(record, Instant::now());
         }
-        reply.response
+        reply
     }
 
-    fn run_handler(&self, inv: Invocation) -> HandlerOutcome {
+    fn run_handler(&self, inv: Invocation, push: Option<Arc<dyn PushSink>>) -> HandlerOutcome {
         let run = move || -> Result<HandlerOutcome, HandlerError> {
             match (self.inner.code.handlers.get(&inv.route), inv.payload) {
                 (Some(HandlerRef::Skill(f)), Payload::TaskRequest(req)) => {
-                    f(SkillContext::new(inv.envelope, inv.task_id), req).map(HandlerOutcome::Skill)
+                    let mut ctx = SkillContext::new(inv.envelope, inv.task_id);
+                    if let Some(sink) = push {
+                        ctx = ctx.with_push(sink);
+                    }
+                    f(ctx, req).map(HandlerOutcome::Skill)
                 }
                 (Some(HandlerRef::Payload(f)), p) => f(inv.envelope, p).map(HandlerOutcome::from),
                 _ => Err(HandlerError::failed("route has no handler")),
@@ -249,13 +314,13 @@ fn no_store() -> Result<(), StoreError> {
     Err(StoreError::Backend("no task-state store".into()))
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The core is left consistent between calls; a poisoned lock only means a
     // handler thread panicked elsewhere.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn now() -> Now {
+pub(crate) fn now() -> Now {
     Now {
         monotonic: Instant::now(),
         wall: wall_now(),
@@ -267,6 +332,22 @@ impl AgentBuilder {
     #[must_use]
     pub fn config(mut self, config: ServerConfig) -> Self {
         self.parts.config = config;
+        self
+    }
+
+    /// Replaces the `/asap/ws` per-connection policy (heartbeat, idle close,
+    /// message rate).
+    #[must_use]
+    pub fn websocket(mut self, config: SessionConfig) -> Self {
+        self.websocket = config;
+        self
+    }
+
+    /// How many `/asap/ws` connections may be open at once (default
+    /// [`DEFAULT_MAX_WEBSOCKETS`]); upgrades beyond it are answered 503.
+    #[must_use]
+    pub fn max_websockets(mut self, max: usize) -> Self {
+        self.max_websockets = max;
         self
     }
 
@@ -343,12 +424,14 @@ impl AgentBuilder {
                 bodies: Mutex::new(bodies),
                 code,
                 parked: Mutex::default(),
+                websocket: self.websocket,
+                max_websockets: self.max_websockets,
             }),
         }
     }
 }
 
-fn seed() -> u64 {
+pub(crate) fn seed() -> u64 {
     let mut b = [0u8; 8];
     getrandom::getrandom(&mut b).map_or_else(
         // Ids stay unique without OS randomness (time + counter), only guessable.
@@ -357,15 +440,84 @@ fn seed() -> u64 {
     )
 }
 
-fn wall_now() -> UnixTime {
+pub(crate) fn wall_now() -> UnixTime {
     UnixTime::from_system_time(SystemTime::now())
 }
 
-/// A running blocking server.
+/// Where an exchange's body comes from.
+pub(crate) enum BodySource<'a> {
+    /// An HTTP request body and its headers, read bounded (bytes, the body budget).
+    Http(&'a mut dyn Read, &'a HeaderMap),
+    /// One WebSocket text frame.
+    Frame(&'a [u8]),
+}
+
+/// At most `workers` exchanges run at once (HTTP requests and WebSocket
+/// frames alike); the others wait for a turn.
+#[derive(Debug)]
+pub(crate) struct Permits {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl Permits {
+    fn new(n: usize) -> Self {
+        Self {
+            free: Mutex::new(n.max(1)),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Runs `f` once a permit is free.
+    pub(crate) fn run<T>(&self, f: impl FnOnce() -> T) -> T {
+        let mut free = lock(&self.free);
+        while *free == 0 {
+            free = self
+                .freed
+                .wait(free)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        *free -= 1;
+        drop(free);
+        // Handed back even if `f` unwinds (handlers' panics are caught, a bug's are not).
+        struct Release<'a>(&'a Permits);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                *lock(&self.0.free) += 1;
+                self.0.freed.notify_one();
+            }
+        }
+        let _release = Release(self);
+        f()
+    }
+}
+
+/// What the accept loop, its connections and the handle share.
+#[derive(Debug)]
+pub(crate) struct Listener {
+    pub(crate) agent: Agent,
+    pub(crate) permits: Permits,
+    stopping: AtomicBool,
+    /// Open HTTP connections: a handle on each socket, and whether it is
+    /// between requests (then shutdown may close it).
+    http: Mutex<HashMap<u64, (TcpStream, Arc<AtomicBool>)>>,
+    next_id: AtomicU64,
+    /// Open `/asap/ws` connections.
+    pub(crate) websockets: crate::ws::Connections,
+}
+
+impl Listener {
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+}
+
+/// A running blocking server: `/asap`, `/asap/ws`, `/.well-known/asap/*`,
+/// `/health`, `/ready`, `/asap/metrics`.
 pub struct ServerHandle {
-    server: Arc<tiny_http::Server>,
+    listener: Arc<Listener>,
     addr: SocketAddr,
-    workers: Vec<JoinHandle<()>>,
+    acceptor: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for ServerHandle {
@@ -383,75 +535,109 @@ impl ServerHandle {
         self.addr
     }
 
-    /// Stops accepting, lets workers finish their current request, and waits for them.
+    /// Closes every open `/asap/ws` connection with 1001 "Server shutting
+    /// down" ([`shutdown`](Self::shutdown) does this too).
+    pub fn shutdown_websockets(&self) {
+        self.listener.websockets.shutdown();
+    }
+
+    /// Stops accepting, closes WebSocket connections (1001) and idle
+    /// keep-alive connections, lets requests in progress finish, and waits
+    /// for them.
     pub fn shutdown(self) {
-        for _ in &self.workers {
-            self.server.unblock();
+        let l = &self.listener;
+        l.stopping.store(true, Ordering::SeqCst);
+        // The acceptor blocks in accept(): one connection wakes it to see the flag.
+        let _ = TcpStream::connect_timeout(&wake_addr(self.addr), Duration::from_secs(1));
+        let _ = self.acceptor.join();
+        l.websockets.shutdown();
+        for (stream, idle) in lock(&l.http).values() {
+            if idle.load(Ordering::SeqCst) {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            }
         }
-        for w in self.workers {
-            let _ = w.join();
+        l.websockets.wait_closed(Duration::from_secs(5));
+        // Busy connections end after their response (they see `stopping`).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !lock(&l.http).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
-    /// Blocks until the server stops.
+    /// Blocks until the server stops (its listener fails).
     pub fn join(self) {
-        for w in self.workers {
-            let _ = w.join();
-        }
+        let _ = self.acceptor.join();
     }
 }
 
-/// Serves `agent` on `addr` with `workers` threads.
+/// Where to connect to reach a listener bound to `addr` (a wildcard address
+/// is reached through loopback).
+fn wake_addr(addr: SocketAddr) -> SocketAddr {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, addr.port())
+}
+
+/// Serves `agent` on `addr`: one thread per connection, at most `workers`
+/// exchanges running at once.
 pub fn serve(
     addr: impl std::net::ToSocketAddrs,
     agent: Agent,
     workers: usize,
 ) -> std::io::Result<ServerHandle> {
-    let server = tiny_http::Server::http(addr).map_err(std::io::Error::other)?;
-    let addr = server
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| std::io::Error::other("server is not bound to an IP address"))?;
-    let server = Arc::new(server);
-    let workers = (0..workers.max(1))
-        .map(|_| {
-            let server = Arc::clone(&server);
-            let agent = agent.clone();
-            std::thread::spawn(move || {
-                while let Ok(req) = server.recv() {
-                    respond(&agent, req);
-                }
-            })
-        })
-        .collect();
+    let socket = std::net::TcpListener::bind(addr)?;
+    let addr = socket.local_addr()?;
+    let listener = Arc::new(Listener {
+        websockets: crate::ws::Connections::new(agent.inner.max_websockets),
+        agent,
+        permits: Permits::new(workers),
+        stopping: AtomicBool::new(false),
+        http: Mutex::default(),
+        next_id: AtomicU64::new(0),
+    });
+    let shared = Arc::clone(&listener);
+    let acceptor = std::thread::Builder::new()
+        .name("asap-accept".into())
+        .spawn(move || accept(&shared, &socket))?;
     Ok(ServerHandle {
-        server,
+        listener,
         addr,
-        workers,
+        acceptor,
     })
 }
 
-fn respond(agent: &Agent, mut req: tiny_http::Request) {
-    let method = Method::from_bytes(req.method().as_str().as_bytes()).unwrap_or(Method::GET);
-    let path = req.url().split('?').next().unwrap_or("/").to_owned();
-    let mut headers = HeaderMap::new();
-    for h in req.headers() {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(h.field.as_str().as_bytes()),
-            HeaderValue::from_bytes(h.value.as_bytes()),
-        ) {
-            headers.append(name, value);
+fn accept(listener: &Arc<Listener>, socket: &std::net::TcpListener) {
+    loop {
+        let (stream, peer) = match socket.accept() {
+            Ok(s) => s,
+            // Out of descriptors and the like: pause rather than spin.
+            Err(_) if !listener.stopping() => {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            Err(_) => return,
+        };
+        if listener.stopping() {
+            return;
+        }
+        let Ok(handle) = stream.try_clone() else {
+            continue;
+        };
+        let id = listener.next_id.fetch_add(1, Ordering::Relaxed);
+        let idle = Arc::new(AtomicBool::new(true));
+        lock(&listener.http).insert(id, (handle, Arc::clone(&idle)));
+        let shared = Arc::clone(listener);
+        let spawned = std::thread::Builder::new()
+            .name("asap-conn".into())
+            .spawn(move || {
+                http1::connection(&shared, stream, peer, &idle);
+                lock(&shared.http).remove(&id);
+            });
+        if spawned.is_err() {
+            lock(&listener.http).remove(&id);
         }
     }
-    let peer = req.remote_addr().map(SocketAddr::ip);
-    let response = agent.handle(&method, &path, &headers, peer, req.as_reader());
-    let (parts, body) = response.into_parts();
-    let mut out = tiny_http::Response::from_data(body).with_status_code(parts.status.as_u16());
-    for (name, value) in &parts.headers {
-        if let Ok(h) = tiny_http::Header::from_bytes(name.as_str().as_bytes(), value.as_bytes()) {
-            out.add_header(h);
-        }
-    }
-    // The client may have gone away; nothing to do about it.
-    let _ = req.respond(out);
 }

@@ -319,3 +319,98 @@ fn header_cap_and_body_budget_hold_on_the_blocking_server() {
     );
     assert_eq!(r.status(), 200);
 }
+
+/// Reads one response off `s`: status, lower-cased head, body (by Content-Length).
+fn response(s: &mut std::io::BufReader<TcpStream>) -> (u16, String, Vec<u8>) {
+    use std::io::BufRead;
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        s.read_line(&mut line).unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        head.push_str(&line.to_ascii_lowercase());
+    }
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0; len];
+    s.read_exact(&mut body).unwrap();
+    (status, head, body)
+}
+
+/// HTTP/1.1 framing: keep-alive, chunked bodies, `Expect: 100-continue`,
+/// and requests whose framing cannot be trusted are refused and closed.
+#[test]
+fn http11_keep_alive_chunked_and_continue() {
+    let (_handle, addr) = start();
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = std::io::BufReader::new(s);
+    // 1: chunked, in three chunks with an extension and a trailer.
+    let body = rpc(
+        "task.request",
+        json!({"conversation_id": "c", "skill_id": "echo", "input": {"k": 1}}),
+    );
+    let (a, b) = body.split_at(10);
+    write!(w, "POST /asap HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+    write!(w, "{:x};ext=1\r\n", a.len()).unwrap();
+    w.write_all(a).unwrap();
+    write!(w, "\r\n{:X}\r\n", b.len()).unwrap();
+    w.write_all(b).unwrap();
+    write!(w, "\r\n0\r\nX-Trailer: y\r\n\r\n").unwrap();
+    let (status, head, out) = response(&mut r);
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("date: "), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(
+        v["result"]["envelope"]["payload"]["result"]["echoed"]["k"],
+        1
+    );
+    // 2: same connection, Expect: 100-continue.
+    write!(w, "POST /asap HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n", body.len()).unwrap();
+    let (status, _, _) = response(&mut r);
+    assert_eq!(status, 100);
+    w.write_all(&body).unwrap();
+    let (status, _, out) = response(&mut r);
+    assert_eq!(status, 200);
+    assert!(serde_json::from_slice::<Value>(&out).unwrap()["result"].is_object());
+    // 3: a GET with a body nobody reads: discarded, the connection stays usable.
+    write!(
+        w,
+        "GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+    )
+    .unwrap();
+    assert_eq!(response(&mut r).0, 200);
+    // 4: ambiguous framing: 400, then closed.
+    write!(
+        w,
+        "POST /asap HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .unwrap();
+    let (status, head, out) = response(&mut r);
+    assert_eq!(status, 400);
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(String::from_utf8_lossy(&out).contains("Transfer-Encoding"));
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    // Not HTTP at all (a TLS ClientHello): refused at once.
+    let mut tls = TcpStream::connect(addr).unwrap();
+    tls.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    tls.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05]).unwrap();
+    let mut out = Vec::new();
+    tls.read_to_end(&mut out).unwrap();
+    assert!(
+        out.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+}

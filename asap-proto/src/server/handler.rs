@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::routes::Route;
 use crate::jsonrpc::{AsapError, RequestId};
-use crate::model::{Envelope, JsonObject, Payload, UnixTime};
+use crate::model::{AgentUrn, Envelope, JsonObject, Payload, Timestamp, UlidGenerator, UnixTime};
 use crate::task::TaskStatus;
 
 /// Where a running handler's pushed payloads go: the requester's open
@@ -14,6 +14,51 @@ use crate::task::TaskStatus;
 pub trait PushSink: Send + Sync {
     /// Sends `payload` to the requester now.
     fn push(&self, payload: Payload) -> Result<(), crate::ws::PushError>;
+}
+
+/// The envelopes a running handler's pushed payloads become: replies to
+/// the request envelope (its id as `correlation_id`), from the agent, each
+/// with a fresh ULID. A [`PushSink`] keeps one (behind its own lock: `push`
+/// takes `&self`).
+///
+/// ```
+/// use asap_proto::model::{AgentUrn, Envelope, Payload, TaskRequest, TaskUpdate, Timestamp, UnixTime};
+/// use asap_proto::server::PushReplies;
+/// let wall = UnixTime::from_secs(1_767_225_600);
+/// let request = Envelope::new("01KDXZ0000ENVREQ0000000001".into(), Timestamp::from_unix(wall),
+///     AgentUrn::new("urn:asap:agent:client").unwrap(), AgentUrn::new("urn:asap:agent:srv").unwrap(),
+///     Payload::TaskRequest(TaskRequest::new("c", "echo", Default::default())));
+/// let mut replies = PushReplies::new(request, AgentUrn::new("urn:asap:agent:srv").unwrap(), 7);
+/// let update: TaskUpdate = serde_json::from_value(serde_json::json!({
+///     "task_id": "task_1", "update_type": "progress", "status": "working"})).unwrap();
+/// let pushed = replies.reply(Payload::TaskUpdate(update), wall);
+/// assert_eq!(pushed.correlation_id.as_deref(), Some("01KDXZ0000ENVREQ0000000001"));
+/// assert_eq!(pushed.recipient.as_str(), "urn:asap:agent:client");
+/// ```
+#[derive(Debug)]
+pub struct PushReplies {
+    request: Envelope,
+    agent: AgentUrn,
+    ids: UlidGenerator,
+}
+
+impl PushReplies {
+    /// Replies to `request` from `agent`; `seed` (the adapter's randomness) seeds the ids.
+    #[must_use]
+    pub fn new(request: Envelope, agent: AgentUrn, seed: u64) -> Self {
+        Self {
+            request,
+            agent,
+            ids: UlidGenerator::new(seed),
+        }
+    }
+
+    /// The envelope carrying `payload`, stamped `wall`.
+    pub fn reply(&mut self, payload: Payload, wall: UnixTime) -> Envelope {
+        let id = self.ids.next_string(wall);
+        self.request
+            .reply(id, Timestamp::from_unix(wall), self.agent.clone(), payload)
+    }
 }
 
 /// What a skill handler gets besides its `TaskRequest`.

@@ -137,7 +137,8 @@ pub use exchange::{
     Step, Transport,
 };
 pub use handler::{
-    HandlerError, HandlerOutcome, HandlerReply, Invocation, PushSink, SkillContext, SkillResult,
+    HandlerError, HandlerOutcome, HandlerReply, Invocation, PushReplies, PushSink, SkillContext,
+    SkillResult,
 };
 pub use inline::{drive_inline, drive_inline_frame, TaskState};
 pub use metrics::Metrics;

@@ -34,10 +34,12 @@
 //! }
 //! ```
 
+mod calls;
 mod client;
 pub mod frame;
 mod server;
 
+pub use calls::{CallOutput, ClientCalls, WsClientConfig};
 pub use client::{
     decode_ack_frame, ClientEvent, ClientOutput, ClientSession, ClientSessionConfig,
     ClientSessionError, RequestHandle,

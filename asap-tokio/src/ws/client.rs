@@ -1,50 +1,17 @@
 //! [`WsClient`]: an agent's `/asap/ws`, kept open and reconnected, driving
 //! [`asap_proto::ws::ClientSession`] on a tokio task.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
-use asap_proto::client::{
-    BaseUrl, CallError, HttpPolicy, SendError, TransportError, TransportErrorKind,
-};
+use asap_proto::client::{BaseUrl, CallError, SendError, TransportError, TransportErrorKind};
 use asap_proto::model::{Envelope, UnixTime};
-use asap_proto::reliability::{CircuitBreaker, CircuitBreakerConfig, JitterSource};
-use asap_proto::ws::{
-    ClientEvent, ClientOutput, ClientSession, ClientSessionConfig, Incoming, RequestHandle,
-    RECONNECT_BACKOFF,
-};
+pub use asap_proto::ws::WsClientConfig;
+use asap_proto::ws::{CallOutput, ClientCalls, ClientEvent, Incoming};
 use futures_util::{SinkExt, Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
-
-/// Settings of a [`WsClient`].
-#[derive(Debug, Clone)]
-pub struct WsClientConfig {
-    /// Request timeout and ack policy.
-    pub session: ClientSessionConfig,
-    /// Whether plain `ws://` is allowed for hosts other than loopback.
-    pub http_policy: HttpPolicy,
-    /// Reconnect after a lost connection (1, 2, 4 … 30 s, jittered). Default on.
-    pub reconnect: bool,
-    /// Circuit breaker fed by ack give-ups (`None`: no breaker).
-    pub breaker: Option<CircuitBreakerConfig>,
-    /// Pushed envelopes buffered for [`WsClient::pushes`] before the oldest are dropped.
-    pub push_buffer: usize,
-}
-
-impl Default for WsClientConfig {
-    fn default() -> Self {
-        Self {
-            session: ClientSessionConfig::default(),
-            http_policy: HttpPolicy::LoopbackOnly,
-            reconnect: true,
-            breaker: Some(CircuitBreakerConfig::default()),
-            push_buffer: 256,
-        }
-    }
-}
 
 enum Command {
     Send(Box<Envelope>, oneshot::Sender<Result<Envelope, SendError>>),
@@ -100,26 +67,24 @@ impl WsClient {
     /// must succeed; later losses reconnect in the background.
     pub async fn connect(base_url: &str, config: WsClientConfig) -> Result<Self, CallError> {
         let url = BaseUrl::parse(base_url, config.http_policy)?.websocket_url();
-        let socket = match connect(url.as_str()).await {
+        let socket = match open(&url, config.connect_timeout).await {
             Ok(socket) => socket,
-            Err(e) => {
+            Err(detail) => {
                 return Err(CallError::Transport {
                     kind: TransportErrorKind::Connect,
                     url,
-                    detail: e.to_string(),
+                    detail,
                 })
             }
         };
         let (commands, rx) = mpsc::unbounded_channel();
         let (push_tx, push_rx) = mpsc::channel(config.push_buffer.max(1));
         let driver = Driver {
-            session: ClientSession::new(config.session.clone()),
-            breaker: config.breaker.map(CircuitBreaker::new),
-            waiting: HashMap::new(),
+            calls: ClientCalls::new(&config, seed()),
             pushes: push_tx,
             url: url.clone(),
             reconnect: config.reconnect,
-            jitter: JitterSource::new(seed()),
+            connect_timeout: config.connect_timeout,
         };
         tokio::spawn(driver.run(socket, rx));
         Ok(Self {
@@ -168,68 +133,57 @@ fn seed() -> u64 {
     u64::from_le_bytes(b)
 }
 
-async fn connect(url: &str) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+async fn open(url: &str, limit: std::time::Duration) -> Result<Socket, String> {
+    // tungstenite zero-fills its read buffer (128 KiB by default) before every read.
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(super::server::READ_BUFFER);
-    tokio_tungstenite::connect_async_with_config(url, Some(config), true)
-        .await
-        .map(|(socket, _)| socket)
-}
-
-async fn open(url: &str) -> Result<Socket, SendError> {
-    match connect(url).await {
-        Ok(socket) => Ok(socket),
-        Err(e) => Err(transport(
-            TransportErrorKind::Connect,
-            format!("{url}: {e}"),
-        )),
+    let connect = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
+    match tokio::time::timeout(limit, connect).await {
+        Ok(Ok((socket, _))) => Ok(socket),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no WebSocket handshake within {limit:?}")),
     }
 }
 
+type Answer = oneshot::Sender<Result<Envelope, SendError>>;
+
 struct Driver {
-    session: ClientSession,
-    breaker: Option<CircuitBreaker>,
-    waiting: HashMap<RequestHandle, oneshot::Sender<Result<Envelope, SendError>>>,
+    calls: ClientCalls<Answer>,
     pushes: mpsc::Sender<Envelope>,
     url: String,
     reconnect: bool,
-    jitter: JitterSource,
+    connect_timeout: std::time::Duration,
 }
 
 impl Driver {
-    /// The connection loop: frames in, frames and events out, timers; then
+    /// The connection loop: frames in, frames and answers out, timers; then
     /// reconnects until told to close or the handles are gone.
     async fn run(mut self, socket: Socket, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut socket = Some(socket);
-        let mut attempt = 0u32;
         loop {
             let Some(mut ws) = socket.take() else {
                 if !self.reconnect {
-                    self.fail_all("the WebSocket connection is closed");
-                    return;
+                    return self.close("the WebSocket connection is closed");
                 }
-                let delay = RECONNECT_BACKOFF.delay(attempt, self.jitter.next_unit());
-                attempt = attempt.saturating_add(1);
+                let delay = self.calls.reconnect_delay();
                 if self.idle_for(delay, &mut commands).await.is_err() {
-                    return;
+                    return self.close("the WebSocket client was closed");
                 }
-                socket = open(&self.url).await.ok();
+                socket = open(&self.url, self.connect_timeout).await.ok();
                 continue;
             };
-            attempt = 0;
-            self.session.handle_connected(Instant::now());
+            self.calls.handle_connected(Instant::now());
             let ended = self.connected(&mut ws, &mut commands).await;
-            self.session.handle_disconnect(Instant::now());
+            self.calls.handle_disconnect(Instant::now());
             self.deliver();
             if ended {
                 let _ = ws.close(None).await;
-                self.fail_all("the WebSocket client was closed");
-                return;
+                return self.close("the WebSocket client was closed");
             }
         }
     }
 
-    /// Waits `delay` before a reconnect while answering sends with an error.
+    /// Waits `delay` before a reconnect; sends meanwhile are answered at once.
     async fn idle_for(
         &mut self,
         delay: std::time::Duration,
@@ -241,8 +195,9 @@ impl Driver {
             tokio::select! {
                 () = &mut sleep => return Ok(()),
                 cmd = commands.recv() => match cmd {
-                    Some(Command::Send(_, tx)) => {
-                        let _ = tx.send(Err(transport(TransportErrorKind::Connect, "reconnecting to the agent's /asap/ws; retry shortly")));
+                    Some(Command::Send(envelope, tx)) => {
+                        self.calls.send(*envelope, tx, Instant::now(), wall_now());
+                        self.deliver();
                     }
                     Some(Command::Close) | None => return Err(()),
                 },
@@ -257,100 +212,64 @@ impl Driver {
         commands: &mut mpsc::UnboundedReceiver<Command>,
     ) -> bool {
         loop {
-            while let Some(out) = self.session.poll_output() {
-                match out {
-                    ClientOutput::Transmit(text) => {
-                        if ws.send(Message::Text(text.into())).await.is_err() {
-                            return false;
-                        }
+            while let Some(out) = self.calls.poll_output() {
+                if let CallOutput::Transmit(text) = out {
+                    if ws.send(Message::Text(text.into())).await.is_err() {
+                        return false;
                     }
-                    ClientOutput::Event(e) => self.event(e),
+                } else {
+                    self.output(out);
                 }
             }
-            let deadline = self.session.poll_timeout();
+            let deadline = self.calls.poll_timeout();
             tokio::select! {
                 frame = ws.next() => match frame {
-                    Some(Ok(Message::Text(t))) => self.session.handle_frame(Incoming::Text(t.as_str()), Instant::now()),
-                    Some(Ok(Message::Binary(b))) => self.session.handle_frame(Incoming::Binary(&b), Instant::now()),
+                    Some(Ok(Message::Text(t))) => self.calls.handle_frame(Incoming::Text(t.as_str()), Instant::now()),
+                    Some(Ok(Message::Binary(b))) => self.calls.handle_frame(Incoming::Binary(&b), Instant::now()),
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                     Some(Ok(Message::Close(_)) | Err(_)) | None => return false,
                 },
                 cmd = commands.recv() => match cmd {
-                    Some(Command::Send(envelope, tx)) => self.send(*envelope, tx),
+                    Some(Command::Send(envelope, tx)) => self.calls.send(*envelope, tx, Instant::now(), wall_now()),
                     Some(Command::Close) | None => return true,
                 },
-                () = sleep_until(deadline) => self.session.handle_timeout(Instant::now()),
+                () = sleep_until(deadline) => self.calls.handle_timeout(Instant::now()),
             }
         }
     }
 
-    fn send(&mut self, envelope: Envelope, tx: oneshot::Sender<Result<Envelope, SendError>>) {
-        let now = Instant::now();
-        if let Some(b) = &mut self.breaker {
-            if let Err(open) = b.try_acquire(now) {
-                let _ = tx.send(Err(SendError::CircuitOpen(open)));
-                return;
-            }
-        }
-        match self.session.send(envelope, now, wall_now()) {
-            Ok(handle) => {
-                self.waiting.insert(handle, tx);
-            }
-            Err(e) => {
-                let _ = tx.send(Err(transport(TransportErrorKind::Other, e.to_string())));
-            }
-        }
-    }
-
-    fn event(&mut self, event: ClientEvent) {
-        let now = Instant::now();
-        match event {
-            ClientEvent::Response { request, result } => {
-                if let (Some(b), Ok(_)) = (&mut self.breaker, &result) {
-                    b.record_success(now);
-                }
-                if let Some(tx) = self.waiting.remove(&request) {
-                    let _ = tx.send(result);
-                }
-            }
-            ClientEvent::Push(envelope) => {
-                let dropped = self.pushes.try_send(*envelope).is_err();
-                if dropped {
+    fn output(&self, out: CallOutput<Answer>) {
+        match out {
+            CallOutput::Answer { waiter, result } => drop(waiter.send(result)),
+            CallOutput::Push(envelope) => {
+                if self.pushes.try_send(*envelope).is_err() {
                     tracing::warn!("asap.ws.push_buffer_full: a pushed envelope was dropped");
                 }
             }
-            ClientEvent::Acked {
+            CallOutput::Event(ClientEvent::Acked {
                 envelope_id,
                 status,
                 ..
-            } => {
-                tracing::debug!(%envelope_id, status = ?status, "asap.ws.acked");
-            }
-            ClientEvent::GaveUp {
+            }) => tracing::debug!(%envelope_id, status = ?status, "asap.ws.acked"),
+            CallOutput::Event(ClientEvent::GaveUp {
                 envelope_id,
                 reason,
-            } => {
-                tracing::warn!(%envelope_id, reason = ?reason, "asap.ws.ack_gave_up");
-                if let (Some(b), true) = (&mut self.breaker, reason.is_peer_failure()) {
-                    b.record_failure(now);
-                }
-            }
-            _ => {}
+            }) => tracing::warn!(%envelope_id, reason = ?reason, "asap.ws.ack_gave_up"),
+            // Frames while disconnected: pending acks are resent on reconnect.
+            CallOutput::Transmit(_) | CallOutput::Event(_) => {}
         }
     }
 
+    /// Hands out what the session has for callers (no socket to write to).
     fn deliver(&mut self) {
-        while let Some(out) = self.session.poll_output() {
-            if let ClientOutput::Event(e) = out {
-                self.event(e);
-            }
+        while let Some(out) = self.calls.poll_output() {
+            self.output(out);
         }
     }
 
-    fn fail_all(&mut self, why: &str) {
-        for (_, tx) in self.waiting.drain() {
-            let _ = tx.send(Err(transport(TransportErrorKind::Other, why)));
-        }
+    fn close(&mut self, why: &str) {
+        self.calls.handle_close(why);
+        self.deliver();
     }
 }
 

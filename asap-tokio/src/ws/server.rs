@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use asap_proto::model::{AgentUrn, Envelope, Payload, Timestamp, UlidGenerator};
-use asap_proto::server::{Invocation, PushSink, RequestHead};
+use asap_proto::model::{Envelope, Payload};
+use asap_proto::server::{Invocation, PushReplies, PushSink, RequestHead};
 use asap_proto::ws::{FrameVerdict, Incoming, Output, PushError, ServerSession};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, FromRequestParts};
@@ -37,11 +37,10 @@ impl Reports {
     /// A push channel for the skill of `inv`: its payloads go to this
     /// connection as replies to the request envelope.
     pub(crate) fn push_sink(&self, inv: &Invocation, agent: &Agent) -> Arc<dyn PushSink> {
+        let id = lock(&agent.inner.core).manifest().id.clone();
         Arc::new(ConnectionPush {
             reports: self.clone(),
-            request: inv.envelope.clone(),
-            agent: lock(&agent.inner.core).manifest().id.clone(),
-            ids: std::sync::Mutex::new(UlidGenerator::new(rand_seed())),
+            replies: std::sync::Mutex::new(PushReplies::new(inv.envelope.clone(), id, rand_seed())),
         })
     }
 }
@@ -55,18 +54,12 @@ fn rand_seed() -> u64 {
 
 struct ConnectionPush {
     reports: Reports,
-    request: Envelope,
-    agent: AgentUrn,
-    ids: std::sync::Mutex<UlidGenerator>,
+    replies: std::sync::Mutex<PushReplies>,
 }
 
 impl PushSink for ConnectionPush {
     fn push(&self, payload: Payload) -> Result<(), PushError> {
-        let wall = wall_now();
-        let id = lock(&self.ids).next_string(wall);
-        let envelope =
-            self.request
-                .reply(id, Timestamp::from_unix(wall), self.agent.clone(), payload);
+        let envelope = lock(&self.replies).reply(payload, wall_now());
         self.reports
             .0
             .send(Report::Push(Box::new(envelope)))
