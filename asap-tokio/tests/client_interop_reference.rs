@@ -104,3 +104,33 @@ async fn tokio_client_against_the_reference_server() {
     assert!(err.remote_code().is_some(), "{err:?}");
     assert_eq!(client.stats().send_attempts, 2);
 }
+
+/// The WebSocket client against the reference's `/asap/ws`: the answer is
+/// correlated, and the reference's acks (`received` only, never `processed`)
+/// do not leave the envelope pending: its answer settles it.
+#[tokio::test]
+async fn ws_client_against_the_reference_server() {
+    use asap_tokio::ws::{WsClient, WsClientConfig};
+    let Some((_server, url)) = tokio::task::spawn_blocking(reference_or_skip)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let ws_url = url.replace("http://", "ws://");
+    let client = WsClient::connect(&ws_url, WsClientConfig::default())
+        .await
+        .unwrap();
+    for n in 0..3 {
+        let mut req = task_request();
+        req.id = format!("01KDXZ0000ENVREQWS0000000{n}");
+        let reply = client.send(req.clone()).await.unwrap();
+        assert_eq!(reply.payload_type, "task.response");
+        assert_eq!(reply.correlation_id.as_deref(), Some(req.id.as_str()));
+        assert_eq!(
+            reply.payload["result"]["echoed"]["message"],
+            "hello from asap-rs"
+        );
+    }
+    client.close();
+}
