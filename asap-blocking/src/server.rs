@@ -405,6 +405,7 @@ impl AgentBuilder {
     #[must_use]
     pub fn stores(mut self, mut stores: Stores) -> Self {
         self.parts.restored_nonces = stores.take_restored_nonces();
+        self.parts.restored_dedup = stores.take_restored_dedup();
         self.parts.stores = Some(Mutex::new(stores));
         self
     }

@@ -140,13 +140,20 @@ fn accepted_nonces_survive_reopening_the_stores() {
                 .record(Records {
                     task: None,
                     nonce: Some(record),
+                    dedup: None,
                     now: UnixTime::EPOCH,
                 })
                 .unwrap();
         }
         // A later commit purges what expired at its `now`.
         stores
-            .record_group(&[], &[], &[nonce("other", now.as_millis() + 60_000)], now)
+            .record_group(
+                &[],
+                &[],
+                &[nonce("other", now.as_millis() + 60_000)],
+                &[],
+                now,
+            )
             .unwrap();
     }
     let mut stores = open_stores(&config).unwrap();

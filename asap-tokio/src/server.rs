@@ -212,6 +212,7 @@ impl AgentBuilder {
     #[must_use]
     pub fn stores(mut self, mut recorder: TaskRecorder) -> Self {
         self.parts.restored_nonces = recorder.take_restored_nonces();
+        self.parts.restored_dedup = recorder.take_restored_dedup();
         self.parts.stores = Some(recorder);
         self
     }

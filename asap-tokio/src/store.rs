@@ -263,6 +263,8 @@ pub struct TaskRecorder {
     inner: Recorder,
     /// Nonces live when the stores were opened, for the agent's core.
     restored_nonces: Vec<NonceRecord>,
+    /// Dedup answers live when the stores were opened, and when that was.
+    restored_dedup: (Vec<asap_proto::store::DedupRecord>, UnixTime),
 }
 
 #[derive(Clone)]
@@ -285,10 +287,12 @@ impl TaskRecorder {
     /// used in place instead: they never block).
     pub fn spawn(mut stores: Stores) -> io::Result<Self> {
         let restored_nonces = stores.take_restored_nonces();
+        let restored_dedup = stores.take_restored_dedup();
         if stores.config.backend == asap_proto::store::StorageBackend::Memory {
             return Ok(Self {
                 inner: Recorder::Inline(std::sync::Arc::new(std::sync::Mutex::new(stores))),
                 restored_nonces,
+                restored_dedup,
             });
         }
         let (tx, mut rx) = mpsc::channel::<RecorderJob>(DEFAULT_QUEUE);
@@ -319,14 +323,17 @@ impl TaskRecorder {
                             let mut snapshots: Vec<StateSnapshot> = Vec::with_capacity(group.len());
                             let mut events: Vec<UsageEvent> = Vec::with_capacity(group.len());
                             let mut nonces: Vec<NonceRecord> = Vec::new();
+                            let mut dedup = Vec::new();
                             let mut now = UnixTime::EPOCH;
                             let mut replies = Vec::with_capacity(group.len());
                             for (r, reply) in group {
                                 let Records {
                                     task,
                                     nonce,
+                                    dedup: kept,
                                     now: at,
                                 } = *r;
+                                dedup.extend(kept);
                                 if let Some(task) = task {
                                     snapshots.push(task.snapshot);
                                     events.push(task.usage);
@@ -336,7 +343,7 @@ impl TaskRecorder {
                                 replies.push(reply);
                             }
                             let result = catch_unwind(AssertUnwindSafe(|| {
-                                stores.record_group(&snapshots, &events, &nonces, now)
+                                stores.record_group(&snapshots, &events, &nonces, &dedup, now)
                             }))
                             .unwrap_or_else(|_| Err(closed()));
                             for reply in replies {
@@ -349,12 +356,19 @@ impl TaskRecorder {
         Ok(Self {
             inner: Recorder::Thread(tx),
             restored_nonces,
+            restored_dedup,
         })
     }
 
     /// The nonces that were live when the stores were opened (once; then empty).
     pub fn take_restored_nonces(&mut self) -> Vec<NonceRecord> {
         std::mem::take(&mut self.restored_nonces)
+    }
+
+    /// The receiver-dedup answers that were live when the stores were opened,
+    /// and when (once; then empty).
+    pub fn take_restored_dedup(&mut self) -> (Vec<asap_proto::store::DedupRecord>, UnixTime) {
+        std::mem::replace(&mut self.restored_dedup, (Vec::new(), UnixTime::EPOCH))
     }
 
     /// Persists one [`Step::Persist`](asap_proto::server::Step::Persist) (a

@@ -21,7 +21,7 @@ use asap_proto::model::{StateSnapshot, UnixTime};
 use asap_proto::server::state::TaskRecords;
 use asap_proto::server::Records;
 use asap_proto::store::{
-    MemoryMeteringStore, MemorySnapshotStore, MeteringStore, NonceRecord, ReplayStore,
+    DedupRecord, MemoryMeteringStore, MemorySnapshotStore, MeteringStore, NonceRecord, ReplayStore,
     SnapshotStore, StorageBackend, StorageConfig, StorageConfigError, StoreError, UsageEvent,
     STORAGE_BACKEND_ENV, STORAGE_PATH_ENV,
 };
@@ -47,6 +47,8 @@ pub struct Stores {
     shared: Option<sqlite::SharedConnection>,
     /// Nonces live when the stores were opened, for the server to remember.
     restored_nonces: Vec<NonceRecord>,
+    /// Dedup answers live when the stores were opened, and when that was.
+    restored_dedup: (Vec<DedupRecord>, UnixTime),
 }
 
 impl Stores {
@@ -64,6 +66,7 @@ impl Stores {
             config,
             shared: None,
             restored_nonces: Vec::new(),
+            restored_dedup: (Vec::new(), UnixTime::EPOCH),
         }
     }
 
@@ -76,6 +79,7 @@ impl Stores {
     ) -> Result<Self, StoreError> {
         replay.purge_expired(now)?;
         self.restored_nonces = replay.load_nonces(now)?;
+        self.restored_dedup = (replay.load_dedup(now)?, now);
         self.replay = Some(replay);
         Ok(self)
     }
@@ -87,28 +91,45 @@ impl Stores {
         std::mem::take(&mut self.restored_nonces)
     }
 
+    /// The receiver-dedup answers that were live when the stores were opened
+    /// and the time they were loaded (once; then empty), for the core's window.
+    pub fn take_restored_dedup(&mut self) -> (Vec<DedupRecord>, UnixTime) {
+        std::mem::replace(&mut self.restored_dedup, (Vec::new(), UnixTime::EPOCH))
+    }
+
     /// Persists one [`Step::Persist`](asap_proto::server::Step::Persist): the
     /// task records and the accepted nonce (one commit on SQLite). Without
     /// replay state the nonce is not kept (it lives in the server's memory).
     pub fn record(&mut self, records: Records) -> Result<(), StoreError> {
-        let Records { task, nonce, now } = records;
+        let Records {
+            task,
+            nonce,
+            dedup,
+            now,
+        } = records;
         if self.shared.is_some() {
             let (snapshots, events) = match task {
                 Some(t) => (vec![t.snapshot], vec![t.usage]),
                 None => (Vec::new(), Vec::new()),
             };
-            return self.record_group(&snapshots, &events, nonce.as_slice(), now);
+            return self.record_group(&snapshots, &events, nonce.as_slice(), dedup.as_slice(), now);
         }
         if let Some(task) = task {
             self.record_task(task)?;
         }
-        match (nonce, self.replay.as_mut()) {
-            (Some(n), Some(replay)) => {
-                replay.record_nonce(&n)?;
-                replay.purge_expired(now).map(|_| ())
-            }
-            _ => Ok(()),
+        let Some(replay) = self.replay.as_mut() else {
+            return Ok(());
+        };
+        if nonce.is_none() && dedup.is_none() {
+            return Ok(());
         }
+        if let Some(n) = nonce {
+            replay.record_nonce(&n)?;
+        }
+        if let Some(d) = dedup {
+            replay.record_dedup(&d)?;
+        }
+        replay.purge_expired(now).map(|_| ())
     }
 
     /// As [`Stores::record_tasks`], with the nonces accepted by the same
@@ -118,15 +139,17 @@ impl Stores {
         snapshots: &[StateSnapshot],
         events: &[UsageEvent],
         nonces: &[NonceRecord],
+        dedup: &[DedupRecord],
         now: UnixTime,
     ) -> Result<(), StoreError> {
         if let Some(conn) = &self.shared {
-            return sqlite::record_tasks(conn, snapshots, events, nonces, now);
+            return sqlite::record_tasks(conn, snapshots, events, nonces, dedup, now);
         }
         self.record_tasks(snapshots, events)?;
         match self.replay.as_mut() {
-            Some(replay) if !nonces.is_empty() => {
+            Some(replay) if !nonces.is_empty() || !dedup.is_empty() => {
                 replay.record_nonces(nonces)?;
+                dedup.iter().try_for_each(|d| replay.record_dedup(d))?;
                 replay.purge_expired(now).map(|_| ())
             }
             _ => Ok(()),
@@ -156,7 +179,7 @@ impl Stores {
         events: &[UsageEvent],
     ) -> Result<(), StoreError> {
         match &self.shared {
-            Some(conn) => sqlite::record_tasks(conn, snapshots, events, &[], UnixTime::EPOCH),
+            Some(conn) => sqlite::record_tasks(conn, snapshots, events, &[], &[], UnixTime::EPOCH),
             None => self
                 .snapshots
                 .save_batch(snapshots)
@@ -292,6 +315,7 @@ pub fn open_stores_with(
                 config: config.clone(),
                 shared: Some(opened.conn),
                 restored_nonces: Vec::new(),
+                restored_dedup: (Vec::new(), UnixTime::EPOCH),
             };
             // Replay state is judged against the wall clock, like the window itself.
             let now = UnixTime::from_system_time(std::time::SystemTime::now());

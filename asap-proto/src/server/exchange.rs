@@ -193,6 +193,9 @@ pub struct Records {
     /// (a [`ReplayStore`](crate::store::ReplayStore); stores that do not
     /// outlive the process may skip it).
     pub nonce: Option<NonceRecord>,
+    /// The answer a receiver-dedup window keeps for copies of this envelope,
+    /// so a restarted server still answers them without running it again.
+    pub dedup: Option<crate::store::DedupRecord>,
     /// Replay records expired at this instant may be purged in the same commit.
     pub now: UnixTime,
 }
@@ -246,7 +249,7 @@ enum Stage {
     Admit(Box<Pending>),
     AwaitFirst(Box<Pending>),
     Invoke(Box<Invocation>),
-    Persist(Box<(Answering, HandlerOutcome)>, Box<Records>),
+    Persist(Box<Built>, Box<Records>),
     State(Box<Answering>, StateRequest),
     Health,
     Metrics,
@@ -260,10 +263,19 @@ enum Waiting {
     Body(BodyPlan),
     First(Box<Pending>),
     Outcome(Box<Answering>),
-    Persisted(Box<(Answering, HandlerOutcome)>),
+    Persisted(Box<Built>),
     State(Box<Answering>),
     Health,
     Metrics,
+}
+
+/// An answer built before its records are committed: sent as is once they
+/// are, replaced by -32603 if they cannot be.
+#[derive(Debug)]
+struct Built {
+    response: Response<Vec<u8>>,
+    outcome: Outcome,
+    request_id: crate::jsonrpc::RequestId,
 }
 
 /// What the answer needs of an invocation handed to the adapter.
@@ -620,7 +632,9 @@ impl Exchange {
         self.persist_then_reply(*answering, outcome, task, now);
     }
 
-    /// Answers now, or first yields [`Step::Persist`] when there is a task or a nonce to commit.
+    /// Answers now, or first yields [`Step::Persist`] when there is a task, a
+    /// nonce or a kept answer to commit (the answer is built first, so the
+    /// dedup record holds the very bytes sent).
     fn persist_then_reply(
         &mut self,
         answering: Answering,
@@ -629,29 +643,64 @@ impl Exchange {
         now: UnixTime,
     ) {
         let nonce = self.nonce.take();
-        if task.is_none() && nonce.is_none() {
+        let keeps_answer = self.ticket.is_some()
+            && self.shared.routes.task_state
+            && !matches!(outcome, HandlerOutcome::Failed(_));
+        if task.is_none() && nonce.is_none() && !keeps_answer {
             return self.reply(answering, outcome, now);
         }
-        let records = Records { task, nonce, now };
-        self.stage = Stage::Persist(Box::new((answering, outcome)), Box::new(records));
+        let key = (
+            answering.envelope.sender.to_string(),
+            answering.envelope.id.clone(),
+        );
+        let request_id = answering.request_id.clone();
+        let (response, outcome) = self.build_reply(answering, outcome, now);
+        let dedup = match (&self.shared.config.dedup, keeps_answer) {
+            (Some(config), true) => Some(crate::store::DedupRecord {
+                sender: key.0,
+                envelope_id: key.1,
+                response: response.body().clone(),
+                expires_at_unix_ms: now.saturating_add(config.max_age).as_millis(),
+            }),
+            _ => None,
+        };
+        let records = Records {
+            task,
+            nonce,
+            dedup,
+            now,
+        };
+        let built = Built {
+            response,
+            outcome,
+            request_id,
+        };
+        self.stage = Stage::Persist(Box::new(built), Box::new(records));
     }
 
     /// Input for [`Step::Persist`]: whether the records were committed. A
     /// failure answers -32603: the caller must not believe an unsaved task.
     pub fn handle_persisted(&mut self, result: Result<(), StoreError>, now: UnixTime) {
-        let Stage::Waiting(Waiting::Persisted(run)) =
+        let Stage::Waiting(Waiting::Persisted(built)) =
             std::mem::replace(&mut self.stage, Stage::Over)
         else {
             return;
         };
-        let (answering, outcome) = *run;
-        let outcome = match result {
-            Ok(()) => outcome,
-            Err(e) => HandlerOutcome::Failed(HandlerError::failed(format!(
-                "could not persist task state: {e}"
-            ))),
-        };
-        self.reply(answering, outcome, now);
+        self.wall = now;
+        let Built {
+            response,
+            outcome,
+            request_id,
+        } = *built;
+        match result {
+            Ok(()) => self.finish_with(response, outcome, None),
+            Err(e) => {
+                let err = HandlerError::failed(format!("could not persist task state: {e}"));
+                let config = &self.shared.config;
+                let r = answer::rpc_error(&answer::handler_error(config, Some(request_id), &err));
+                self.finish_with(r, Outcome::HandlerError, None);
+            }
+        }
     }
 
     /// Input for [`Step::QueryState`]: the result of [`StateRequest::run`]
@@ -774,6 +823,16 @@ impl Exchange {
     }
 
     fn reply(&mut self, answering: Answering, outcome: HandlerOutcome, now: UnixTime) {
+        let (response, outcome) = self.build_reply(answering, outcome, now);
+        self.finish_with(response, outcome, None);
+    }
+
+    fn build_reply(
+        &mut self,
+        answering: Answering,
+        outcome: HandlerOutcome,
+        now: UnixTime,
+    ) -> (Response<Vec<u8>>, Outcome) {
         self.wall = now;
         let ok = !matches!(outcome, HandlerOutcome::Failed(_));
         let shared = Arc::clone(&self.shared);
@@ -792,7 +851,7 @@ impl Exchange {
         } else {
             Outcome::HandlerError
         };
-        self.finish_with(response, outcome, None);
+        (response, outcome)
     }
 
     fn finish_with(

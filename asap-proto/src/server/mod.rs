@@ -280,6 +280,29 @@ impl Server {
         self.nonces.restore(records);
     }
 
+    /// Remembers the answers kept for receiver dedup before a restart (live
+    /// records of a [`ReplayStore`](crate::store::ReplayStore)), so copies of
+    /// those envelopes are answered without running them again. Records with
+    /// an invalid sender are skipped. Returns how many were restored.
+    pub fn restore_dedup<'a>(
+        &mut self,
+        records: impl IntoIterator<Item = &'a crate::store::DedupRecord>,
+        now: UnixTime,
+    ) -> usize {
+        let Some(window) = &mut self.dedup else {
+            return 0;
+        };
+        let rows = records.into_iter().filter_map(|r| {
+            Some(crate::reliability::DedupRecord {
+                sender: crate::model::AgentUrn::new(r.sender.as_str()).ok()?,
+                envelope_id: r.envelope_id.clone(),
+                response: Some(r.response.clone()),
+                expires_at_unix_ms: r.expires_at_unix_ms,
+            })
+        });
+        window.restore(rows, now)
+    }
+
     /// Opens the exchange of one request (spec 8.1 routes; for `POST /asap`
     /// spec 8.4 steps 2-4: `Content-Length` 413, rate limit by peer 429,
     /// `Content-Type`/`Content-Encoding` 415). `HEAD` is answered wherever `GET` is.

@@ -149,6 +149,9 @@ pub struct AgentParts<S, P, H, T> {
     /// Nonces accepted before a restart (live records loaded from the stores'
     /// replay state), remembered by the server before it serves.
     pub restored_nonces: Vec<crate::store::NonceRecord>,
+    /// Answers kept for receiver dedup before a restart, with the wall clock
+    /// they were loaded at.
+    pub restored_dedup: (Vec<crate::store::DedupRecord>, crate::model::UnixTime),
 }
 
 impl<S, P, H, T> AgentParts<S, P, H, T> {
@@ -162,6 +165,7 @@ impl<S, P, H, T> AgentParts<S, P, H, T> {
             health: None,
             stores: None,
             restored_nonces: Vec::new(),
+            restored_dedup: (Vec::new(), crate::model::UnixTime::EPOCH),
         }
     }
 
@@ -198,6 +202,8 @@ impl<S, P, H, T> AgentParts<S, P, H, T> {
         if server.config().nonce != super::NonceMode::Off {
             server.restore_nonces(&self.restored_nonces);
         }
+        let (dedup, loaded_at) = &self.restored_dedup;
+        server.restore_dedup(dedup, *loaded_at);
         let code = AgentCode {
             handlers: self.handlers,
             health: self.health,

@@ -178,6 +178,7 @@ pub(crate) fn record_tasks(
     snapshots: &[asap_proto::model::StateSnapshot],
     events: &[asap_proto::store::UsageEvent],
     nonces: &[asap_proto::store::NonceRecord],
+    dedup: &[asap_proto::store::DedupRecord],
     now: asap_proto::model::UnixTime,
 ) -> Result<(), StoreError> {
     snapshots
@@ -209,6 +210,16 @@ pub(crate) fn record_tasks(
                 replay::insert_nonce(&mut stmt, n)?;
             }
             tx.prepare_cached(replay::PURGE_NONCES)
+                .and_then(|mut s| s.execute([now.as_millis()]))
+                .map_err(sql_err)?;
+        }
+        if !dedup.is_empty() {
+            let mut stmt = tx.prepare_cached(replay::INSERT_DEDUP).map_err(sql_err)?;
+            for d in dedup {
+                asap_proto::store::check_dedup_record(d)?;
+                replay::insert_dedup(&mut stmt, d)?;
+            }
+            tx.prepare_cached(replay::PURGE_DEDUP)
                 .and_then(|mut s| s.execute([now.as_millis()]))
                 .map_err(sql_err)?;
         }

@@ -48,14 +48,14 @@ pub(crate) const DDL: [&str; 4] = [
 pub(crate) const INSERT_NONCE: &str =
     "INSERT INTO replay_nonces (sender, nonce, expires_at_ms) VALUES (?1, ?2, ?3) \
      ON CONFLICT (sender, nonce) DO UPDATE SET expires_at_ms = max(expires_at_ms, excluded.expires_at_ms)";
-const INSERT_DEDUP: &str = "INSERT OR REPLACE INTO replay_dedup \
+pub(crate) const INSERT_DEDUP: &str = "INSERT OR REPLACE INTO replay_dedup \
      (sender, envelope_id, response, expires_at_ms) VALUES (?1, ?2, ?3, ?4)";
 const SELECT_NONCES: &str = "SELECT sender, nonce, expires_at_ms FROM replay_nonces \
      WHERE expires_at_ms >= ?1 ORDER BY expires_at_ms, sender, nonce";
 const SELECT_DEDUP: &str = "SELECT sender, envelope_id, response, expires_at_ms FROM replay_dedup \
      WHERE expires_at_ms >= ?1 ORDER BY expires_at_ms, sender, envelope_id";
 pub(crate) const PURGE_NONCES: &str = "DELETE FROM replay_nonces WHERE expires_at_ms < ?1";
-const PURGE_DEDUP: &str = "DELETE FROM replay_dedup WHERE expires_at_ms < ?1";
+pub(crate) const PURGE_DEDUP: &str = "DELETE FROM replay_dedup WHERE expires_at_ms < ?1";
 
 /// A [`ReplayStore`] in a SQLite file: survives restarts, so a replayed
 /// envelope stays refused after the agent comes back.
@@ -123,6 +123,20 @@ pub(crate) fn insert_nonce(
     Ok(())
 }
 
+pub(crate) fn insert_dedup(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    r: &DedupRecord,
+) -> Result<(), StoreError> {
+    stmt.execute(params![
+        r.sender,
+        r.envelope_id,
+        r.response,
+        r.expires_at_unix_ms
+    ])
+    .map_err(sql_err)?;
+    Ok(())
+}
+
 fn corrupt(table: &'static str, e: rusqlite::Error) -> StoreError {
     match e {
         rusqlite::Error::InvalidColumnType(..) | rusqlite::Error::FromSqlConversionFailure(..) => {
@@ -179,14 +193,7 @@ impl ReplayStore for SqliteReplayStore {
         check_dedup_record(record)?;
         let conn = self.conn.lock();
         let mut stmt = conn.prepare_cached(INSERT_DEDUP).map_err(sql_err)?;
-        stmt.execute(params![
-            record.sender,
-            record.envelope_id,
-            record.response,
-            record.expires_at_unix_ms
-        ])
-        .map_err(sql_err)?;
-        Ok(())
+        insert_dedup(&mut stmt, record)
     }
 
     fn load_dedup(&self, now: UnixTime) -> Result<Vec<DedupRecord>, StoreError> {
