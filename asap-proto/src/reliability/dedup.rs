@@ -111,6 +111,10 @@ pub struct DedupConfig {
     /// (oldest first; their keys stay, so nothing runs twice), then the oldest
     /// completed entries. Default 32 MiB.
     pub max_bytes: usize,
+    /// Largest answer kept for copies (bytes); a larger one is remembered as
+    /// processed without its bytes (copies are told so, nothing runs twice).
+    /// Default 1 MiB.
+    pub max_answer_bytes: usize,
 }
 
 impl Default for DedupConfig {
@@ -121,6 +125,7 @@ impl Default for DedupConfig {
             max_in_flight: 1_024,
             max_waiters: 1_024,
             max_bytes: 32 * 1024 * 1024,
+            max_answer_bytes: 1024 * 1024,
         }
     }
 }

@@ -659,7 +659,7 @@ impl Exchange {
             (Some(config), true) => Some(crate::store::DedupRecord {
                 sender: key.0,
                 envelope_id: key.1,
-                response: response.body().clone(),
+                response: self.kept_answer(response.body()).to_vec(),
                 expires_at_unix_ms: now.saturating_add(config.max_age).as_millis(),
             }),
             _ => None,
@@ -781,7 +781,7 @@ impl Exchange {
             ..
         } = *pending;
         self.arrive(&envelope, now);
-        let response = match first {
+        let response = match first.filter(|body| !body.is_empty()) {
             Some(body) => answer::readdress(body, &request_id),
             None => answer::rpc_error(&crate::jsonrpc::ErrorResponse::new(
                 crate::jsonrpc::codes::INTERNAL_ERROR,
@@ -820,6 +820,17 @@ impl Exchange {
             status,
             error,
         )
+    }
+
+    /// The bytes of an answer the dedup window keeps: all of it, or nothing
+    /// past `max_answer_bytes` (empty: processed, answer not kept).
+    fn kept_answer<'b>(&self, body: &'b [u8]) -> &'b [u8] {
+        let max = self.shared.config.dedup.map_or(0, |d| d.max_answer_bytes);
+        if body.len() <= max {
+            body
+        } else {
+            &[]
+        }
     }
 
     fn reply(&mut self, answering: Answering, outcome: HandlerOutcome, now: UnixTime) {
@@ -884,10 +895,11 @@ impl Exchange {
             let frame = self.ack_frame(&target, status, error);
             self.notices.push_back(frame);
         }
+        let keep = self.kept_answer(response.body());
         let answered = self.ticket.take().map(|ticket| Answered {
             ticket,
             // A crash or an unsaved task is not an answer to keep: a copy may run it again.
-            body: (outcome != Outcome::HandlerError).then(|| response.body().clone()),
+            body: (outcome != Outcome::HandlerError).then(|| keep.to_vec()),
         });
         let record = self.post.then(|| RequestRecord {
             kind: self.kind,

@@ -452,7 +452,7 @@ impl Server {
         match answered.body {
             Some(body) => {
                 let body: std::sync::Arc<[u8]> = body.into();
-                match window.handle_completed(&answered.ticket, body.to_vec(), now) {
+                match window.handle_completed(&answered.ticket, Arc::clone(&body), now) {
                     Ok(waiters) => waiters
                         .into_iter()
                         .map(|w| (w, Some(Arc::clone(&body))))
