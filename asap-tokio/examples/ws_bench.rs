@@ -18,6 +18,8 @@ struct Args {
     conns: usize,
     seconds: f64,
     recipient: String,
+    /// Open this many connections, hold them idle for `seconds`, send nothing.
+    idle: usize,
 }
 
 fn args() -> Args {
@@ -26,6 +28,7 @@ fn args() -> Args {
         conns: 1,
         seconds: 10.0,
         recipient: "urn:asap:agent:asap-rs-echo".into(),
+        idle: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -34,6 +37,7 @@ fn args() -> Args {
             "--conns" => a.conns = v().parse().expect("--conns N"),
             "--seconds" => a.seconds = v().parse().expect("--seconds S"),
             "--recipient" => a.recipient = v(),
+            "--idle" => a.idle = v().parse().expect("--idle N"),
             url => a.url = url.to_owned(),
         }
     }
@@ -99,9 +103,29 @@ async fn connection(a: std::sync::Arc<Args>, n: usize, until: Instant) -> (Vec<u
     (lat, errors)
 }
 
+/// `--idle N`: hold N idle connections (answering the server's heartbeat
+/// pings) for `--seconds`, then report how many stayed open.
+async fn idle(a: &Args) {
+    let mut open = Vec::with_capacity(a.idle);
+    for _ in 0..a.idle {
+        match tokio_tungstenite::connect_async(a.url.as_str()).await {
+            Ok((ws, _)) => open.push(ws),
+            Err(e) => {
+                eprintln!("connect failed after {} connections: {e}", open.len());
+                break;
+            }
+        }
+    }
+    println!(r#"{{"idle_connections":{}}}"#, open.len());
+    tokio::time::sleep(Duration::from_secs_f64(a.seconds)).await;
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let a = std::sync::Arc::new(args());
+    if a.idle > 0 {
+        return idle(&a).await;
+    }
     let start = Instant::now();
     let until = start + Duration::from_secs_f64(a.seconds);
     let tasks: Vec<_> = (0..a.conns)

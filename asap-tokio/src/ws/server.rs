@@ -69,7 +69,7 @@ impl PushSink for ConnectionPush {
 
 /// Bytes read per socket read: frames of JSON-RPC messages are small, and
 /// the library clears this much before each read (128 KiB by default).
-pub(crate) const READ_BUFFER: usize = 16 * 1024;
+pub(crate) const READ_BUFFER: usize = 4 * 1024;
 
 /// `GET /asap/ws`: the upgrade, then [`connection`].
 pub(crate) async fn upgrade(
