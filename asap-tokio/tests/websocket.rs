@@ -271,3 +271,43 @@ async fn shutdown_closes_1001_server_shutting_down() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_pool_reuses_connections_and_callers_wait_for_a_free_one() {
+    use asap_tokio::ws::WsPool;
+    let a = start(open()).await;
+    let pool = WsPool::new(
+        &a.base,
+        WsClientConfig::default(),
+        asap_proto::ws::PoolConfig {
+            max_size: 2,
+            ..Default::default()
+        },
+    );
+    let one = pool.acquire().await.unwrap();
+    let two = pool.acquire().await.unwrap();
+    let waiting = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            pool.acquire()
+                .await
+                .unwrap()
+                .send(envelope("01KDXZ0000WS0000000000009A", "echo"))
+                .await
+        }
+    });
+    tokio::task::yield_now().await;
+    assert!(
+        !waiting.is_finished(),
+        "a third caller waits while both are taken"
+    );
+    let reply = one
+        .send(envelope("01KDXZ0000WS0000000000008A", "echo"))
+        .await
+        .unwrap();
+    assert_eq!(reply.payload_type, "task.response");
+    drop(one);
+    let reply = waiting.await.unwrap().unwrap();
+    assert_eq!(reply.payload_type, "task.response");
+    drop(two);
+}

@@ -37,6 +37,7 @@
 mod calls;
 mod client;
 pub mod frame;
+mod pool;
 mod server;
 
 pub use calls::{CallOutput, ClientCalls, WsClientConfig};
@@ -45,6 +46,7 @@ pub use client::{
     ClientSessionError, RequestHandle,
 };
 pub use frame::{AckTarget, CloseFrame, Incoming, TextKind};
+pub use pool::{Checkout, Pool, PoolConfig};
 pub use server::{FrameVerdict, Output, PushError, ServerSession, SessionConfig};
 
 /// Reconnect delays of a WebSocket client (spec 13.7): 1, 2, 4 … 30 s, plus

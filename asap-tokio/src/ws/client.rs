@@ -279,3 +279,92 @@ async fn sleep_until(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+/// A pool of [`WsClient`] connections to one agent (spec 13.7: at most 10,
+/// idle ones older than 60 s closed on checkout, callers wait when all are
+/// taken), deciding with [`asap_proto::ws::Pool`]. One `WsClient` already
+/// carries many concurrent requests; a pool spreads load over connections.
+#[derive(Debug, Clone)]
+pub struct WsPool {
+    url: String,
+    config: WsClientConfig,
+    pool: std::sync::Arc<std::sync::Mutex<asap_proto::ws::Pool<WsClient>>>,
+    freed: std::sync::Arc<tokio::sync::Notify>,
+}
+
+/// A connection taken from a [`WsPool`]; back in the pool when dropped.
+#[derive(Debug)]
+pub struct Pooled {
+    client: Option<WsClient>,
+    pool: WsPool,
+}
+
+impl std::ops::Deref for Pooled {
+    type Target = WsClient;
+    fn deref(&self) -> &WsClient {
+        self.client.as_ref().expect("held until dropped")
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            if let Ok(mut p) = self.pool.pool.lock() {
+                p.checkin(c, Instant::now());
+            }
+            self.pool.freed.notify_one();
+        }
+    }
+}
+
+impl WsPool {
+    /// A pool of connections to `base_url`, each made with `config`.
+    #[must_use]
+    pub fn new(base_url: &str, config: WsClientConfig, pool: asap_proto::ws::PoolConfig) -> Self {
+        Self {
+            url: base_url.to_owned(),
+            config,
+            pool: std::sync::Arc::new(std::sync::Mutex::new(asap_proto::ws::Pool::new(pool))),
+            freed: std::sync::Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// A connection: an idle one, a new one, or the next one given back.
+    pub async fn acquire(&self) -> Result<Pooled, CallError> {
+        use asap_proto::ws::Checkout;
+        loop {
+            let freed = self.freed.notified();
+            let (decision, stale) = match self.pool.lock() {
+                Ok(mut p) => p.checkout(Instant::now()),
+                Err(_) => (Checkout::Open, Vec::new()),
+            };
+            for c in stale {
+                c.close();
+            }
+            match decision {
+                Checkout::Reuse(client) => {
+                    return Ok(Pooled {
+                        client: Some(client),
+                        pool: self.clone(),
+                    })
+                }
+                Checkout::Open => {
+                    return match WsClient::connect(&self.url, self.config.clone()).await {
+                        Ok(client) => Ok(Pooled {
+                            client: Some(client),
+                            pool: self.clone(),
+                        }),
+                        Err(e) => {
+                            if let Ok(mut p) = self.pool.lock() {
+                                p.handle_lost();
+                            }
+                            self.freed.notify_one();
+                            Err(e)
+                        }
+                    };
+                }
+                Checkout::Wait => freed.await,
+            }
+        }
+    }
+}

@@ -4,5 +4,5 @@
 mod client;
 mod server;
 
-pub use client::{Pushes, WsClient, WsClientConfig};
+pub use client::{Pooled, Pushes, WsClient, WsClientConfig, WsPool};
 pub(crate) use server::{upgrade, wait_closed, Reports};
