@@ -132,6 +132,14 @@ impl Authenticator {
         }
     }
 
+    /// The JWKS cache, to prime it at startup (a first `lookup` asks for the fetch).
+    pub fn jwks_mut(&mut self) -> Option<&mut JwksCache> {
+        match &mut self.keys {
+            Keys::Jwks(c) => Some(c),
+            _ => None,
+        }
+    }
+
     /// The introspection cache, when configured.
     #[must_use]
     pub fn introspection(&self) -> Option<&IntrospectionCache> {
