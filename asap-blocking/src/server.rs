@@ -70,12 +70,15 @@ struct AgentInner {
     code: AgentCode<SkillFn, PayloadFn, HealthFn, Mutex<Stores>>,
     /// Copies of running envelopes, parked until the first answers.
     parked: Mutex<Parking<std::sync::mpsc::Sender<FirstAnswer>>>,
+    /// Performs the core's auth fetches (key sets, introspection).
+    idp: ureq::Agent,
 }
 
 /// Builds an [`Agent`] from plain closures.
 #[derive(Debug)]
 pub struct AgentBuilder {
     parts: AgentParts<SkillFn, PayloadFn, HealthFn, Mutex<Stores>>,
+    auth: Option<asap_proto::server::ServerAuth>,
 }
 
 impl Agent {
@@ -84,6 +87,7 @@ impl Agent {
     pub fn builder(manifest: Manifest) -> AgentBuilder {
         AgentBuilder {
             parts: AgentParts::new(manifest),
+            auth: None,
         }
     }
 
@@ -146,6 +150,15 @@ impl Agent {
                     let first = ready.unwrap_or_else(|| rx.recv().unwrap_or(None));
                     ex.handle_first_answer(first.as_deref(), wall_now());
                 }
+                Step::Fetch(request) => {
+                    let result = crate::auth::perform(&inner.idp, request);
+                    lock(&inner.core).handle_fetched(&mut ex, result, now());
+                }
+                // Another thread's fetch is out: a short pause, then the core again.
+                Step::AwaitFetch => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    lock(&inner.core).handle_fetch_waited(&mut ex, now());
+                }
                 Step::Respond(reply) => break reply,
             }
         };
@@ -158,6 +171,12 @@ impl Agent {
         }
         if let Some(record) = &reply.record {
             lock(&inner.metrics).handle_record(record, Instant::now());
+        }
+        if reply.response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            // `/asap/ws` may upgrade, but this server speaks HTTP only (as before: 404).
+            let mut r = Response::new(br#"{"detail":"Not Found"}"#.to_vec());
+            *r.status_mut() = http::StatusCode::NOT_FOUND;
+            return r;
         }
         reply.response
     }
@@ -328,6 +347,13 @@ impl AgentBuilder {
         self
     }
 
+    /// Requires tokens on the protected routes (spec §11).
+    #[must_use]
+    pub fn auth(mut self, auth: asap_proto::server::ServerAuth) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+
     /// Finishes the agent.
     #[must_use]
     pub fn build(self) -> Agent {
@@ -335,7 +361,10 @@ impl AgentBuilder {
             self.parts.config.max_body_bytes_in_flight,
             self.parts.config.connections.retry_after_secs,
         );
-        let (core, code) = self.parts.into_server(Instant::now(), seed());
+        let (mut core, code) = self.parts.into_server(Instant::now(), seed());
+        if let Some(auth) = self.auth {
+            core.set_auth(auth);
+        }
         Agent {
             inner: Arc::new(AgentInner {
                 core: Mutex::new(core),
@@ -343,6 +372,7 @@ impl AgentBuilder {
                 bodies: Mutex::new(bodies),
                 code,
                 parked: Mutex::default(),
+                idp: crate::auth::idp_agent(),
             }),
         }
     }

@@ -1,5 +1,6 @@
 //! `asap`: run an ASAP agent, or talk to one.
 
+mod cli_auth;
 mod cli_client;
 
 use std::net::SocketAddr;
@@ -101,6 +102,8 @@ struct ServeArgs {
     debug: bool,
     #[command(flatten)]
     hostile: HostileArgs,
+    #[command(flatten)]
+    auth: cli_auth::ServeAuthArgs,
 }
 
 /// Limits that hold under hostile load (docs/reliability.md).
@@ -348,6 +351,29 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if has_echo {
         builder = builder.echo_skill("echo");
     }
+    // Identity: keys fetched now, so a misconfigured IdP is a startup error.
+    let auth_settings = args.auth.settings()?;
+    let auth_line = if auth_settings.enabled() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let auth = rt
+            .block_on(auth_settings.server_auth())
+            .map_err(|e| format!("auth: {e}"))?;
+        builder = builder.auth(auth);
+        format!(
+            "bearer tokens required on /asap, /asap/ws, /asap/metrics ({})",
+            auth_settings
+                .oidc_issuer
+                .as_deref()
+                .map(|i| format!("OIDC issuer {i}"))
+                .or_else(|| auth_settings.jwks_uri.as_deref().map(|u| format!("JWKS {u}")))
+                .unwrap_or_else(|| "local keys / introspection".to_owned())
+        )
+    } else {
+        "off (no --oidc-issuer / --jwks-uri)".to_owned()
+    };
     let agent = builder.build();
     let mut rt = match args.workers {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
@@ -369,6 +395,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         println!("  GET  http://{addr}/.well-known/asap/health        health");
         println!("  task state: {state}");
         println!("  nonces: {nonces}");
+        println!("  auth: {auth_line}");
         println!("  {budget_line}");
         println!("Press Ctrl-C to stop.");
         asap_tokio::serve(listener, agent, shutdown_signal())

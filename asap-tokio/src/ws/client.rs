@@ -32,6 +32,10 @@ pub struct WsClientConfig {
     pub breaker: Option<CircuitBreakerConfig>,
     /// Pushed envelopes buffered for [`WsClient::pushes`] before the oldest are dropped.
     pub push_buffer: usize,
+    /// `Authorization` value sent on the upgrade request (and on reconnects):
+    /// the server checks the token there and binds every frame to it.
+    /// [`Client::authorization`](crate::client::Client::authorization) gives one.
+    pub authorization: Option<http::HeaderValue>,
 }
 
 impl Default for WsClientConfig {
@@ -42,6 +46,7 @@ impl Default for WsClientConfig {
             reconnect: true,
             breaker: Some(CircuitBreakerConfig::default()),
             push_buffer: 256,
+            authorization: None,
         }
     }
 }
@@ -100,7 +105,7 @@ impl WsClient {
     /// must succeed; later losses reconnect in the background.
     pub async fn connect(base_url: &str, config: WsClientConfig) -> Result<Self, CallError> {
         let url = BaseUrl::parse(base_url, config.http_policy)?.websocket_url();
-        let socket = match tokio_tungstenite::connect_async(url.as_str()).await {
+        let socket = match tokio_tungstenite::connect_async(upgrade_request(&url, config.authorization.as_ref())?).await {
             Ok((socket, _)) => socket,
             Err(e) => {
                 return Err(CallError::Transport {
@@ -120,6 +125,7 @@ impl WsClient {
             url: url.clone(),
             reconnect: config.reconnect,
             jitter: JitterSource::new(seed()),
+            authorization: config.authorization.clone(),
         };
         tokio::spawn(driver.run(socket, rx));
         Ok(Self {
@@ -168,8 +174,27 @@ fn seed() -> u64 {
     u64::from_le_bytes(b)
 }
 
-async fn open(url: &str) -> Result<Socket, SendError> {
-    match tokio_tungstenite::connect_async(url).await {
+/// The upgrade request for `url`, with the bearer token when given.
+fn upgrade_request(
+    url: &str,
+    authorization: Option<&http::HeaderValue>,
+) -> Result<http::Request<()>, CallError> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut req = url.into_client_request().map_err(|e| CallError::Transport {
+        kind: TransportErrorKind::Connect,
+        url: url.to_owned(),
+        detail: e.to_string(),
+    })?;
+    if let Some(v) = authorization {
+        req.headers_mut().insert(http::header::AUTHORIZATION, v.clone());
+    }
+    Ok(req)
+}
+
+async fn open(url: &str, authorization: Option<&http::HeaderValue>) -> Result<Socket, SendError> {
+    let req = upgrade_request(url, authorization)
+        .map_err(|e| transport(TransportErrorKind::Connect, e.to_string()))?;
+    match tokio_tungstenite::connect_async(req).await {
         Ok((socket, _)) => Ok(socket),
         Err(e) => Err(transport(
             TransportErrorKind::Connect,
@@ -186,6 +211,7 @@ struct Driver {
     url: String,
     reconnect: bool,
     jitter: JitterSource,
+    authorization: Option<http::HeaderValue>,
 }
 
 impl Driver {
@@ -205,7 +231,7 @@ impl Driver {
                 if self.idle_for(delay, &mut commands).await.is_err() {
                     return;
                 }
-                socket = open(&self.url).await.ok();
+                socket = open(&self.url, self.authorization.as_ref()).await.ok();
                 continue;
             };
             attempt = 0;
