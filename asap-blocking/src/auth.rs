@@ -63,7 +63,11 @@ pub(crate) fn authorization(
     source: &Mutex<Option<BearerSource>>,
     agent: &ureq::Agent,
 ) -> Result<Option<http::HeaderValue>, String> {
-    let lock = || source.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let lock = || {
+        source
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
     // Bounded: each fetch is reported before asking again, and the machines rate-limit.
     for _ in 0..50 {
         let step = match lock().as_mut() {

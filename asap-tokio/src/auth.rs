@@ -16,9 +16,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use asap_proto::auth::{
-    Authenticator, AuthenticatorConfig, BearerLookup, BearerSource, ClaimsPolicy,
-    IdentityConfig, IntrospectionConfig, JwkSet, JwksCacheConfig, KeySource, OidcDiscovery,
-    OidcDiscoveryConfig, OidcLookup, Scope, SubjectMap, ValidatorConfig, DEFAULT_AGENT_CLAIM,
+    Authenticator, AuthenticatorConfig, BearerLookup, BearerSource, ClaimsPolicy, IdentityConfig,
+    IntrospectionConfig, JwkSet, JwksCacheConfig, KeySource, OidcDiscovery, OidcDiscoveryConfig,
+    OidcLookup, Scope, SubjectMap, ValidatorConfig, DEFAULT_AGENT_CLAIM,
 };
 use asap_proto::server::ServerAuth;
 
@@ -142,6 +142,8 @@ pub struct AuthSettings {
     pub introspection: Option<(String, String, String)>,
     /// Accept tokens without `exp` (the reference does; default refuse).
     pub allow_missing_exp: bool,
+    /// Least time between key-set refetches for an unknown `kid` (default 30 s).
+    pub kid_miss_interval: Option<Duration>,
 }
 
 impl AuthSettings {
@@ -161,7 +163,13 @@ impl AuthSettings {
                 JwkSet::from_slice(text.as_bytes())
                     .map_err(|e| format!("the JWKS file is not a usable key set: {e}"))?,
             ),
-            (None, Some(uri)) => KeySource::Jwks(JwksCacheConfig::new(uri)),
+            (None, Some(uri)) => {
+                let mut c = JwksCacheConfig::new(uri);
+                if let Some(i) = self.kid_miss_interval {
+                    c.kid_miss_interval = i;
+                }
+                KeySource::Jwks(c)
+            }
             (None, None) => KeySource::None,
         };
         let subject_map = match self.subject_map.as_deref().map(str::trim) {
@@ -169,12 +177,15 @@ impl AuthSettings {
             Some(text) => SubjectMap::parse(text)
                 .map_err(|e| format!("ASAP_AUTH_SUBJECT_MAP / --subject-map: {e}"))?,
         };
-        let introspection = self.introspection.clone().map(|(url, id, secret)| IntrospectionConfig {
-            url,
-            client_id: id,
-            client_secret: secret,
-            ..Default::default()
-        });
+        let introspection =
+            self.introspection
+                .clone()
+                .map(|(url, id, secret)| IntrospectionConfig {
+                    url,
+                    client_id: id,
+                    client_secret: secret,
+                    ..Default::default()
+                });
         Ok(AuthenticatorConfig {
             keys,
             validator: ValidatorConfig {
@@ -223,8 +234,12 @@ impl AuthSettings {
         if let Some(fetch) = auth.startup_fetch(Instant::now()) {
             let uri = uri.unwrap_or_default();
             let result = perform(&http, fetch.request).await;
-            auth.handle_startup_keys(fetch.id, result.as_ref().map_err(Clone::clone), Instant::now())
-                .map_err(|e| format!("JWKS {uri}: {e}"))?;
+            auth.handle_startup_keys(
+                fetch.id,
+                result.as_ref().map_err(Clone::clone),
+                Instant::now(),
+            )
+            .map_err(|e| format!("JWKS {uri}: {e}"))?;
         }
         Ok(auth)
     }

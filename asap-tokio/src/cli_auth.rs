@@ -7,7 +7,12 @@ use asap_tokio::auth::AuthSettings;
 pub struct ServeAuthArgs {
     /// OIDC issuer: its discovery document names the JWKS, fetched at
     /// startup; tokens must carry `iss` equal to it.
-    #[arg(long, env = "ASAP_AUTH_OIDC_ISSUER", value_name = "URL", conflicts_with = "jwks_uri")]
+    #[arg(
+        long,
+        env = "ASAP_AUTH_OIDC_ISSUER",
+        value_name = "URL",
+        conflicts_with = "jwks_uri"
+    )]
     oidc_issuer: Option<String>,
     /// The issuer's JWKS URL (no discovery; fetched at startup).
     #[arg(long, env = "ASAP_AUTH_JWKS_URI", value_name = "URL")]
@@ -29,13 +34,22 @@ pub struct ServeAuthArgs {
     #[arg(long, env = "ASAP_AUTH_CUSTOM_CLAIM", value_name = "NAME")]
     identity_claim: Option<String>,
     /// RFC 7662 introspection endpoint for opaque tokens (with --introspection-client-id/-secret).
-    #[arg(long, env = "ASAP_AUTH_INTROSPECTION_URL", value_name = "URL", requires = "introspection_client_id")]
+    #[arg(
+        long,
+        env = "ASAP_AUTH_INTROSPECTION_URL",
+        value_name = "URL",
+        requires = "introspection_client_id"
+    )]
     introspection_url: Option<String>,
     /// Client id the server introspects with.
     #[arg(long, env = "ASAP_AUTH_INTROSPECTION_CLIENT_ID")]
     introspection_client_id: Option<String>,
     /// Client secret the server introspects with.
-    #[arg(long, env = "ASAP_AUTH_INTROSPECTION_CLIENT_SECRET", default_value = "")]
+    #[arg(
+        long,
+        env = "ASAP_AUTH_INTROSPECTION_CLIENT_SECRET",
+        default_value = ""
+    )]
     introspection_client_secret: String,
     /// Accept tokens without `exp` (the reference does; refused by default).
     #[arg(long)]
@@ -54,8 +68,7 @@ impl ServeAuthArgs {
         };
         let subject_map = match self.subject_map.as_deref().map(str::trim) {
             Some(text) if !text.is_empty() && !text.starts_with('{') => Some(
-                std::fs::read_to_string(text)
-                    .map_err(|e| format!("--subject-map {text}: {e}"))?,
+                std::fs::read_to_string(text).map_err(|e| format!("--subject-map {text}: {e}"))?,
             ),
             other => other.map(str::to_owned),
         };
@@ -75,6 +88,7 @@ impl ServeAuthArgs {
                 )
             }),
             allow_missing_exp: self.allow_missing_exp,
+            kid_miss_interval: None,
         })
     }
 }
@@ -104,7 +118,10 @@ pub struct SendAuthArgs {
 
 impl SendAuthArgs {
     /// Applies the flags to `client`.
-    pub fn apply(&self, client: asap_tokio::client::Client) -> Result<asap_tokio::client::Client, String> {
+    pub fn apply(
+        &self,
+        client: asap_tokio::client::Client,
+    ) -> Result<asap_tokio::client::Client, String> {
         let scopes: Vec<&str> = self.scopes.iter().map(String::as_str).collect();
         match (&self.token, &self.client_id) {
             (Some(t), _) => Ok(client.with_token(t.clone())),

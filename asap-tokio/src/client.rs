@@ -27,10 +27,10 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use asap_proto::auth::{BearerSource, ClientCredentialsConfig};
 use asap_proto::client::{ClientState, Exchange, ExchangeOutput};
 use asap_proto::client::{TransportError, TransportErrorKind};
 use asap_proto::discovery::{HealthVerdict, LiteRegistry, RegistryEntry, DEFAULT_REGISTRY_URL};
-use asap_proto::auth::{BearerSource, ClientCredentialsConfig};
 use asap_proto::model::{Envelope, Manifest, UnixTime};
 
 pub use asap_proto::client::CallError as ClientError;

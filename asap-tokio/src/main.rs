@@ -368,7 +368,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                 .oidc_issuer
                 .as_deref()
                 .map(|i| format!("OIDC issuer {i}"))
-                .or_else(|| auth_settings.jwks_uri.as_deref().map(|u| format!("JWKS {u}")))
+                .or_else(|| auth_settings
+                    .jwks_uri
+                    .as_deref()
+                    .map(|u| format!("JWKS {u}")))
                 .unwrap_or_else(|| "local keys / introspection".to_owned())
         )
     } else {

@@ -105,7 +105,12 @@ impl WsClient {
     /// must succeed; later losses reconnect in the background.
     pub async fn connect(base_url: &str, config: WsClientConfig) -> Result<Self, CallError> {
         let url = BaseUrl::parse(base_url, config.http_policy)?.websocket_url();
-        let socket = match tokio_tungstenite::connect_async(upgrade_request(&url, config.authorization.as_ref())?).await {
+        let socket = match tokio_tungstenite::connect_async(upgrade_request(
+            &url,
+            config.authorization.as_ref(),
+        )?)
+        .await
+        {
             Ok((socket, _)) => socket,
             Err(e) => {
                 return Err(CallError::Transport {
@@ -180,13 +185,16 @@ fn upgrade_request(
     authorization: Option<&http::HeaderValue>,
 ) -> Result<http::Request<()>, CallError> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-    let mut req = url.into_client_request().map_err(|e| CallError::Transport {
-        kind: TransportErrorKind::Connect,
-        url: url.to_owned(),
-        detail: e.to_string(),
-    })?;
+    let mut req = url
+        .into_client_request()
+        .map_err(|e| CallError::Transport {
+            kind: TransportErrorKind::Connect,
+            url: url.to_owned(),
+            detail: e.to_string(),
+        })?;
     if let Some(v) = authorization {
-        req.headers_mut().insert(http::header::AUTHORIZATION, v.clone());
+        req.headers_mut()
+            .insert(http::header::AUTHORIZATION, v.clone());
     }
     Ok(req)
 }

@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use asap_proto::model::{AgentUrn, Envelope, Payload, Timestamp, UlidGenerator};
 use asap_proto::auth::Identity;
 use asap_proto::model::UnixTime;
+use asap_proto::model::{AgentUrn, Envelope, Payload, Timestamp, UlidGenerator};
 use asap_proto::server::{Invocation, PushSink, RequestHead, Transport};
 use asap_proto::ws::{FrameVerdict, Incoming, Output, PushError, ServerSession};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
