@@ -238,7 +238,7 @@ mod tests {
 
     #[test]
     fn client_credentials_are_fetched_once_and_refreshed_before_expiry() {
-        let t0 = Instant::now();
+        let t0 = crate::test_clock::base();
         let mut s = BearerSource::client_credentials(ClientCredentialsConfig {
             token_url: "https://idp.example.com/token".into(),
             client_id: "c".into(),
@@ -263,7 +263,7 @@ mod tests {
 
     #[test]
     fn a_failed_token_request_is_named_and_backed_off() {
-        let t0 = Instant::now();
+        let t0 = crate::test_clock::base();
         let mut s = BearerSource::oidc("https://idp.example.com", "c", "s", vec![]).unwrap();
         let BearerLookup::Fetch(f) = s.authorization(now(t0, 0)) else {
             panic!()
