@@ -466,8 +466,27 @@ fn the_websocket_upgrade_is_authenticated_and_frames_are_bound_to_the_sender() {
     );
     let answer = json_of(&r);
     assert_eq!(answer["error"]["code"], -32602, "{answer}");
+    assert_eq!(answer["error"]["data"]["status_code"], 403, "{answer}");
+    assert_eq!(
+        answer["error"]["data"]["error"],
+        "Sender does not match authenticated identity"
+    );
     assert_eq!(answer["id"], 7);
     assert_eq!(outcome, Some(Outcome::Unauthorized));
+    // A frame whose token no longer passes (here: none) is answered with the frame's id.
+    let (r, _) = rig.run(
+        &Method::POST,
+        "/asap",
+        None,
+        &body("urn:asap:agent:client"),
+        Transport::WebSocket,
+        now,
+    );
+    let answer = json_of(&r);
+    assert_eq!(r.status(), 200, "a frame answer, not an HTTP refusal");
+    assert_eq!(answer["error"]["code"], -32600, "{answer}");
+    assert_eq!(answer["error"]["data"]["status_code"], 401);
+    assert_eq!(answer["id"], 7);
 }
 
 #[test]

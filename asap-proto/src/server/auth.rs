@@ -17,7 +17,10 @@
 //! or the subject map), the envelope `sender` must be that agent: HTTP
 //! answers 403 (`AuthRejection::SenderMismatch`, the status the other
 //! authorization refusals use); a WebSocket frame, which has no status,
-//! answers a JSON-RPC -32602 error with the request id.
+//! answers a JSON-RPC -32602 error with the request id. Each frame is
+//! authenticated again from the upgrade request's headers (cached keys: one
+//! signature verification), and a frame refused that way is answered -32600
+//! `{"error": ..., "status_code": 401}` with its request id, once read.
 //!
 //! ```
 //! use std::time::Instant;

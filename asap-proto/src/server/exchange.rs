@@ -354,6 +354,9 @@ pub struct Exchange {
     pub(super) identity: Option<Identity>,
     /// The envelope sender must be the identity's agent.
     bind_sender: bool,
+    /// A WebSocket frame refused by authentication: answered as a JSON-RPC
+    /// error carrying the frame's request id, once the frame is read.
+    frame_refusal: Option<AuthRejection>,
 }
 
 impl Exchange {
@@ -381,7 +384,13 @@ impl Exchange {
             nonce: None,
             identity: None,
             bind_sender: false,
+            frame_refusal: None,
         }
+    }
+
+    pub(super) fn refuse_frame(mut self, rejection: AuthRejection, plan: BodyPlan) -> Self {
+        self.frame_refusal = Some(rejection);
+        self.read_body(plan)
     }
 
     pub(super) fn hold_identity(&mut self, identity: Identity, bind_sender: bool) {
@@ -557,6 +566,16 @@ impl Exchange {
             Ok(b) => b,
             Err(e) => return self.body_failed(&e),
         };
+        if let Some(r) = self.frame_refusal.take() {
+            #[derive(serde::Deserialize)]
+            struct IdOnly {
+                id: Option<crate::jsonrpc::RequestId>,
+            }
+            let id = serde_json::from_slice::<IdOnly>(&body)
+                .ok()
+                .and_then(|v| v.id);
+            return self.finish_with(frame_refusal(&r, id), Outcome::Unauthorized, None);
+        }
         let pending = match admission::decode(&self.shared, &mut self.ids, &body, now) {
             Ok(p) => p,
             Err(resp) => return self.finish_with(resp, Outcome::RpcError, None),
@@ -596,14 +615,7 @@ impl Exchange {
     fn sender_refused(&mut self, r: &AuthRejection, id: crate::jsonrpc::RequestId) {
         let response = match self.transport {
             Transport::Http => r.to_response(),
-            Transport::WebSocket => {
-                let err = crate::jsonrpc::ErrorResponse::new(
-                    crate::jsonrpc::codes::INVALID_PARAMS,
-                    Some(serde_json::json!({"error": "Sender mismatch", "detail": r.to_string()})),
-                    Some(id),
-                );
-                answer::rpc_error(&err)
-            }
+            Transport::WebSocket => frame_refusal(r, Some(id)),
         };
         self.finish_with(response, Outcome::Unauthorized, None);
     }
@@ -922,6 +934,21 @@ impl Exchange {
             answered,
         });
     }
+}
+
+/// An auth refusal as a WebSocket frame answer (a frame has no status): the
+/// reference's bearer-mode errors (spec 11.1), -32602 for 403, else -32600,
+/// `data: {"error": detail, "status_code": status}`.
+fn frame_refusal(r: &AuthRejection, id: Option<crate::jsonrpc::RequestId>) -> Response<Vec<u8>> {
+    use crate::jsonrpc::codes;
+    let status = r.status();
+    let code = if status == StatusCode::FORBIDDEN {
+        codes::INVALID_PARAMS
+    } else {
+        codes::INVALID_REQUEST
+    };
+    let data = serde_json::json!({"error": r.detail(), "status_code": status.as_u16()});
+    answer::rpc_error(&crate::jsonrpc::ErrorResponse::new(code, Some(data), id))
 }
 
 #[cfg(test)]

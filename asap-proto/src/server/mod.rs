@@ -332,6 +332,13 @@ impl Server {
         match self.authenticate(head, started, rounds, now) {
             auth::Gate::Open => {}
             auth::Gate::Pass(identity, bind) => ex.hold_identity(identity, bind),
+            auth::Gate::Refuse(r) if head.transport == Transport::WebSocket => {
+                let plan = BodyPlan {
+                    encoding: ContentEncoding::Identity,
+                    max_body: self.shared.config.max_request_size,
+                };
+                return ex.refuse_frame(r, plan);
+            }
             auth::Gate::Refuse(r) => {
                 let post = head.path == "/asap";
                 return ex.respond_now(auth::refusal(&r), post, Outcome::Unauthorized);
