@@ -587,6 +587,8 @@ mod tests {
         Advance(u32),
         Timeout,
         Shutdown,
+        /// The token expires this many ms from now (negative: already expired).
+        Expiry(i32),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -598,6 +600,7 @@ mod tests {
             (0u32..120_000).prop_map(Op::Advance),
             Just(Op::Timeout),
             Just(Op::Shutdown),
+            (-5_000i32..120_000).prop_map(Op::Expiry),
         ]
     }
 
@@ -631,6 +634,13 @@ mod tests {
                     Op::Advance(ms) => now += Duration::from_millis(u64::from(ms)),
                     Op::Timeout => { seen = now; s.handle_timeout(now) }
                     Op::Shutdown => s.handle_shutdown(),
+                    Op::Expiry(ms) => {
+                        seen = now;
+                        let wall = crate::model::UnixTime::from_secs(1_800_000_000);
+                        let at = wall.as_millis() + i64::from(ms);
+                        let n = crate::server::Now { monotonic: now, wall };
+                        s.set_token_expiry(crate::model::UnixTime::from_millis(at), n);
+                    }
                 }
                 prop_assert_eq!(s.in_flight(), admitted - replied);
                 if let Some(at) = s.poll_timeout() { prop_assert!(at > seen); }
