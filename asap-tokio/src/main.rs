@@ -341,6 +341,23 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         // The built-in manifest tells the truth about where task state lives.
         manifest.capabilities.state_persistence = storage.backend == StorageBackend::Sqlite;
     }
+    let auth_settings = args.auth.settings()?;
+    if auth_settings.enabled() && manifest.auth.is_none() {
+        // Tell clients a bearer token is needed, and where to get one.
+        let mut oauth2 = serde_json::Map::new();
+        if let Some(issuer) = &auth_settings.oidc_issuer {
+            oauth2.insert("issuer".into(), issuer.clone().into());
+        }
+        let scope = auth_settings.required_scope.clone();
+        oauth2.insert(
+            "scopes".into(),
+            vec![scope.unwrap_or_else(|| "asap:execute".into())].into(),
+        );
+        manifest.auth = Some(asap_proto::model::AuthScheme {
+            schemes: vec!["bearer".into()],
+            oauth2: Some(oauth2),
+        });
+    }
     let has_echo = manifest.has_skill("echo");
     let mut builder = asap_tokio::Agent::builder(manifest.clone())
         .config(config)
@@ -352,7 +369,6 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         builder = builder.echo_skill("echo");
     }
     // Identity: keys fetched now, so a misconfigured IdP is a startup error.
-    let auth_settings = args.auth.settings()?;
     let auth_line = if auth_settings.enabled() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
