@@ -23,6 +23,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use asap_proto::auth::{BearerSource, ClientCredentialsConfig};
 use asap_proto::client::{ClientState, Exchange, ExchangeOutput};
 use asap_proto::client::{TransportError, TransportErrorKind};
 use asap_proto::discovery::{HealthVerdict, LiteRegistry, RegistryEntry, DEFAULT_REGISTRY_URL};
@@ -63,6 +64,8 @@ pub struct Client {
     max_response_size: u64,
     clock: Arc<dyn Clock>,
     state: Arc<Mutex<ClientState>>,
+    /// Where the bearer token of `asap.send` requests comes from.
+    auth: Arc<Mutex<Option<BearerSource>>>,
 }
 
 impl Client {
@@ -90,6 +93,7 @@ impl Client {
             max_response_size,
             clock,
             state: Arc::new(Mutex::new(state)),
+            auth: Arc::default(),
         })
     }
 
@@ -97,6 +101,57 @@ impl Client {
     #[must_use]
     pub fn base_url(&self) -> Option<&str> {
         self.base.as_deref()
+    }
+
+    /// Sends `Authorization: Bearer <token>` on every `asap.send` (POST)
+    /// request; GETs (manifest, health, registries) go without it.
+    #[must_use]
+    pub fn with_token(self, token: impl Into<String>) -> Self {
+        self.with_bearer(BearerSource::token(token))
+    }
+
+    /// OAuth2 client credentials (`client_secret_basic` at `token_url`),
+    /// refreshed 30 s before expiry; the token rides on `asap.send` requests.
+    pub fn with_oauth2(
+        self,
+        token_url: &str,
+        client_id: &str,
+        client_secret: &str,
+        scopes: &[&str],
+    ) -> Result<Self, ClientError> {
+        let source = BearerSource::client_credentials(ClientCredentialsConfig {
+            token_url: token_url.to_owned(),
+            client_id: client_id.to_owned(),
+            client_secret: client_secret.to_owned(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        })
+        .map_err(|e| ClientError::Setup(e.to_string()))?;
+        Ok(self.with_bearer(source))
+    }
+
+    /// Client credentials at the token endpoint `issuer`'s OIDC discovery names.
+    pub fn with_oidc(
+        self,
+        issuer: &str,
+        client_id: &str,
+        client_secret: &str,
+        scopes: &[&str],
+    ) -> Result<Self, ClientError> {
+        let scopes = scopes.iter().map(|s| (*s).to_owned()).collect();
+        let source = BearerSource::oidc(issuer, client_id, client_secret, scopes)
+            .map_err(|e| ClientError::Setup(e.to_string()))?;
+        Ok(self.with_bearer(source))
+    }
+
+    /// Any [`BearerSource`] (shared by clones of this client).
+    #[must_use]
+    pub fn with_bearer(self, source: BearerSource) -> Self {
+        *self
+            .auth
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(source);
+        self
     }
 
     /// Sends `envelope` to the client's agent with `asap.send`; returns the response envelope.
@@ -191,7 +246,15 @@ impl Client {
         timeout: Duration,
     ) -> Result<http::Response<Vec<u8>>, TransportError> {
         let limit = self.max_response_size;
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        if parts.method == http::Method::POST {
+            let value = crate::auth::authorization(&self.auth, &self.http).map_err(|e| {
+                TransportError::new(TransportErrorKind::Other, format!("access token: {e}"))
+            })?;
+            if let Some(v) = value {
+                parts.headers.insert(http::header::AUTHORIZATION, v);
+            }
+        }
         // ureq sends no body (and no Content-Length) for a `()` GET.
         let resp = if body.is_empty() && parts.method == http::Method::GET {
             self.perform(http::Request::from_parts(parts, ()), timeout)

@@ -2,6 +2,7 @@
 //! client, HTTP/1.1 and WebSocket server, WebSocket client.
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod client;
 pub mod server;
 pub mod store;

@@ -83,6 +83,8 @@ pub(crate) struct AgentInner {
     pub(crate) websocket: SessionConfig,
     /// `/asap/ws` connections open at once; more are refused with 503.
     pub(crate) max_websockets: usize,
+    /// Performs the core's auth fetches (key sets, introspection).
+    idp: ureq::Agent,
 }
 
 /// `/asap/ws` connections a server keeps open at once by default (each has
@@ -95,6 +97,7 @@ pub struct AgentBuilder {
     parts: AgentParts<SkillFn, PayloadFn, HealthFn, Mutex<Stores>>,
     websocket: SessionConfig,
     max_websockets: usize,
+    auth: Option<asap_proto::server::ServerAuth>,
 }
 
 impl Agent {
@@ -105,6 +108,7 @@ impl Agent {
             parts: AgentParts::new(manifest),
             websocket: SessionConfig::default(),
             max_websockets: DEFAULT_MAX_WEBSOCKETS,
+            auth: None,
         }
     }
 
@@ -207,6 +211,15 @@ impl Agent {
                     let ready = lock(&inner.parked).park(token, || tx);
                     let first = ready.unwrap_or_else(|| rx.recv().unwrap_or(None));
                     ex.handle_first_answer(first.as_deref(), wall_now());
+                }
+                Step::Fetch(request) => {
+                    let result = crate::auth::perform(&inner.idp, request);
+                    lock(&inner.core).handle_fetched(&mut ex, result, now());
+                }
+                // Another thread's fetch is out: a short pause, then the core again.
+                Step::AwaitFetch => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    lock(&inner.core).handle_fetch_waited(&mut ex, now());
                 }
                 Step::Respond(reply) => break reply,
             }
@@ -410,6 +423,13 @@ impl AgentBuilder {
         self
     }
 
+    /// Requires tokens on the protected routes (spec §11).
+    #[must_use]
+    pub fn auth(mut self, auth: asap_proto::server::ServerAuth) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+
     /// Finishes the agent.
     #[must_use]
     pub fn build(self) -> Agent {
@@ -417,7 +437,10 @@ impl AgentBuilder {
             self.parts.config.max_body_bytes_in_flight,
             self.parts.config.connections.retry_after_secs,
         );
-        let (core, code) = self.parts.into_server(Instant::now(), seed());
+        let (mut core, code) = self.parts.into_server(Instant::now(), seed());
+        if let Some(auth) = self.auth {
+            core.set_auth(auth);
+        }
         Agent {
             inner: Arc::new(AgentInner {
                 core: Mutex::new(core),
@@ -427,6 +450,7 @@ impl AgentBuilder {
                 parked: Mutex::default(),
                 websocket: self.websocket,
                 max_websockets: self.max_websockets,
+                idp: crate::auth::idp_agent(),
             }),
         }
     }

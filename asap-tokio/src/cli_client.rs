@@ -77,6 +77,8 @@ pub struct SendArgs {
     #[arg(long, default_value_t = 3)]
     attempts: u32,
     #[command(flatten)]
+    auth: crate::cli_auth::SendAuthArgs,
+    #[command(flatten)]
     opts: ClientOpts,
 }
 
@@ -271,7 +273,10 @@ async fn run_send(args: SendArgs) -> Result<(Value, String, u8), Failure> {
     let sender = AgentUrn::new(args.sender.as_str())
         .map_err(|e| Failure::usage(format!("invalid --sender: {e}")))?;
     check_base_url(&args.url)?;
-    let client = client(&args.opts, Some(&args.url), args.attempts)?;
+    let client = args
+        .auth
+        .apply(client(&args.opts, Some(&args.url), args.attempts)?)
+        .map_err(Failure::usage)?;
     let recipient = match &args.recipient {
         Some(r) => AgentUrn::new(r.as_str())
             .map_err(|e| Failure::usage(format!("invalid --recipient: {e}")))?,
@@ -291,7 +296,7 @@ async fn run_send(args: SendArgs) -> Result<(Value, String, u8), Failure> {
     );
     let websocket = args.watch || args.url.starts_with("ws://") || args.url.starts_with("wss://");
     let reply = if websocket {
-        send_ws(&args, envelope).await?
+        send_ws(&args, envelope, client.authorization().await?).await?
     } else {
         client.send(&envelope).await?
     };
@@ -320,11 +325,16 @@ async fn run_send(args: SendArgs) -> Result<(Value, String, u8), Failure> {
 }
 
 /// `asap send` over `/asap/ws`, printing pushes with `--watch`.
-async fn send_ws(args: &SendArgs, envelope: Envelope) -> Result<Envelope, Failure> {
+async fn send_ws(
+    args: &SendArgs,
+    envelope: Envelope,
+    authorization: Option<http::HeaderValue>,
+) -> Result<Envelope, Failure> {
     use asap_tokio::ws::{WsClient, WsClientConfig};
     use futures_util::StreamExt as _;
     let mut config = WsClientConfig {
         reconnect: false,
+        authorization,
         ..WsClientConfig::default()
     };
     if args.opts.allow_insecure_http {

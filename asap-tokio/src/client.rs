@@ -27,6 +27,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use asap_proto::auth::{BearerSource, ClientCredentialsConfig};
 use asap_proto::client::{ClientState, Exchange, ExchangeOutput};
 use asap_proto::client::{TransportError, TransportErrorKind};
 use asap_proto::discovery::{HealthVerdict, LiteRegistry, RegistryEntry, DEFAULT_REGISTRY_URL};
@@ -70,6 +71,8 @@ struct Inner {
     max_response_size: u64,
     clock: Arc<dyn Clock>,
     state: Mutex<ClientState>,
+    /// Where the bearer token of `asap.send` requests comes from.
+    auth: Mutex<Option<BearerSource>>,
 }
 
 /// An async ASAP client; cheap to clone, shareable across tasks (clones
@@ -123,8 +126,65 @@ impl Client {
                 max_response_size,
                 clock,
                 state,
+                auth: Mutex::new(None),
             }),
         })
+    }
+
+    /// Sends `Authorization: Bearer <token>` on every `asap.send` (POST)
+    /// request; GETs (manifest, health, registries) go without it.
+    #[must_use]
+    pub fn with_token(self, token: impl Into<String>) -> Self {
+        self.with_bearer(BearerSource::token(token))
+    }
+
+    /// OAuth2 client credentials (`client_secret_basic` at `token_url`),
+    /// refreshed 30 s before expiry; the token rides on `asap.send` requests.
+    pub fn with_oauth2(
+        self,
+        token_url: &str,
+        client_id: &str,
+        client_secret: &str,
+        scopes: &[&str],
+    ) -> Result<Self, ClientError> {
+        let source = BearerSource::client_credentials(ClientCredentialsConfig {
+            token_url: token_url.to_owned(),
+            client_id: client_id.to_owned(),
+            client_secret: client_secret.to_owned(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        })
+        .map_err(|e| ClientError::Setup(e.to_string()))?;
+        Ok(self.with_bearer(source))
+    }
+
+    /// Client credentials at the token endpoint `issuer`'s OIDC discovery names.
+    pub fn with_oidc(
+        self,
+        issuer: &str,
+        client_id: &str,
+        client_secret: &str,
+        scopes: &[&str],
+    ) -> Result<Self, ClientError> {
+        let scopes = scopes.iter().map(|s| (*s).to_owned()).collect();
+        let source = BearerSource::oidc(issuer, client_id, client_secret, scopes)
+            .map_err(|e| ClientError::Setup(e.to_string()))?;
+        Ok(self.with_bearer(source))
+    }
+
+    /// Any [`BearerSource`] (shared by clones of this client).
+    #[must_use]
+    pub fn with_bearer(self, source: BearerSource) -> Self {
+        *crate::server::lock(&self.inner.auth) = Some(source);
+        self
+    }
+
+    /// The current `Authorization` value (fetching a token if due), e.g. for
+    /// a [`WsClient`](crate::ws::WsClient) upgrade; `None` without a source.
+    pub async fn authorization(&self) -> Result<Option<http::HeaderValue>, ClientError> {
+        crate::auth::authorization(&self.inner.auth, &self.inner.http)
+            .await
+            .map_err(|e| ClientError::Setup(format!("access token: {e}")))
     }
 
     /// The agent `send` talks to, if any.
@@ -244,7 +304,17 @@ impl Client {
         req: http::Request<Vec<u8>>,
         timeout: Duration,
     ) -> Result<http::Response<Vec<u8>>, TransportError> {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        if parts.method == http::Method::POST {
+            let value = crate::auth::authorization(&self.inner.auth, &self.inner.http)
+                .await
+                .map_err(|e| {
+                    TransportError::new(TransportErrorKind::Other, format!("access token: {e}"))
+                })?;
+            if let Some(v) = value {
+                parts.headers.insert(http::header::AUTHORIZATION, v);
+            }
+        }
         let mut builder = self
             .inner
             .http

@@ -6,6 +6,7 @@
 //! this crate moves bytes and runs your async handlers.
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod client;
 pub mod connection;
 pub mod server;

@@ -1,5 +1,6 @@
 //! `asap`: run an ASAP agent, or talk to one.
 
+mod cli_auth;
 mod cli_client;
 
 use std::net::SocketAddr;
@@ -105,6 +106,8 @@ struct ServeArgs {
     ws_rate_limit: f64,
     #[command(flatten)]
     hostile: HostileArgs,
+    #[command(flatten)]
+    auth: cli_auth::ServeAuthArgs,
 }
 
 /// Limits that hold under hostile load (docs/reliability.md).
@@ -342,6 +345,23 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         // The built-in manifest tells the truth about where task state lives.
         manifest.capabilities.state_persistence = storage.backend == StorageBackend::Sqlite;
     }
+    let auth_settings = args.auth.settings()?;
+    if auth_settings.enabled() && manifest.auth.is_none() {
+        // Tell clients a bearer token is needed, and where to get one.
+        let mut oauth2 = serde_json::Map::new();
+        if let Some(issuer) = &auth_settings.oidc_issuer {
+            oauth2.insert("issuer".into(), issuer.clone().into());
+        }
+        let scope = auth_settings.required_scope.clone();
+        oauth2.insert(
+            "scopes".into(),
+            vec![scope.unwrap_or_else(|| "asap:execute".into())].into(),
+        );
+        manifest.auth = Some(asap_proto::model::AuthScheme {
+            schemes: vec!["bearer".into()],
+            oauth2: Some(oauth2),
+        });
+    }
     let has_echo = manifest.has_skill("echo");
     let websocket = asap_proto::ws::SessionConfig {
         message_rate: (args.ws_rate_limit > 0.0).then_some(args.ws_rate_limit),
@@ -358,6 +378,31 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if has_echo {
         builder = builder.echo_skill("echo");
     }
+    // Identity: keys fetched now, so a misconfigured IdP is a startup error.
+    let auth_line = if auth_settings.enabled() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let auth = rt
+            .block_on(auth_settings.server_auth())
+            .map_err(|e| format!("auth: {e}"))?;
+        builder = builder.auth(auth);
+        format!(
+            "bearer tokens required on /asap, /asap/ws, /asap/metrics ({})",
+            auth_settings
+                .oidc_issuer
+                .as_deref()
+                .map(|i| format!("OIDC issuer {i}"))
+                .or_else(|| auth_settings
+                    .jwks_uri
+                    .as_deref()
+                    .map(|u| format!("JWKS {u}")))
+                .unwrap_or_else(|| "local keys / introspection".to_owned())
+        )
+    } else {
+        "off (no --oidc-issuer / --jwks-uri)".to_owned()
+    };
     let agent = builder.build();
     let mut rt = match args.workers {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
@@ -379,6 +424,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         println!("  GET  http://{addr}/.well-known/asap/health        health");
         println!("  task state: {state}");
         println!("  nonces: {nonces}");
+        println!("  auth: {auth_line}");
         println!("  {budget_line}");
         println!("Press Ctrl-C to stop.");
         asap_tokio::serve(listener, agent, shutdown_signal())

@@ -80,6 +80,10 @@ pub(crate) struct AgentInner {
     pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
     /// Copies of running envelopes, parked until the first answers (`Step::AwaitFirst`).
     parked: Mutex<Parking<tokio::sync::oneshot::Sender<FirstAnswer>>>,
+    /// Performs the core's auth fetches (key sets, introspection).
+    idp: reqwest::Client,
+    /// Woken after each auth fetch is reported (`Step::AwaitFetch`).
+    auth_fetched: tokio::sync::Notify,
 }
 
 /// Builds an [`Agent`] from async handlers.
@@ -87,6 +91,7 @@ pub(crate) struct AgentInner {
 pub struct AgentBuilder {
     parts: AgentParts<SkillFn, PayloadFn, HealthFn, TaskRecorder>,
     websocket: SessionConfig,
+    auth: Option<asap_proto::server::ServerAuth>,
 }
 
 impl Agent {
@@ -96,6 +101,7 @@ impl Agent {
         AgentBuilder {
             parts: AgentParts::new(manifest),
             websocket: SessionConfig::default(),
+            auth: None,
         }
     }
 
@@ -124,6 +130,15 @@ impl AgentBuilder {
     #[must_use]
     pub fn config(mut self, config: ServerConfig) -> Self {
         self.parts.config = config;
+        self
+    }
+
+    /// Requires tokens on the protected routes (spec §11; see
+    /// [`crate::auth::AuthSettings::server_auth`] or
+    /// [`ServerAuth::custom`](asap_proto::server::ServerAuth::custom)).
+    #[must_use]
+    pub fn auth(mut self, auth: asap_proto::server::ServerAuth) -> Self {
+        self.auth = Some(auth);
         self
     }
 
@@ -225,7 +240,10 @@ impl AgentBuilder {
             config.max_body_bytes_in_flight,
             config.connections.retry_after_secs,
         );
-        let (core, code) = self.parts.into_server(Instant::now(), random_seed());
+        let (mut core, code) = self.parts.into_server(Instant::now(), random_seed());
+        if let Some(auth) = self.auth {
+            core.set_auth(auth);
+        }
         let inner = AgentInner {
             core: Mutex::new(core),
             metrics: Mutex::default(),
@@ -234,6 +252,8 @@ impl AgentBuilder {
             websocket: self.websocket,
             shutdown: tokio::sync::watch::Sender::new(false),
             parked: Mutex::default(),
+            idp: crate::auth::idp_client(),
+            auth_fetched: tokio::sync::Notify::new(),
         };
         Agent {
             inner: Arc::new(inner),
@@ -442,6 +462,17 @@ pub(crate) async fn drive(
                 };
                 ex.handle_first_answer(first.as_deref(), wall_now());
             }
+            Step::Fetch(request) => {
+                let result = crate::auth::fetch_for_server(&inner.idp, request).await;
+                lock(&inner.core).handle_fetched(ex, result, now());
+                inner.auth_fetched.notify_waiters();
+            }
+            Step::AwaitFetch => {
+                // Bounded: a fetch not reported in time is taken as lost by the core.
+                let woken = inner.auth_fetched.notified();
+                let _ = tokio::time::timeout(AUTH_WAIT, woken).await;
+                lock(&inner.core).handle_fetch_waited(ex, now());
+            }
             Step::Respond(mut reply) => {
                 if let Some(answered) = reply.answered.take() {
                     settle(agent, answered);
@@ -451,6 +482,9 @@ pub(crate) async fn drive(
         }
     }
 }
+
+/// Longest wait for another request's auth fetch before asking the core again.
+const AUTH_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Bodies from this size on are decoded on the blocking pool: decoding a
 /// pathological body (a million keys) takes long enough to delay every other

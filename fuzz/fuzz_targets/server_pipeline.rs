@@ -80,6 +80,8 @@ fn out_of_order(f: &mut Fixture, ops: &[u8]) {
             Step::RenderMetrics => ex.handle_metrics(&f.metrics),
             Step::Notify(_) => {}
             Step::AwaitFirst { .. } => ex.handle_first_answer(None, now().wall),
+            Step::Fetch(_) => f.server.handle_fetched(&mut ex, Err("fuzz: no network".into()), now()),
+            Step::AwaitFetch => f.server.handle_fetch_waited(&mut ex, now()),
             Step::Respond(_) => return,
         }
     }

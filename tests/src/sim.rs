@@ -866,6 +866,14 @@ impl Network {
                 ),
                 Step::CheckHealth => ex.handle_health(HealthReport::default(), now.monotonic),
                 Step::RenderMetrics => ex.handle_metrics(&self.metrics),
+                // No authentication in the simulation: the core never asks.
+                Step::Fetch(_) | Step::AwaitFetch => {
+                    return Err(Violation {
+                        step: self.step,
+                        at: self.now,
+                        what: "a server without authentication asked for an auth fetch".into(),
+                    })
+                }
                 Step::Notify(text) => {
                     if let Some(s) = self.session_mut(ci, conn) {
                         s.handle_notify(text);

@@ -210,6 +210,31 @@ pub(crate) fn upgrade(
         let _ = write_response(reader.get_ref(), &r, false, true);
         return;
     }
+    // The core decides whether the upgrade may go on (the token, when auth is
+    // on: 401/403/503 before upgrading); its 101 carries the caller's identity.
+    let core_head = RequestHead {
+        method: &head.method,
+        path: "/asap/ws",
+        headers: &head.headers,
+        peer: Some(peer.ip()),
+        transport: asap_proto::server::Transport::Http,
+    };
+    let agent = &listener.agent;
+    let ex = lock(&agent.inner.core).handle_request(&core_head, now());
+    let reply = agent.drive(
+        ex,
+        BodySource::Http(&mut std::io::empty(), &head.headers),
+        None,
+    );
+    if reply.response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let _ = write_response(reader.get_ref(), &reply.response, false, true);
+        return;
+    }
+    let expires_at = reply
+        .response
+        .extensions()
+        .get::<asap_proto::auth::Identity>()
+        .and_then(|i| i.expires_at);
     let (events, inbox) = mpsc::channel();
     let Some((_slot, closing)) = listener.websockets.admit(events.clone()) else {
         let mut r = detail(
@@ -260,6 +285,9 @@ pub(crate) fn upgrade(
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     let mut session = ServerSession::new(listener.agent.inner.websocket.clone(), Instant::now());
+    if let Some(at) = expires_at {
+        session.set_token_expiry(at, now());
+    }
     if closing {
         session.handle_shutdown();
     }

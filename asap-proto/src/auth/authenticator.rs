@@ -132,6 +132,14 @@ impl Authenticator {
         }
     }
 
+    /// The JWKS cache, to prime it at startup (a first `lookup` asks for the fetch).
+    pub fn jwks_mut(&mut self) -> Option<&mut JwksCache> {
+        match &mut self.keys {
+            Keys::Jwks(c) => Some(c),
+            _ => None,
+        }
+    }
+
     /// The introspection cache, when configured.
     #[must_use]
     pub fn introspection(&self) -> Option<&IntrospectionCache> {
@@ -264,7 +272,11 @@ impl Authenticator {
                 }));
             }
         }
-        let Some(subject) = info.sub.clone().filter(|s| !s.is_empty()) else {
+        // RFC 7662 makes `sub` optional; a client-credentials token's subject
+        // is its client (oidc-provider, Keycloak and Auth0 omit `sub` there).
+        let subject = info.sub.clone().filter(|s| !s.is_empty());
+        let Some(subject) = subject.or_else(|| info.client_id.clone().filter(|s| !s.is_empty()))
+        else {
             return AuthStep::Rejected(AuthRejection::InvalidToken(TokenRejection::MissingSubject));
         };
         let (agent, binding) = match bind(&self.identity, &subject, None) {

@@ -151,11 +151,14 @@ pub enum Binding {
 
 /// Where the token was checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum TokenKind {
     /// A JWT verified locally.
     Jwt,
     /// An opaque token the introspection endpoint vouched for.
     Introspected,
+    /// A user-supplied validator vouched for it (spec 11.1 bearer mode).
+    Custom,
 }
 
 /// Who an authenticated request comes from.
@@ -174,6 +177,35 @@ pub struct Identity {
     pub expires_at: Option<UnixTime>,
     /// JWT or introspected.
     pub kind: TokenKind,
+}
+
+impl Identity {
+    /// An identity a user-supplied validator established
+    /// ([`ServerAuth::custom`](crate::server::ServerAuth::custom)): bound to
+    /// `agent` when given (the envelope `sender` must then be it).
+    #[must_use]
+    pub fn new(subject: impl Into<String>, scopes: Vec<String>, agent: Option<AgentUrn>) -> Self {
+        let binding = if agent.is_some() {
+            Binding::Claim
+        } else {
+            Binding::Unbound
+        };
+        Self {
+            subject: subject.into(),
+            scopes,
+            agent,
+            binding,
+            expires_at: None,
+            kind: TokenKind::Custom,
+        }
+    }
+
+    /// The same identity, expiring at `at` (a WebSocket connection ends then).
+    #[must_use]
+    pub fn expiring(mut self, at: UnixTime) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
 }
 
 impl Identity {

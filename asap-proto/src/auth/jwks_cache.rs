@@ -91,6 +91,9 @@ pub enum JwksFetchError {
     /// The body is not a usable key set.
     #[error("JWKS endpoint sent an invalid key set: {0}")]
     Document(JwksError),
+    /// The endpoint could not be reached (the adapter's transport error).
+    #[error("JWKS endpoint unreachable: {0}")]
+    Unreachable(String),
 }
 
 /// The JWKS cache machine. No timer: freshness is checked at each lookup.

@@ -7,6 +7,7 @@
 //! | [`TokenValidator`] | one compact JWS + key set + `now` → [`Claims`], [`TokenRejection`], "need the key set", "need kid X" |
 //! | [`JwksCache`] | the issuer's key set: 24 h, refresh on unknown `kid` only (≥ 30 s apart), one fetch in flight, stale-if-error |
 //! | [`OidcDiscovery`] | the provider configuration: 1 h, `issuer` compared with the configured one |
+//! | [`BearerSource`] | a client's `Authorization` value: fixed token, client credentials, or OIDC-discovered client credentials |
 //! | [`ClientCredentials`] | an access token: `client_secret_basic`, refreshed 30 s before expiry, single flight |
 //! | [`AuthorizationCode`] | authorization URL (PKCE S256 + `state`), redirect check, code exchange, refresh request |
 //! | [`IntrospectionCache`] | RFC 7662 for opaque tokens: LRU 1000, TTLs of the spec, single flight per token |
@@ -110,6 +111,7 @@
 
 pub mod authenticator;
 pub mod authorization_code;
+pub mod bearer;
 pub mod claims;
 pub mod client_credentials;
 pub mod fetch;
@@ -127,6 +129,7 @@ pub use authenticator::{bearer_token, AuthStep, Authenticator, AuthenticatorConf
 pub use authorization_code::{
     AuthorizationCode, AuthorizationCodeConfig, PendingAuthorization, RedirectError, TokenSet,
 };
+pub use bearer::{BearerLookup, BearerSource};
 pub use claims::{Claims, ClaimsPolicy, DEFAULT_LEEWAY};
 pub use client_credentials::{
     ClientCredentials, ClientCredentialsConfig, Token, TokenEndpointError, TokenLookup,

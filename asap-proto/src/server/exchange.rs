@@ -12,12 +12,14 @@ use http::{header, HeaderValue, Method, Response, StatusCode};
 
 use super::admission::{self, Pending};
 use super::answer;
+use super::auth::Resume;
 use super::body::{decode_body, BodyError, BodyPlan};
 use super::handler::{HandlerError, HandlerOutcome, Invocation};
 use super::metrics::{Metrics, METRICS_CONTENT_TYPE};
 use super::state::{answer_state_query, apply_state_restore, task_records, TaskRecords};
 use super::wellknown::{health_response, HealthReport};
 use super::Shared;
+use crate::auth::{AuthRejection, Identity};
 use crate::model::{Payload, PayloadKind, StateQuery, StateRestore, UlidGenerator, UnixTime};
 use crate::store::{NonceRecord, SnapshotStore, StoreError};
 
@@ -93,6 +95,9 @@ pub enum Outcome {
     Ok,
     /// A copy of an envelope already processed, answered from the dedup window.
     Duplicate,
+    /// Refused by authentication (401, 403, 503 of spec §11), or the
+    /// envelope sender is not the token's agent.
+    Unauthorized,
 }
 
 impl Outcome {
@@ -108,6 +113,7 @@ impl Outcome {
             Self::HandlerError => "handler_error",
             Self::Ok => "ok",
             Self::Duplicate => "duplicate",
+            Self::Unauthorized => "unauthorized",
         }
     }
 }
@@ -238,6 +244,14 @@ pub enum Step {
     },
     /// Render the metrics, then [`Exchange::handle_metrics`].
     RenderMetrics,
+    /// Authentication needs this fetched (the issuer's key set, or a token
+    /// introspection): perform it, then take the core lock and call
+    /// [`Server::handle_fetched`](super::Server::handle_fetched).
+    Fetch(http::Request<Vec<u8>>),
+    /// Another request's authentication fetch is in flight: wait until one
+    /// is reported (or a moment, ~100 ms), then
+    /// [`Server::handle_fetch_waited`](super::Server::handle_fetch_waited).
+    AwaitFetch,
     /// Send the response; the exchange is over.
     Respond(Reply),
 }
@@ -253,6 +267,8 @@ enum Stage {
     State(Box<Answering>, StateRequest),
     Health,
     Metrics,
+    Fetch(Box<Resume>, http::Request<Vec<u8>>),
+    AwaitFetch(Box<Resume>),
     Waiting(Waiting),
     Respond(Reply),
     Over,
@@ -267,6 +283,7 @@ enum Waiting {
     State(Box<Answering>),
     Health,
     Metrics,
+    Auth(Box<Resume>),
 }
 
 /// An answer built before its records are committed: sent as is once they
@@ -345,6 +362,13 @@ pub struct Exchange {
     ticket: Option<crate::reliability::DedupTicket>,
     /// An accepted nonce to commit before the answer.
     nonce: Option<NonceRecord>,
+    /// The authenticated caller (auth configured, protected route).
+    pub(super) identity: Option<Identity>,
+    /// The envelope sender must be the identity's agent.
+    bind_sender: bool,
+    /// A WebSocket frame refused by authentication: answered as a JSON-RPC
+    /// error carrying the frame's request id, once the frame is read.
+    frame_refusal: Option<AuthRejection>,
 }
 
 impl Exchange {
@@ -370,6 +394,39 @@ impl Exchange {
             token: id_seed,
             ticket: None,
             nonce: None,
+            identity: None,
+            bind_sender: false,
+            frame_refusal: None,
+        }
+    }
+
+    pub(super) fn refuse_frame(mut self, rejection: AuthRejection, plan: BodyPlan) -> Self {
+        self.frame_refusal = Some(rejection);
+        self.read_body(plan)
+    }
+
+    pub(super) fn hold_identity(&mut self, identity: Identity, bind_sender: bool) {
+        self.identity = Some(identity);
+        self.bind_sender = bind_sender;
+    }
+
+    pub(super) fn fetch(mut self, resume: Box<Resume>, request: http::Request<Vec<u8>>) -> Self {
+        self.stage = Stage::Fetch(resume, request);
+        self
+    }
+
+    pub(super) fn await_fetch(mut self, resume: Box<Resume>) -> Self {
+        self.stage = Stage::AwaitFetch(resume);
+        self
+    }
+
+    pub(super) fn take_resume(&mut self) -> Option<Box<Resume>> {
+        match std::mem::replace(&mut self.stage, Stage::Over) {
+            Stage::Waiting(Waiting::Auth(r)) => Some(r),
+            other => {
+                self.stage = other;
+                None
+            }
         }
     }
 
@@ -484,6 +541,14 @@ impl Exchange {
                 self.stage = Stage::Waiting(Waiting::Metrics);
                 Step::RenderMetrics
             }
+            Stage::Fetch(resume, request) => {
+                self.stage = Stage::Waiting(Waiting::Auth(resume));
+                Step::Fetch(request)
+            }
+            Stage::AwaitFetch(resume) => {
+                self.stage = Stage::Waiting(Waiting::Auth(resume));
+                Step::AwaitFetch
+            }
             Stage::Respond(reply) => Step::Respond(reply),
             Stage::Waiting(_) | Stage::Over => self.misuse(),
         }
@@ -513,12 +578,27 @@ impl Exchange {
             Ok(b) => b,
             Err(e) => return self.body_failed(&e),
         };
+        if let Some(r) = self.frame_refusal.take() {
+            #[derive(serde::Deserialize)]
+            struct IdOnly {
+                id: Option<crate::jsonrpc::RequestId>,
+            }
+            let id = serde_json::from_slice::<IdOnly>(&body)
+                .ok()
+                .and_then(|v| v.id);
+            return self.finish_with(frame_refusal(&r, id), Outcome::Unauthorized, None);
+        }
         let pending = match admission::decode(&self.shared, &mut self.ids, &body, now) {
             Ok(p) => p,
             Err(resp) => return self.finish_with(resp, Outcome::RpcError, None),
         };
         self.kind = pending.envelope.kind();
         self.envelope_id = Some(pending.envelope.id.clone());
+        if let Some(identity) = self.identity.as_ref().filter(|_| self.bind_sender) {
+            if let Err(r) = identity.check_sender(pending.envelope.sender.as_str()) {
+                return self.sender_refused(&r, pending.request_id);
+            }
+        }
         if self.shared.needs_admission {
             self.stage = Stage::Admit(Box::new(pending));
         } else {
@@ -540,6 +620,16 @@ impl Exchange {
         let drain =
             matches!(err, BodyError::TooLarge(_) | BodyError::OverBudget { .. }).then_some(max);
         self.finish_with(err.response(max), Outcome::BadBody, drain);
+    }
+
+    /// The envelope `sender` is not the token's agent: 403 on HTTP; on a
+    /// WebSocket frame (no status to carry it) -32602 with the request id.
+    fn sender_refused(&mut self, r: &AuthRejection, id: crate::jsonrpc::RequestId) {
+        let response = match self.transport {
+            Transport::Http => r.to_response(),
+            Transport::WebSocket => frame_refusal(r, Some(id)),
+        };
+        self.finish_with(response, Outcome::Unauthorized, None);
     }
 
     pub(super) fn take_pending(&mut self) -> Option<Box<Pending>> {
@@ -915,6 +1005,21 @@ impl Exchange {
             answered,
         });
     }
+}
+
+/// An auth refusal as a WebSocket frame answer (a frame has no status): the
+/// reference's bearer-mode errors (spec 11.1), -32602 for 403, else -32600,
+/// `data: {"error": detail, "status_code": status}`.
+fn frame_refusal(r: &AuthRejection, id: Option<crate::jsonrpc::RequestId>) -> Response<Vec<u8>> {
+    use crate::jsonrpc::codes;
+    let status = r.status();
+    let code = if status == StatusCode::FORBIDDEN {
+        codes::INVALID_PARAMS
+    } else {
+        codes::INVALID_REQUEST
+    };
+    let data = serde_json::json!({"error": r.detail(), "status_code": status.as_u16()});
+    answer::rpc_error(&crate::jsonrpc::ErrorResponse::new(code, Some(data), id))
 }
 
 #[cfg(test)]

@@ -137,6 +137,12 @@ fn run(
             // Inline runs are sequential: a first copy always answered before
             // the next request began, so nothing is ever running to wait for.
             Step::AwaitFirst { .. } => ex.handle_first_answer(None, now.wall),
+            // No network here: static keys, HS256 or a custom validator
+            // answer inline; a JWKS that is not cached yet answers 503.
+            Step::Fetch(_) => {
+                server.handle_fetched(&mut ex, Err("inline run: no network".into()), now)
+            }
+            Step::AwaitFetch => server.handle_fetch_waited(&mut ex, now),
             Step::Respond(reply) => break reply,
         }
     };

@@ -23,6 +23,9 @@
 //!   RenderMetrics       ──────────────────▶ handle_metrics(&metrics)
 //!   Notify(frame)       send it (WebSocket: a MessageAck), poll again
 //!   AwaitFirst{token}   park until woken ─▶ handle_first_answer(answer, wall)
+//!   Fetch(request)      perform it, lock ▶ Server::handle_fetched(&mut ex, response, now)
+//!                                           (auth on: the key set / introspection; see ServerAuth)
+//!   AwaitFetch          wait ~100 ms, lock ▶ Server::handle_fetch_waited(&mut ex, now)
 //!   Respond(reply)      ... and reply.answered ─▶ lock: Server::handle_answered → wake tokens
 //!   Respond(reply)      send reply.response, record reply.record in Metrics: done
 //! ```
@@ -80,6 +83,9 @@
 //!         Step::Notify(_frame) => {} // WebSocket only: send the MessageAck frame now
 //!         // A copy of a running envelope: park until handle_answered wakes this token.
 //!         Step::AwaitFirst { token: _ } => ex.handle_first_answer(None, now.wall),
+//!         // Auth configured (`Server::set_auth`) and keys not cached: fetch them.
+//!         Step::Fetch(_request) => server.handle_fetched(&mut ex, Err("offline".into()), now),
+//!         Step::AwaitFetch => server.handle_fetch_waited(&mut ex, now),
 //!         Step::Respond(reply) => break reply,
 //!     }
 //! };
@@ -99,6 +105,7 @@
 
 mod admission;
 mod answer;
+mod auth;
 mod body;
 mod body_budget;
 mod config;
@@ -123,6 +130,7 @@ pub use answer::{
     busy, encode_http1, handler_error, has_remote_trace_context, headers_too_large,
     nonce_store_full, rate_limited, request_timeout,
 };
+pub use auth::{BearerCheck, BearerCheckFn, ServerAuth};
 pub use body::{check_depth, decode_body, BodyError, BodyPlan, BodyTimeout, ContentEncoding};
 pub use body_budget::{BodyBudget, BodyGrant, BodyTimer};
 pub use config::{
@@ -180,13 +188,16 @@ pub struct Server {
     limiter: Option<SlidingWindowLimiter>,
     /// Receiver dedup window; `u64` waiters are exchange tokens (`Step::AwaitFirst`).
     dedup: Option<DedupWindow<u64>>,
+    /// Token checks for protected routes ([`Server::set_auth`]).
+    auth: Option<ServerAuth>,
 }
 
 /// The paths served and the method each takes.
 fn allowed_method(path: &str) -> Option<Method> {
     match path {
         "/asap" => Some(Method::POST),
-        "/asap/metrics"
+        "/asap/ws"
+        | "/asap/metrics"
         | "/.well-known/asap/manifest.json"
         | "/.well-known/asap/health"
         | "/health"
@@ -223,6 +234,7 @@ impl Server {
             ids: UlidGenerator::new(id_seed),
             limiter,
             dedup,
+            auth: None,
             shared: Arc::new(Shared {
                 manifest: ManifestDocument::new(manifest),
                 routes: Routes::default(),
@@ -306,11 +318,19 @@ impl Server {
     /// Opens the exchange of one request (spec 8.1 routes; for `POST /asap`
     /// spec 8.4 steps 2-4: `Content-Length` 413, rate limit by peer 429,
     /// `Content-Type`/`Content-Encoding` 415). `HEAD` is answered wherever `GET` is.
+    ///
+    /// With auth configured ([`Server::set_auth`]), protected routes are
+    /// authenticated here, before anything else is read (see [`ServerAuth`]).
+    /// `GET /asap/ws` answers 101 when the upgrade may proceed.
     pub fn handle_request(&mut self, head: &RequestHead<'_>, now: Now) -> Exchange {
-        let ex = Exchange::new(
+        self.open(head, now, now.monotonic, 0)
+    }
+
+    fn open(&mut self, head: &RequestHead<'_>, now: Now, started: Instant, rounds: u8) -> Exchange {
+        let mut ex = Exchange::new(
             Arc::clone(&self.shared),
             self.ids.next_u64(),
-            now.monotonic,
+            started,
             head.transport,
         );
         let head_bytes = head_size(head);
@@ -333,7 +353,28 @@ impl Server {
                 .insert(header::ALLOW, http::HeaderValue::from_static(allow));
             return ex.answer_get(r, false);
         }
+        match self.authenticate(head, started, rounds, now) {
+            auth::Gate::Open => {}
+            auth::Gate::Pass(identity, bind) => ex.hold_identity(identity, bind),
+            auth::Gate::Refuse(r) if head.transport == Transport::WebSocket => {
+                let plan = BodyPlan {
+                    encoding: ContentEncoding::Identity,
+                    max_body: self.shared.config.max_request_size,
+                };
+                return ex.refuse_frame(r, plan);
+            }
+            auth::Gate::Refuse(r) => {
+                let post = head.path == "/asap";
+                return ex.respond_now(auth::refusal(&r), post, Outcome::Unauthorized);
+            }
+            auth::Gate::Fetch(resume, request) => return ex.fetch(resume, request),
+            auth::Gate::Wait(resume) => return ex.await_fetch(resume),
+        }
         match head.path {
+            "/asap/ws" => {
+                let r = auth::upgrade_response(ex.identity());
+                ex.answer_get(r, false)
+            }
             // A WebSocket frame has no HTTP headers of its own and no HTTP rate
             // limit (spec 13.1); the session limits messages per connection.
             "/asap" if head.transport == Transport::WebSocket => ex.read_body(BodyPlan {

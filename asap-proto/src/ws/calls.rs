@@ -28,6 +28,9 @@ pub struct WsClientConfig {
     pub push_buffer: usize,
     /// Longest wait for the TCP connect, and again for the (TLS and) WebSocket handshake.
     pub connect_timeout: Duration,
+    /// `Authorization` value sent on the upgrade request (and on reconnects):
+    /// the server checks the token there and binds every frame to it.
+    pub authorization: Option<http::HeaderValue>,
 }
 
 impl Default for WsClientConfig {
@@ -39,6 +42,7 @@ impl Default for WsClientConfig {
             breaker: Some(CircuitBreakerConfig::default()),
             push_buffer: 256,
             connect_timeout: Duration::from_secs(10),
+            authorization: None,
         }
     }
 }

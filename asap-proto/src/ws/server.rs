@@ -118,6 +118,8 @@ pub struct ServerSession {
     in_flight: usize,
     out: VecDeque<Output>,
     closed: bool,
+    /// When the upgrade request's access token expires: the connection ends then.
+    token_expiry: Option<Instant>,
 }
 
 impl ServerSession {
@@ -137,7 +139,22 @@ impl ServerSession {
             in_flight: 0,
             out: VecDeque::new(),
             closed: false,
+            token_expiry: None,
         }
+    }
+
+    /// Input: the access token of the upgrade request expires at `expires_at`
+    /// (wall clock, read against `now`); the connection closes then with
+    /// 1008 "Access token expired" (every frame rides on that token).
+    pub fn set_token_expiry(
+        &mut self,
+        expires_at: crate::model::UnixTime,
+        now: crate::server::Now,
+    ) {
+        let left = expires_at.as_micros().saturating_sub(now.wall.as_micros());
+        let left = Duration::from_micros(u64::try_from(left).unwrap_or(0));
+        self.token_expiry = Some(now.monotonic.checked_add(left).unwrap_or(now.monotonic));
+        self.see(now.monotonic);
     }
 
     fn see(&mut self, now: Instant) {
@@ -259,6 +276,13 @@ impl ServerSession {
         if self.closed {
             return;
         }
+        if self.token_expiry.is_some_and(|at| now >= at) {
+            self.close(
+                CloseFrame::POLICY_VIOLATION,
+                "Access token expired: reconnect with a fresh token",
+            );
+            return;
+        }
         if self.in_flight == 0 && now >= self.last_activity + self.config.idle_timeout {
             let secs = self.config.idle_timeout.as_secs();
             self.close(
@@ -286,6 +310,7 @@ impl ServerSession {
         }
         let idle = (self.in_flight == 0).then(|| self.last_activity + self.config.idle_timeout);
         let at = idle.map_or(self.next_ping, |i| i.min(self.next_ping));
+        let at = self.token_expiry.map_or(at, |e| e.min(at));
         Some(if at <= self.last_now {
             self.last_now + Duration::from_nanos(1)
         } else {
@@ -332,6 +357,37 @@ mod tests {
     }
 
     const REQ: &str = r#"{"jsonrpc":"2.0","method":"asap.unknown","params":{},"id":"f-0"}"#;
+
+    #[test]
+    fn an_expired_token_ends_the_connection_with_1008() {
+        let base = t0();
+        let mut s = ServerSession::new(SessionConfig::default(), base);
+        let wall = crate::model::UnixTime::from_secs(1_800_000_000);
+        let now = crate::server::Now {
+            monotonic: base,
+            wall,
+        };
+        s.set_token_expiry(wall.saturating_add(Duration::from_secs(5)), now);
+        let due = s.poll_timeout().unwrap();
+        assert_eq!(due, base + Duration::from_secs(5));
+        s.handle_timeout(due - Duration::from_millis(1));
+        assert!(!s.is_closed());
+        assert!(s.poll_timeout().unwrap() > due - Duration::from_millis(1));
+        s.handle_timeout(due);
+        assert!(s.is_closed());
+        let Some(Output::Close(c)) = s.poll_output() else {
+            panic!("close frame expected")
+        };
+        assert_eq!(c.code, CloseFrame::POLICY_VIOLATION);
+        assert!(c.reason.contains("token expired"), "{}", c.reason);
+        // An already expired token closes at the first timeout.
+        let mut s = ServerSession::new(SessionConfig::default(), base);
+        s.set_token_expiry(wall.saturating_sub(Duration::from_secs(1)), now);
+        let due = s.poll_timeout().unwrap();
+        assert!(due > base);
+        s.handle_timeout(due);
+        assert!(s.is_closed());
+    }
 
     #[test]
     fn eleventh_frame_in_a_burst_is_refused_and_closes_1008() {
@@ -536,6 +592,8 @@ mod tests {
         Advance(u32),
         Timeout,
         Shutdown,
+        /// The token expires this many ms from now (negative: already expired).
+        Expiry(i32),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -547,6 +605,7 @@ mod tests {
             (0u32..120_000).prop_map(Op::Advance),
             Just(Op::Timeout),
             Just(Op::Shutdown),
+            (-5_000i32..120_000).prop_map(Op::Expiry),
         ]
     }
 
@@ -580,6 +639,13 @@ mod tests {
                     Op::Advance(ms) => now += Duration::from_millis(u64::from(ms)),
                     Op::Timeout => { seen = now; s.handle_timeout(now) }
                     Op::Shutdown => s.handle_shutdown(),
+                    Op::Expiry(ms) => {
+                        seen = now;
+                        let wall = crate::model::UnixTime::from_secs(1_800_000_000);
+                        let at = wall.as_millis() + i64::from(ms);
+                        let n = crate::server::Now { monotonic: now, wall };
+                        s.set_token_expiry(crate::model::UnixTime::from_millis(at), n);
+                    }
                 }
                 prop_assert_eq!(s.in_flight(), admitted - replied);
                 if let Some(at) = s.poll_timeout() { prop_assert!(at > seen); }

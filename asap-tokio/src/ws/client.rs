@@ -67,7 +67,7 @@ impl WsClient {
     /// must succeed; later losses reconnect in the background.
     pub async fn connect(base_url: &str, config: WsClientConfig) -> Result<Self, CallError> {
         let url = BaseUrl::parse(base_url, config.http_policy)?.websocket_url();
-        let socket = match open(&url, config.connect_timeout).await {
+        let socket = match open(&url, config.connect_timeout, config.authorization.as_ref()).await {
             Ok(socket) => socket,
             Err(detail) => {
                 return Err(CallError::Transport {
@@ -85,6 +85,7 @@ impl WsClient {
             url: url.clone(),
             reconnect: config.reconnect,
             connect_timeout: config.connect_timeout,
+            authorization: config.authorization.clone(),
         };
         tokio::spawn(driver.run(socket, rx));
         Ok(Self {
@@ -133,11 +134,30 @@ fn seed() -> u64 {
     u64::from_le_bytes(b)
 }
 
-async fn open(url: &str, limit: std::time::Duration) -> Result<Socket, String> {
+/// The upgrade request for `url`, with the bearer token when given.
+fn upgrade_request(
+    url: &str,
+    authorization: Option<&http::HeaderValue>,
+) -> Result<http::Request<()>, String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut req = url.into_client_request().map_err(|e| e.to_string())?;
+    if let Some(v) = authorization {
+        req.headers_mut()
+            .insert(http::header::AUTHORIZATION, v.clone());
+    }
+    Ok(req)
+}
+
+async fn open(
+    url: &str,
+    limit: std::time::Duration,
+    authorization: Option<&http::HeaderValue>,
+) -> Result<Socket, String> {
+    let req = upgrade_request(url, authorization)?;
     // tungstenite zero-fills its read buffer (128 KiB by default) before every read.
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(super::server::READ_BUFFER);
-    let connect = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
+    let connect = tokio_tungstenite::connect_async_with_config(req, Some(config), true);
     match tokio::time::timeout(limit, connect).await {
         Ok(Ok((socket, _))) => Ok(socket),
         Ok(Err(e)) => Err(e.to_string()),
@@ -153,6 +173,7 @@ struct Driver {
     url: String,
     reconnect: bool,
     connect_timeout: std::time::Duration,
+    authorization: Option<http::HeaderValue>,
 }
 
 impl Driver {
@@ -169,7 +190,9 @@ impl Driver {
                 if self.idle_for(delay, &mut commands).await.is_err() {
                     return self.close("the WebSocket client was closed");
                 }
-                socket = open(&self.url, self.connect_timeout).await.ok();
+                socket = open(&self.url, self.connect_timeout, self.authorization.as_ref())
+                    .await
+                    .ok();
                 continue;
             };
             self.calls.handle_connected(Instant::now());

@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use asap_proto::model::{Envelope, Payload};
-use asap_proto::server::{Invocation, PushReplies, PushSink, RequestHead};
+use asap_proto::auth::Identity;
+use asap_proto::model::{Envelope, Payload, UnixTime};
+use asap_proto::server::{Invocation, PushReplies, PushSink, RequestHead, Transport};
 use asap_proto::ws::{FrameVerdict, Incoming, Output, PushError, ServerSession};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, FromRequestParts};
@@ -81,6 +82,27 @@ pub(crate) async fn upgrade(
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
+    // The core decides whether the upgrade may go on (the token, when auth
+    // is on: 401/403/503 before upgrading); 101 carries the caller's identity.
+    let head = RequestHead {
+        method: &parts.method,
+        path: "/asap/ws",
+        headers: &parts.headers,
+        peer,
+        transport: Transport::Http,
+    };
+    let opened = now();
+    let ex = lock(&agent.inner.core).handle_request(&head, opened);
+    let mut empty = BodySource::Http(axum::body::Body::empty());
+    let reply = drive(&agent, ex, &mut empty, None, opened).await;
+    if reply.response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        return reply.response.map(axum::body::Body::from).into_response();
+    }
+    let expires_at = reply
+        .response
+        .extensions()
+        .get::<Identity>()
+        .and_then(|i| i.expires_at);
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
         Ok(u) => u,
         Err(rejection) => return rejection.into_response(),
@@ -97,7 +119,7 @@ pub(crate) async fn upgrade(
         .max_frame_size(max)
         // tungstenite zero-fills its read buffer up to this size on every read.
         .read_buffer_size(READ_BUFFER)
-        .on_upgrade(move |socket| connection(agent, socket, headers, peer))
+        .on_upgrade(move |socket| connection(agent, socket, headers, peer, expires_at))
 }
 
 async fn connection(
@@ -105,8 +127,12 @@ async fn connection(
     mut socket: WebSocket,
     headers: Arc<HeaderMap>,
     peer: Option<std::net::IpAddr>,
+    expires_at: Option<UnixTime>,
 ) {
     let mut session = ServerSession::new(agent.inner.websocket.clone(), Instant::now());
+    if let Some(at) = expires_at {
+        session.set_token_expiry(at, now());
+    }
     let mut shutdown = agent.inner.shutdown.subscribe();
     if *shutdown.borrow_and_update() {
         session.handle_shutdown();
