@@ -464,6 +464,7 @@ fn internal_error() -> Reply {
         record: None,
         drain_body: None,
         answered: None,
+        publish: Vec::new(),
     }
 }
 

@@ -142,6 +142,9 @@ pub struct Reply {
     /// [`Server::handle_answered`](super::Server::handle_answered) (core lock)
     /// and wake the copies it names (their `Step::AwaitFirst` tokens).
     pub answered: Option<Answered>,
+    /// Webhook events of the answer (the final `task.response` for each
+    /// subscriber): enqueue them in the outbox, then send the response.
+    pub publish: Vec<crate::webhook::WebhookEvent>,
 }
 
 /// The end of a deduplicated envelope's first run, for [`Server::handle_answered`](super::Server::handle_answered).
@@ -276,6 +279,8 @@ struct Answering {
     accepted_at: UnixTime,
     /// The skill's request, kept for the task records when task state is attached.
     task: Option<crate::model::TaskRequest>,
+    /// The run's webhook subscribers: the final answer is published to them.
+    webhooks: Option<super::TaskWebhooks>,
 }
 
 impl Answering {
@@ -304,6 +309,7 @@ impl Answering {
             task_id: inv.task_id.clone(),
             accepted_at: inv.accepted_at,
             task,
+            webhooks: inv.webhooks.clone(),
         }
     }
 }
@@ -486,6 +492,7 @@ impl Exchange {
             record: None,
             drain_body: None,
             answered: None,
+            publish: Vec::new(),
         })
     }
 
@@ -559,6 +566,24 @@ impl Exchange {
         };
         let task_id = matches!(route, admission::Target::Handler(super::Route::Skill(_)))
             .then(|| format!("task_{}", self.ids.next(now)));
+        // A callback is checked before the skill runs (a refused URL is -32602).
+        let webhooks = match (&task_id, &payload) {
+            (Some(task_id), Payload::TaskRequest(r)) => {
+                match self.shared.config.webhooks.for_task(r, &request_id) {
+                    Ok(targets) if targets.is_empty() => None,
+                    Ok(targets) => Some(super::TaskWebhooks::new(
+                        task_id.clone(),
+                        self.shared.manifest.manifest().id.clone(),
+                        envelope.clone(),
+                        targets,
+                    )),
+                    Err(e) => {
+                        return self.finish_with(answer::rpc_error(&e), Outcome::RpcError, None)
+                    }
+                }
+            }
+            _ => None,
+        };
         let state = match (&route, &payload) {
             (admission::Target::TaskState, Payload::StateQuery(q)) => {
                 Some(StateRequest::Query(q.clone()))
@@ -584,6 +609,7 @@ impl Exchange {
             },
             task_id,
             accepted_at: now,
+            webhooks,
         };
         self.stage = match state {
             Some(request) => Stage::State(Box::new(Answering::of(&inv, false)), request),
@@ -776,6 +802,7 @@ impl Exchange {
     fn reply(&mut self, answering: Answering, outcome: HandlerOutcome, now: UnixTime) {
         self.wall = now;
         let ok = !matches!(outcome, HandlerOutcome::Failed(_));
+        let webhooks = answering.webhooks.clone();
         let shared = Arc::clone(&self.shared);
         let response = answer::reply(
             &shared.config,
@@ -792,7 +819,14 @@ impl Exchange {
         } else {
             Outcome::HandlerError
         };
+        let publish = match (&webhooks, ok) {
+            (Some(w), true) => w.response_events(response.body()),
+            _ => Vec::new(),
+        };
         self.finish_with(response, outcome, None);
+        if let Stage::Respond(reply) = &mut self.stage {
+            reply.publish = publish;
+        }
     }
 
     fn finish_with(
@@ -842,6 +876,7 @@ impl Exchange {
             record,
             drain_body,
             answered,
+            publish: Vec::new(),
         });
     }
 }
