@@ -1,6 +1,7 @@
 //! `asap`: run an ASAP agent, or talk to one.
 
 mod cli_client;
+mod cli_webhooks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,6 +37,8 @@ enum Command {
     Health(cli_client::HealthArgs),
     /// List a Lite Registry's agents, or those offering --skill.
     Registry(cli_client::RegistryArgs),
+    /// Webhook dead letters (list, replay) and a verifying receiver.
+    Webhooks(cli_webhooks::WebhooksArgs),
 }
 
 #[derive(clap::Args)]
@@ -101,6 +104,8 @@ struct ServeArgs {
     debug: bool,
     #[command(flatten)]
     hostile: HostileArgs,
+    #[command(flatten)]
+    webhooks: cli_webhooks::WebhookArgs,
 }
 
 /// Limits that hold under hostile load (docs/reliability.md).
@@ -223,6 +228,7 @@ fn main() -> std::process::ExitCode {
         Command::Discover(args) => return cli_client::discover(args),
         Command::Health(args) => return cli_client::health(args),
         Command::Registry(args) => return cli_client::registry(args),
+        Command::Webhooks(args) => cli_webhooks::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -297,6 +303,13 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         ..ServerConfig::default()
     };
     args.hostile.apply(&mut config)?;
+    let webhook_keys = args.webhooks.apply(&mut config)?;
+    let subscribers: Vec<String> = config
+        .webhooks
+        .subscribers()
+        .iter()
+        .map(|s| s.url.clone())
+        .collect();
     // The connection budget follows the soft descriptor limit: take all we may.
     let fds = asap_tokio::connection::raise_descriptor_limit()
         .unwrap_or_else(|_| asap_tokio::connection::descriptor_limit());
@@ -348,7 +361,6 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if has_echo {
         builder = builder.echo_skill("echo");
     }
-    let agent = builder.build();
     let mut rt = match args.workers {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         Some(n) => {
@@ -359,6 +371,20 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         None => tokio::runtime::Builder::new_multi_thread(),
     };
     let rt = rt.enable_all().build().map_err(|e| e.to_string())?;
+    let hooks_line = match (subscribers.is_empty(), config_callbacks(&args.webhooks)) {
+        (true, false) => "webhooks: off".to_owned(),
+        (_, callbacks) => format!(
+            "webhooks: {} subscriber(s) {subscribers:?}, per-request callbacks {}; outbox with the task state",
+            subscribers.len(),
+            if callbacks { "on" } else { "off" }
+        ),
+    };
+    if args.webhooks.enabled() {
+        // The delivery worker runs on this runtime; the outbox shares the task-state file.
+        let _guard = rt.enter();
+        builder = builder.webhooks(args.webhooks.start(&storage, webhook_keys)?);
+    }
+    let agent = builder.build();
     rt.block_on(async move {
         let listener =
             tokio::net::TcpListener::from_std(std_listener).map_err(|e| e.to_string())?;
@@ -369,6 +395,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         println!("  GET  http://{addr}/.well-known/asap/health        health");
         println!("  task state: {state}");
         println!("  nonces: {nonces}");
+        println!("  {hooks_line}");
         println!("  {budget_line}");
         println!("Press Ctrl-C to stop.");
         asap_tokio::serve(listener, agent, shutdown_signal())
@@ -377,4 +404,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         println!("asap-rs agent stopped");
         Ok(())
     })
+}
+
+fn config_callbacks(args: &cli_webhooks::WebhookArgs) -> bool {
+    args.enabled() && args.callback_enabled()
 }

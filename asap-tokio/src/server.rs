@@ -80,6 +80,8 @@ pub(crate) struct AgentInner {
     pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
     /// Copies of running envelopes, parked until the first answers (`Step::AwaitFirst`).
     parked: Mutex<Parking<tokio::sync::oneshot::Sender<FirstAnswer>>>,
+    /// The webhook outbox task events are published to.
+    webhooks: Option<crate::webhook::Webhooks>,
 }
 
 /// Builds an [`Agent`] from async handlers.
@@ -87,6 +89,7 @@ pub(crate) struct AgentInner {
 pub struct AgentBuilder {
     parts: AgentParts<SkillFn, PayloadFn, HealthFn, TaskRecorder>,
     websocket: SessionConfig,
+    webhooks: Option<crate::webhook::Webhooks>,
 }
 
 impl Agent {
@@ -96,6 +99,7 @@ impl Agent {
         AgentBuilder {
             parts: AgentParts::new(manifest),
             websocket: SessionConfig::default(),
+            webhooks: None,
         }
     }
 
@@ -216,6 +220,16 @@ impl AgentBuilder {
         self
     }
 
+    /// Publishes task events to webhook subscribers through `webhooks`
+    /// (subscribers and the callback policy are [`ServerConfig::webhooks`]):
+    /// a skill's pushes and its final `task.response`, written to the outbox
+    /// before the response is sent.
+    #[must_use]
+    pub fn webhooks(mut self, webhooks: crate::webhook::Webhooks) -> Self {
+        self.webhooks = Some(webhooks);
+        self
+    }
+
     /// Finishes the agent.
     #[must_use]
     pub fn build(self) -> Agent {
@@ -233,6 +247,7 @@ impl AgentBuilder {
             websocket: self.websocket,
             shutdown: tokio::sync::watch::Sender::new(false),
             parked: Mutex::default(),
+            webhooks: self.webhooks,
         };
         Agent {
             inner: Arc::new(inner),
@@ -244,7 +259,7 @@ fn health(source: &Option<HealthFn>) -> HealthReport {
     source.as_ref().map_or_else(HealthReport::default, |f| f())
 }
 
-fn random_seed() -> u64 {
+pub(crate) fn random_seed() -> u64 {
     use ring::rand::{SecureRandom, SystemRandom};
     let mut b = [0u8; 8];
     // Without OS randomness ids stay unique (time + counter), only less unpredictable.
@@ -399,7 +414,7 @@ pub(crate) async fn drive(
             }
             Step::Admit => lock(&inner.core).handle_admission(ex, now()),
             Step::Invoke(inv) => {
-                let push = ws.map(|reports| reports.push_sink(&inv, agent));
+                let push = push_sink(agent, ws, &inv);
                 let outcome = run_handler(agent, inv, push).await;
                 if heavy {
                     // Building the task records of a large request copies it.
@@ -445,9 +460,46 @@ pub(crate) async fn drive(
                 if let Some(answered) = reply.answered.take() {
                     settle(agent, answered);
                 }
+                publish(agent, std::mem::take(&mut reply.publish)).await;
                 return reply;
             }
         }
+    }
+}
+
+/// Where a skill's pushes go: the open WebSocket, the webhook subscribers of
+/// the run, or both.
+fn push_sink(
+    agent: &Agent,
+    ws: Option<&crate::ws::Reports>,
+    inv: &Invocation,
+) -> Option<Arc<dyn PushSink>> {
+    let socket = ws.map(|reports| reports.push_sink(inv, agent));
+    let hooked = match (&agent.inner.webhooks, &inv.webhooks) {
+        (Some(w), Some(task)) => Some(w.push_sink(task.clone())),
+        _ => None,
+    };
+    match (socket, hooked) {
+        (Some(a), Some(b)) => Some(Arc::new(crate::webhook::BothPush(a, b))),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The answer's webhook events, on disk before the answer goes out.
+async fn publish(agent: &Agent, events: Vec<asap_proto::webhook::WebhookEvent>) {
+    if events.is_empty() {
+        return;
+    }
+    match &agent.inner.webhooks {
+        Some(w) => {
+            if let Err(e) = w.publish(events).await {
+                tracing::error!(error = %e, "webhook events not persisted");
+            }
+        }
+        None => tracing::warn!(
+            count = events.len(),
+            "webhook subscribers configured but no outbox attached (AgentBuilder::webhooks)"
+        ),
     }
 }
 
