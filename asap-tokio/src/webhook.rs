@@ -165,6 +165,16 @@ impl Webhooks {
         lock(&self.inner.dispatcher).outbox().len()
     }
 
+    /// The dead letters held now.
+    #[must_use]
+    pub fn dead_letters(&self) -> Vec<asap_proto::webhook::OutboxRecord> {
+        lock(&self.inner.dispatcher)
+            .outbox()
+            .dead_letters()
+            .cloned()
+            .collect()
+    }
+
     /// Replays a dead letter (the row is rewritten as pending).
     pub async fn replay(
         &self,
