@@ -118,12 +118,8 @@ impl WebhookArgs {
             jitter_seed: rand_seed(),
             ..OutboxConfig::default()
         };
-        let hooks = Webhooks::start(config, self.policy(), store, Arc::new(SystemResolver))
-            .map_err(|e| format!("cannot restore the webhook outbox: {e}"))?;
-        for (name, k) in keys {
-            hooks.set_signing_keys(name, k);
-        }
-        Ok(hooks)
+        Webhooks::start(config, self.policy(), store, Arc::new(SystemResolver), keys)
+            .map_err(|e| format!("cannot restore the webhook outbox: {e}"))
     }
 }
 

@@ -15,8 +15,8 @@
 //! use asap_proto::webhook::{OutboxConfig, SigningKeys, UrlPolicy, WebhookSecret};
 //! use asap_tokio::webhook::{SystemResolver, Webhooks};
 //! let store = asap_blocking::store::SqliteWebhookStore::open("asap_state.db")?;
-//! let hooks = Webhooks::start(OutboxConfig::default(), UrlPolicy::PRODUCTION, Box::new(store), std::sync::Arc::new(SystemResolver))?;
-//! hooks.set_signing_keys("ops", SigningKeys::new(WebhookSecret::from_bytes(b"s3cret")));
+//! let keys = [("ops".to_owned(), SigningKeys::new(WebhookSecret::from_bytes(b"s3cret")))];
+//! let hooks = Webhooks::start(OutboxConfig::default(), UrlPolicy::PRODUCTION, Box::new(store), std::sync::Arc::new(SystemResolver), keys)?;
 //! // Agent::builder(manifest).webhooks(hooks.clone()) ... publishes task events here.
 //! # Ok(()) }
 //! ```
@@ -89,22 +89,29 @@ struct Inner {
 
 impl Webhooks {
     /// Restores the outbox from `store` (pending and in-flight rows are sent
-    /// again) and spawns the delivery worker on the current runtime.
+    /// again), registers the signing keys (before the first attempt: a
+    /// restored event whose keys are missing would be a dead letter) and
+    /// spawns the delivery worker on the current runtime.
     pub fn start(
         config: OutboxConfig,
         policy: UrlPolicy,
         store: Box<dyn WebhookStore + Send>,
         resolver: Arc<dyn Resolve>,
+        keys: impl IntoIterator<Item = (String, SigningKeys)>,
     ) -> Result<Self, StoreError> {
         let now = wall_now();
         let records = store.load()?;
-        let dispatcher = WebhookDispatcher::restore(config, policy, records, now).map_err(|e| {
-            StoreError::Corrupt {
-                table: "webhook_outbox",
-                key: "(restore)".into(),
-                reason: e.to_string(),
-            }
-        })?;
+        let mut dispatcher =
+            WebhookDispatcher::restore(config, policy, records, now).map_err(|e| {
+                StoreError::Corrupt {
+                    table: "webhook_outbox",
+                    key: "(restore)".into(),
+                    reason: e.to_string(),
+                }
+            })?;
+        for (name, k) in keys {
+            dispatcher.set_signing_keys(name, k);
+        }
         let inner = Arc::new(Inner {
             dispatcher: Mutex::new(dispatcher),
             store: Mutex::new(store),

@@ -110,12 +110,12 @@ fn hooks(policy: UrlPolicy, resolver: Arc<dyn Resolve>) -> Webhooks {
         policy,
         Box::new(MemoryWebhookStore::new()),
         resolver,
+        [(
+            "callback".to_owned(),
+            SigningKeys::new(WebhookSecret::from_bytes(b"cb-secret")),
+        )],
     )
     .unwrap();
-    h.set_signing_keys(
-        "callback",
-        SigningKeys::new(WebhookSecret::from_bytes(b"cb-secret")),
-    );
     h
 }
 
