@@ -70,12 +70,15 @@ struct AgentInner {
     code: AgentCode<SkillFn, PayloadFn, HealthFn, Mutex<Stores>>,
     /// Copies of running envelopes, parked until the first answers.
     parked: Mutex<Parking<std::sync::mpsc::Sender<FirstAnswer>>>,
+    /// The webhook outbox task events are published to.
+    webhooks: Option<crate::webhook::Webhooks>,
 }
 
 /// Builds an [`Agent`] from plain closures.
 #[derive(Debug)]
 pub struct AgentBuilder {
     parts: AgentParts<SkillFn, PayloadFn, HealthFn, Mutex<Stores>>,
+    webhooks: Option<crate::webhook::Webhooks>,
 }
 
 impl Agent {
@@ -84,6 +87,7 @@ impl Agent {
     pub fn builder(manifest: Manifest) -> AgentBuilder {
         AgentBuilder {
             parts: AgentParts::new(manifest),
+            webhooks: None,
         }
     }
 
@@ -150,6 +154,13 @@ impl Agent {
             }
         };
         let mut reply = reply;
+        // The answer's webhook events are on disk before the answer goes out.
+        let events = std::mem::take(&mut reply.publish);
+        if let (Some(w), false) = (&inner.webhooks, events.is_empty()) {
+            if let Err(e) = w.publish(events) {
+                eprintln!("asap: webhook events not persisted: {e}");
+            }
+        }
         if let Some(answered) = reply.answered.take() {
             let woken = lock(&inner.core).handle_answered(answered, wall_now());
             for (tx, answer) in lock(&inner.parked).wake(woken) {
@@ -166,7 +177,11 @@ impl Agent {
         let run = move || -> Result<HandlerOutcome, HandlerError> {
             match (self.inner.code.handlers.get(&inv.route), inv.payload) {
                 (Some(HandlerRef::Skill(f)), Payload::TaskRequest(req)) => {
-                    f(SkillContext::new(inv.envelope, inv.task_id), req).map(HandlerOutcome::Skill)
+                    let mut ctx = SkillContext::new(inv.envelope, inv.task_id);
+                    if let (Some(w), Some(task)) = (&self.inner.webhooks, inv.webhooks) {
+                        ctx = ctx.with_push(w.push_sink(task));
+                    }
+                    f(ctx, req).map(HandlerOutcome::Skill)
                 }
                 (Some(HandlerRef::Payload(f)), p) => f(inv.envelope, p).map(HandlerOutcome::from),
                 _ => Err(HandlerError::failed("route has no handler")),
@@ -328,6 +343,16 @@ impl AgentBuilder {
         self
     }
 
+    /// Publishes task events to webhook subscribers through `webhooks`
+    /// (subscribers and the callback policy are [`ServerConfig::webhooks`]):
+    /// a skill's pushes and its final `task.response`, written to the outbox
+    /// before the response is sent.
+    #[must_use]
+    pub fn webhooks(mut self, webhooks: crate::webhook::Webhooks) -> Self {
+        self.webhooks = Some(webhooks);
+        self
+    }
+
     /// Finishes the agent.
     #[must_use]
     pub fn build(self) -> Agent {
@@ -343,6 +368,7 @@ impl AgentBuilder {
                 bodies: Mutex::new(bodies),
                 code,
                 parked: Mutex::default(),
+                webhooks: self.webhooks,
             }),
         }
     }
