@@ -302,16 +302,14 @@ async fn attempt(inner: Arc<Inner>, delivery: Delivery, host: Option<String>) {
             443
         },
     );
-    let resolved = match &host {
-        Some(h) => match inner.resolver.resolve(h.clone(), port).await {
-            Ok(a) => a,
-            Err(_) => Vec::new(),
-        },
-        None => Vec::new(),
-    };
-    let outcome = if host.is_some() && resolved.is_empty() {
-        DeliveryOutcome::ConnectFailed
-    } else {
+    let outcome = 'attempt: {
+        let resolved = match &host {
+            Some(h) => match inner.resolver.resolve(h.clone(), port).await {
+                Ok(a) if !a.is_empty() => a,
+                _ => break 'attempt DeliveryOutcome::ConnectFailed,
+            },
+            None => Vec::new(),
+        };
         let approved = lock(&inner.dispatcher).approve(&delivery, &resolved);
         match approved {
             Ok(target) => {

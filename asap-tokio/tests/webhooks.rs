@@ -105,7 +105,7 @@ async fn post(url: &str, b: &Value) -> Value {
 }
 
 fn hooks(policy: UrlPolicy, resolver: Arc<dyn Resolve>) -> Webhooks {
-    let h = Webhooks::start(
+    Webhooks::start(
         OutboxConfig::default(),
         policy,
         Box::new(MemoryWebhookStore::new()),
@@ -115,8 +115,7 @@ fn hooks(policy: UrlPolicy, resolver: Arc<dyn Resolve>) -> Webhooks {
             SigningKeys::new(WebhookSecret::from_bytes(b"cb-secret")),
         )],
     )
-    .unwrap();
-    h
+    .unwrap()
 }
 
 fn callbacks() -> WebhookConfig {
