@@ -99,16 +99,7 @@ impl Webhooks {
         keys: impl IntoIterator<Item = (String, SigningKeys)>,
         senders: usize,
     ) -> Result<Self, StoreError> {
-        let records = store.load()?;
-        let mut dispatcher = WebhookDispatcher::restore(config, policy, records, wall_now())
-            .map_err(|e| StoreError::Corrupt {
-                table: "webhook_outbox",
-                key: "(restore)".into(),
-                reason: e.to_string(),
-            })?;
-        for (name, k) in keys {
-            dispatcher.set_signing_keys(name, k);
-        }
+        let dispatcher = WebhookDispatcher::resume(config, policy, &*store, keys, wall_now())?;
         let (wake, woken) = mpsc::channel();
         let mut seed = [0u8; 8];
         let _ = getrandom::getrandom(&mut seed);
@@ -119,7 +110,7 @@ impl Webhooks {
             resolver,
             ids: Mutex::new(UlidGenerator::new(u64::from_le_bytes(seed))),
         });
-        let (jobs, work) = mpsc::channel::<(Delivery, Option<String>)>();
+        let (jobs, work) = mpsc::channel::<(Delivery, Option<(String, u16)>)>();
         let work = Arc::new(Mutex::new(work));
         for _ in 0..senders.max(1) {
             let (work, weak) = (Arc::clone(&work), Arc::downgrade(&inner));
@@ -214,7 +205,7 @@ fn flush(inner: &Inner) -> Result<(), StoreError> {
 fn scheduler(
     weak: &Weak<Inner>,
     woken: &mpsc::Receiver<()>,
-    jobs: &mpsc::Sender<(Delivery, Option<String>)>,
+    jobs: &mpsc::Sender<(Delivery, Option<(String, u16)>)>,
 ) {
     loop {
         let Some(inner) = weak.upgrade() else {
@@ -250,7 +241,7 @@ fn scheduler(
     }
 }
 
-fn sender(work: &Mutex<mpsc::Receiver<(Delivery, Option<String>)>>, weak: &Weak<Inner>) {
+fn sender(work: &Mutex<mpsc::Receiver<(Delivery, Option<(String, u16)>)>>, weak: &Weak<Inner>) {
     loop {
         let job = lock(work).recv();
         let Ok((delivery, host)) = job else {
@@ -259,24 +250,16 @@ fn sender(work: &Mutex<mpsc::Receiver<(Delivery, Option<String>)>>, weak: &Weak<
         let Some(inner) = weak.upgrade() else {
             return;
         };
-        let outcome = attempt(&inner, &delivery, host.as_deref());
+        let outcome = attempt(&inner, &delivery, host.as_ref());
         let _ = lock(&inner.dispatcher).handle_result(delivery.id, outcome, wall_now());
         inner.wake();
     }
 }
 
 /// One attempt: resolve, approve, send pinned.
-fn attempt(inner: &Inner, delivery: &Delivery, host: Option<&str>) -> DeliveryOutcome {
-    let uri = delivery.request.uri();
-    let port = uri
-        .port_u16()
-        .unwrap_or(if uri.scheme_str() == Some("http") {
-            80
-        } else {
-            443
-        });
+fn attempt(inner: &Inner, delivery: &Delivery, host: Option<&(String, u16)>) -> DeliveryOutcome {
     let resolved = match host {
-        Some(h) => match inner.resolver.resolve(h, port) {
+        Some((h, port)) => match inner.resolver.resolve(h, *port) {
             Ok(a) if !a.is_empty() => a,
             _ => return DeliveryOutcome::ConnectFailed,
         },

@@ -99,19 +99,7 @@ impl Webhooks {
         resolver: Arc<dyn Resolve>,
         keys: impl IntoIterator<Item = (String, SigningKeys)>,
     ) -> Result<Self, StoreError> {
-        let now = wall_now();
-        let records = store.load()?;
-        let mut dispatcher =
-            WebhookDispatcher::restore(config, policy, records, now).map_err(|e| {
-                StoreError::Corrupt {
-                    table: "webhook_outbox",
-                    key: "(restore)".into(),
-                    reason: e.to_string(),
-                }
-            })?;
-        for (name, k) in keys {
-            dispatcher.set_signing_keys(name, k);
-        }
+        let dispatcher = WebhookDispatcher::resume(config, policy, &*store, keys, wall_now())?;
         let inner = Arc::new(Inner {
             dispatcher: Mutex::new(dispatcher),
             store: Mutex::new(store),
@@ -294,17 +282,10 @@ fn log_event(e: &OutboxEvent) {
 }
 
 /// One attempt: resolve, approve, send pinned, report.
-async fn attempt(inner: Arc<Inner>, delivery: Delivery, host: Option<String>) {
-    let port = delivery.request.uri().port_u16().unwrap_or(
-        if delivery.request.uri().scheme_str() == Some("http") {
-            80
-        } else {
-            443
-        },
-    );
+async fn attempt(inner: Arc<Inner>, delivery: Delivery, host: Option<(String, u16)>) {
     let outcome = 'attempt: {
         let resolved = match &host {
-            Some(h) => match inner.resolver.resolve(h.clone(), port).await {
+            Some((h, port)) => match inner.resolver.resolve(h.clone(), *port).await {
                 Ok(a) if !a.is_empty() => a,
                 _ => break 'attempt DeliveryOutcome::ConnectFailed,
             },
@@ -314,7 +295,7 @@ async fn attempt(inner: Arc<Inner>, delivery: Delivery, host: Option<String>) {
         match approved {
             Ok(target) => {
                 let addrs: Vec<SocketAddr> = target.socket_addrs().collect();
-                send_pinned(&delivery, host.as_deref(), &addrs).await
+                send_pinned(&delivery, host.as_ref().map(|(h, _)| h.as_str()), &addrs).await
             }
             Err(refused) => DeliveryOutcome::UrlRefused(refused),
         }

@@ -52,7 +52,7 @@ pub enum DispatchOutput {
 /// while let Some(out) = hooks.poll_output(now) {
 ///     match out {
 ///         DispatchOutput::Transmit(d) => {
-///             assert_eq!(hooks.host_to_resolve(&d).as_deref(), Some("hooks.example.com"));
+///             assert_eq!(hooks.host_to_resolve(&d), Some(("hooks.example.com".into(), 443)));
 ///             let resolved = ["93.184.216.34".parse().unwrap()]; // the worker's DNS answer
 ///             let outcome = match hooks.approve(&d, &resolved) {
 ///                 Ok(_target) => DeliveryOutcome::status(204), // connect to _target.socket_addrs() only
@@ -98,6 +98,30 @@ impl WebhookDispatcher {
             policy,
             changes: Vec::new(),
         })
+    }
+
+    /// A dispatcher resuming what `store` holds, with `keys` registered
+    /// before anything is polled (a restored event whose keys are missing
+    /// would be dead-lettered at its first poll). What adapters call at start.
+    pub fn resume(
+        config: OutboxConfig,
+        policy: UrlPolicy,
+        store: &dyn crate::store::WebhookStore,
+        keys: impl IntoIterator<Item = (String, SigningKeys)>,
+        now: UnixTime,
+    ) -> Result<Self, crate::store::StoreError> {
+        let records = store.load()?;
+        let mut d = Self::restore(config, policy, records, now).map_err(|e| {
+            crate::store::StoreError::Corrupt {
+                table: "webhook_outbox",
+                key: "(restore)".into(),
+                reason: e.to_string(),
+            }
+        })?;
+        for (name, k) in keys {
+            d.set_signing_keys(name, k);
+        }
+        Ok(d)
     }
 
     /// The outbox (records, dead letters, counts).
@@ -162,14 +186,13 @@ impl WebhookDispatcher {
         }
     }
 
-    /// The host name to resolve for `delivery` (`None`: the URL names an IP).
+    /// The host name to resolve for `delivery` and its port (`None`: the URL names an IP).
     #[must_use]
-    pub fn host_to_resolve(&self, delivery: &Delivery) -> Option<String> {
+    pub fn host_to_resolve(&self, delivery: &Delivery) -> Option<(String, u16)> {
         let url = delivery.request.uri().to_string();
-        self.policy
-            .parse(&url)
-            .ok()
-            .and_then(|c| c.host_to_resolve().map(str::to_owned))
+        let callback = self.policy.parse(&url).ok()?;
+        let port = callback.port();
+        callback.host_to_resolve().map(|h| (h.to_owned(), port))
     }
 
     /// The delivery-time check: `resolved` are the addresses the host has
