@@ -130,6 +130,9 @@ fn rand_seed() -> u64 {
     u64::from_le_bytes(b)
 }
 
+/// How far ahead of the stored maximum a replayed row is numbered.
+const REPLAY_SEQ_GAP: u64 = 1 << 40;
+
 /// `asap webhooks ...`.
 #[derive(clap::Args)]
 pub struct WebhooksArgs {
@@ -208,7 +211,16 @@ pub fn run(args: WebhooksArgs) -> Result<(), String> {
             )
             .map_err(|e| e.to_string())?;
             d.replay(&id, now).map_err(|e| e.to_string())?;
-            store.apply(&d.take_changes()).map_err(|e| e.to_string())?;
+            let mut changes = d.take_changes();
+            for c in &mut changes {
+                if let asap_proto::store::WebhookChange::Put(r) = c {
+                    // A running agent numbers its new events from the same
+                    // maximum; a wide gap keeps this row's number unique when
+                    // both are restored together (restore refuses duplicates).
+                    r.seq = r.seq.saturating_add(REPLAY_SEQ_GAP);
+                }
+            }
+            store.apply(&changes).map_err(|e| e.to_string())?;
             println!("replayed {id}: pending again, delivered by the agent at its next start");
             Ok(())
         }

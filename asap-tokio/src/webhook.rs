@@ -85,7 +85,16 @@ struct Inner {
     wake: tokio::sync::Notify,
     resolver: Arc<dyn Resolve>,
     ids: Mutex<UlidGenerator>,
+    clients: Mutex<Clients>,
 }
+
+/// Clients by (host, approved addresses): a client only ever connects to the
+/// addresses it was built with, so reusing it keeps the pinning and its
+/// kept-alive connections. Bounded: cleared when full.
+type Clients = std::collections::HashMap<(Option<String>, Vec<SocketAddr>), reqwest::Client>;
+
+/// Pinned clients kept at once.
+const MAX_CLIENTS: usize = 256;
 
 impl Webhooks {
     /// Restores the outbox from `store` (pending and in-flight rows are sent
@@ -106,6 +115,7 @@ impl Webhooks {
             wake: tokio::sync::Notify::new(),
             resolver,
             ids: Mutex::new(UlidGenerator::new(crate::server::random_seed())),
+            clients: Mutex::default(),
         });
         tokio::spawn(worker(Arc::clone(&inner)));
         Ok(Self { inner })
@@ -295,7 +305,11 @@ async fn attempt(inner: Arc<Inner>, delivery: Delivery, host: Option<(String, u1
         match approved {
             Ok(target) => {
                 let addrs: Vec<SocketAddr> = target.socket_addrs().collect();
-                send_pinned(&delivery, host.as_ref().map(|(h, _)| h.as_str()), &addrs).await
+                let host = host.as_ref().map(|(h, _)| h.clone());
+                match pinned_client(&inner, host, addrs) {
+                    Some(client) => send_pinned(&client, &delivery).await,
+                    None => DeliveryOutcome::ConnectFailed,
+                }
             }
             Err(refused) => DeliveryOutcome::UrlRefused(refused),
         }
@@ -304,26 +318,39 @@ async fn attempt(inner: Arc<Inner>, delivery: Delivery, host: Option<(String, u1
     inner.wake.notify_one();
 }
 
-/// Sends the request to `addrs` only: no proxy, no redirects, bounded body.
-async fn send_pinned(
-    delivery: &Delivery,
-    host: Option<&str>,
-    addrs: &[SocketAddr],
-) -> DeliveryOutcome {
+/// The client that connects to `addrs` only (for `host`): no proxy, no redirects.
+fn pinned_client(
+    inner: &Inner,
+    host: Option<String>,
+    addrs: Vec<SocketAddr>,
+) -> Option<reqwest::Client> {
+    let key = (host, addrs);
+    let mut clients = lock(&inner.clients);
+    if let Some(c) = clients.get(&key) {
+        return Some(c.clone());
+    }
     let mut builder = reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
-        .timeout(delivery.timeout)
-        .connect_timeout(delivery.timeout);
-    if let Some(host) = host {
-        builder = builder.resolve_to_addrs(host, addrs);
+        .pool_max_idle_per_host(32);
+    if let Some(host) = &key.0 {
+        builder = builder.resolve_to_addrs(host, &key.1);
     }
-    let Ok(client) = builder.build() else {
-        return DeliveryOutcome::ConnectFailed;
-    };
+    let client = builder.build().ok()?;
+    if clients.len() >= MAX_CLIENTS {
+        clients.clear();
+    }
+    clients.insert(key, client.clone());
+    Some(client)
+}
+
+/// Sends one attempt within its timeout; the response body is read up to the cap.
+async fn send_pinned(client: &reqwest::Client, delivery: &Delivery) -> DeliveryOutcome {
     let Ok(request) = reqwest::Request::try_from(delivery.request.clone()) else {
         return DeliveryOutcome::ConnectFailed;
     };
+    let mut request = request;
+    *request.timeout_mut() = Some(delivery.timeout);
     let mut response = match client.execute(request).await {
         Ok(r) => r,
         Err(e) if e.is_timeout() => return DeliveryOutcome::TimedOut,
