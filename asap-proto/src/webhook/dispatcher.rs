@@ -73,7 +73,11 @@ pub struct WebhookDispatcher {
     outbox: WebhookOutbox,
     policy: UrlPolicy,
     changes: Vec<WebhookChange>,
+    max_in_flight: usize,
 }
+
+/// Attempts handed out at once by default ([`WebhookDispatcher::with_max_in_flight`]).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
 
 impl WebhookDispatcher {
     /// An empty dispatcher.
@@ -83,6 +87,7 @@ impl WebhookDispatcher {
             outbox: WebhookOutbox::new(config),
             policy,
             changes: Vec::new(),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         }
     }
 
@@ -97,6 +102,7 @@ impl WebhookDispatcher {
             outbox: WebhookOutbox::restore(config, records, now)?,
             policy,
             changes: Vec::new(),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         })
     }
 
@@ -122,6 +128,15 @@ impl WebhookDispatcher {
             d.set_signing_keys(name, k);
         }
         Ok(d)
+    }
+
+    /// Hands out at most `n` attempts at once (at least 1): a burst of
+    /// thousands of due events becomes a steady stream over kept-alive
+    /// connections instead of thousands of sockets.
+    #[must_use]
+    pub fn with_max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.max(1);
+        self
     }
 
     /// The outbox (records, dead letters, counts).
@@ -169,11 +184,19 @@ impl WebhookDispatcher {
         std::mem::take(&mut self.changes)
     }
 
-    /// The next thing to do (handles expired leases itself).
+    /// The next thing to do (handles expired leases itself). With
+    /// [`max_in_flight`](Self::with_max_in_flight) attempts out, only events
+    /// come, then `None`: wait for a [`handle_result`](Self::handle_result).
     #[must_use]
     pub fn poll_output(&mut self, now: UnixTime) -> Option<DispatchOutput> {
         if self.outbox.poll_timeout().is_some_and(|t| t <= now) {
             self.outbox.handle_timeout(now);
+        }
+        if self.outbox.in_flight() >= self.max_in_flight {
+            let e = self.outbox.poll_event()?;
+            self.changes
+                .extend(WebhookChange::of_event(&self.outbox, &e));
+            return Some(DispatchOutput::Event(e));
         }
         match self.outbox.poll_output(now)? {
             OutboxOutput::Event(e) => {
@@ -296,6 +319,41 @@ mod tests {
             .unwrap();
         assert!(next(&mut d, t(1)).is_none());
         assert_eq!(d.outbox().dead_letters().count(), 1);
+    }
+
+    #[test]
+    fn no_more_than_max_in_flight_attempts_are_handed_out() {
+        let mut d = WebhookDispatcher::new(
+            OutboxConfig {
+                rate_per_second: 0,
+                ..OutboxConfig::default()
+            },
+            UrlPolicy::PRODUCTION,
+        )
+        .with_max_in_flight(2);
+        let events = (0..5)
+            .map(|i| {
+                WebhookEvent::new(
+                    format!("e{i}"),
+                    format!("t{i}"),
+                    "https://h.example.com/",
+                    b"{}".to_vec(),
+                )
+            })
+            .collect();
+        d.publish(events, t(0));
+        let mut out = Vec::new();
+        while let Some(DispatchOutput::Transmit(x)) = next(&mut d, t(0)) {
+            out.push(x);
+        }
+        assert_eq!(out.len(), 2);
+        d.handle_result(out[0].id, DeliveryOutcome::status(200), t(1))
+            .unwrap();
+        assert!(matches!(
+            next(&mut d, t(1)),
+            Some(DispatchOutput::Transmit(_))
+        ));
+        assert!(next(&mut d, t(1)).is_none(), "at the limit again");
     }
 
     #[test]

@@ -89,7 +89,7 @@ mod outbox;
 mod policy;
 mod signature;
 
-pub use dispatcher::{DispatchOutput, WebhookDispatcher};
+pub use dispatcher::{DispatchOutput, WebhookDispatcher, DEFAULT_MAX_IN_FLIGHT};
 pub use outbox::{
     DeadReason, Delivery, DeliveryId, DeliveryOutcome, EnqueueError, Failure, OutboxConfig,
     OutboxError, OutboxEvent, OutboxOutput, OutboxRecord, RecordState, RestoreError, WebhookEvent,
