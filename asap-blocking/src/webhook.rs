@@ -39,6 +39,9 @@ use asap_proto::ws::PushError;
 /// Longest response body read from a subscriber; the rest is not read.
 pub const MAX_RESPONSE_BYTES: u64 = 64 * 1024;
 
+/// One attempt for a sender thread: the delivery and the host (and port) to resolve.
+type Job = (Delivery, Option<(String, u16)>);
+
 /// Name resolution for deliveries (tests answer what they like: rebinding).
 pub trait Resolve: Send + Sync + 'static {
     /// The addresses `host` has now.
@@ -110,7 +113,7 @@ impl Webhooks {
             resolver,
             ids: Mutex::new(UlidGenerator::new(u64::from_le_bytes(seed))),
         });
-        let (jobs, work) = mpsc::channel::<(Delivery, Option<(String, u16)>)>();
+        let (jobs, work) = mpsc::channel::<Job>();
         let work = Arc::new(Mutex::new(work));
         for _ in 0..senders.max(1) {
             let (work, weak) = (Arc::clone(&work), Arc::downgrade(&inner));
@@ -202,11 +205,7 @@ fn flush(inner: &Inner) -> Result<(), StoreError> {
     })
 }
 
-fn scheduler(
-    weak: &Weak<Inner>,
-    woken: &mpsc::Receiver<()>,
-    jobs: &mpsc::Sender<(Delivery, Option<(String, u16)>)>,
-) {
+fn scheduler(weak: &Weak<Inner>, woken: &mpsc::Receiver<()>, jobs: &mpsc::Sender<Job>) {
     loop {
         let Some(inner) = weak.upgrade() else {
             return;
@@ -241,7 +240,7 @@ fn scheduler(
     }
 }
 
-fn sender(work: &Mutex<mpsc::Receiver<(Delivery, Option<(String, u16)>)>>, weak: &Weak<Inner>) {
+fn sender(work: &Mutex<mpsc::Receiver<Job>>, weak: &Weak<Inner>) {
     loop {
         let job = lock(work).recv();
         let Ok((delivery, host)) = job else {
