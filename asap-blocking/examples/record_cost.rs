@@ -54,6 +54,7 @@ fn main() {
             route: Route::Skill("echo".into()),
             task_id: None,
             accepted_at: now,
+            webhooks: None,
         };
         let result = SkillResult::echo(&inv);
         let t = Instant::now();

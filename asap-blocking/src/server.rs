@@ -85,6 +85,8 @@ pub(crate) struct AgentInner {
     pub(crate) max_websockets: usize,
     /// Performs the core's auth fetches (key sets, introspection).
     idp: ureq::Agent,
+    /// The webhook outbox task events are published to.
+    webhooks: Option<crate::webhook::Webhooks>,
 }
 
 /// `/asap/ws` connections a server keeps open at once by default (each has
@@ -98,6 +100,7 @@ pub struct AgentBuilder {
     websocket: SessionConfig,
     max_websockets: usize,
     auth: Option<asap_proto::server::ServerAuth>,
+    webhooks: Option<crate::webhook::Webhooks>,
 }
 
 impl Agent {
@@ -109,6 +112,7 @@ impl Agent {
             websocket: SessionConfig::default(),
             max_websockets: DEFAULT_MAX_WEBSOCKETS,
             auth: None,
+            webhooks: None,
         }
     }
 
@@ -163,7 +167,7 @@ impl Agent {
             budget: &inner.bodies,
             grant: BodyGrant::default(),
         };
-        let mut reply = loop {
+        let reply = loop {
             match ex.poll_step() {
                 Step::ReadBody { limit } => match &mut body {
                     BodySource::Http(body, headers) => {
@@ -224,6 +228,14 @@ impl Agent {
                 Step::Respond(reply) => break reply,
             }
         };
+        let mut reply = reply;
+        // The answer's webhook events are on disk before the answer goes out.
+        let events = std::mem::take(&mut reply.publish);
+        if let (Some(w), false) = (&inner.webhooks, events.is_empty()) {
+            if let Err(e) = w.publish(events) {
+                eprintln!("asap: webhook events not persisted: {e}");
+            }
+        }
         if let Some(answered) = reply.answered.take() {
             let woken = lock(&inner.core).handle_answered(answered, wall_now());
             for (tx, answer) in lock(&inner.parked).wake(woken) {
@@ -241,7 +253,11 @@ impl Agent {
             match (self.inner.code.handlers.get(&inv.route), inv.payload) {
                 (Some(HandlerRef::Skill(f)), Payload::TaskRequest(req)) => {
                     let mut ctx = SkillContext::new(inv.envelope, inv.task_id);
-                    if let Some(sink) = push {
+                    let hooked = match (&self.inner.webhooks, inv.webhooks) {
+                        (Some(w), Some(task)) => Some(w.push_sink(task)),
+                        _ => None,
+                    };
+                    if let Some(sink) = push.or(hooked) {
                         ctx = ctx.with_push(sink);
                     }
                     f(ctx, req).map(HandlerOutcome::Skill)
@@ -430,6 +446,16 @@ impl AgentBuilder {
         self
     }
 
+    /// Publishes task events to webhook subscribers through `webhooks`
+    /// (subscribers and the callback policy are [`ServerConfig::webhooks`]):
+    /// a skill's pushes and its final `task.response`, written to the outbox
+    /// before the response is sent.
+    #[must_use]
+    pub fn webhooks(mut self, webhooks: crate::webhook::Webhooks) -> Self {
+        self.webhooks = Some(webhooks);
+        self
+    }
+
     /// Finishes the agent.
     #[must_use]
     pub fn build(self) -> Agent {
@@ -451,6 +477,7 @@ impl AgentBuilder {
                 websocket: self.websocket,
                 max_websockets: self.max_websockets,
                 idp: crate::auth::idp_agent(),
+                webhooks: self.webhooks,
             }),
         }
     }

@@ -11,6 +11,7 @@ pub mod client;
 pub mod connection;
 pub mod server;
 pub mod store;
+pub mod webhook;
 pub mod ws;
 
 pub use server::{router, serve, Agent, AgentBuilder, HandlerReply, SkillContext};

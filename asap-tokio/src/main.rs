@@ -2,6 +2,7 @@
 
 mod cli_auth;
 mod cli_client;
+mod cli_webhooks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,9 +27,10 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once, at startup
 enum Command {
     /// Run an ASAP agent (echo skill by default) over HTTP.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Send a task.request to an agent and print its answer.
     Send(cli_client::SendArgs),
     /// Fetch and validate an agent's manifest.
@@ -37,6 +39,8 @@ enum Command {
     Health(cli_client::HealthArgs),
     /// List a Lite Registry's agents, or those offering --skill.
     Registry(cli_client::RegistryArgs),
+    /// Webhook dead letters (list, replay) and a verifying receiver.
+    Webhooks(cli_webhooks::WebhooksArgs),
 }
 
 #[derive(clap::Args)]
@@ -108,6 +112,8 @@ struct ServeArgs {
     hostile: HostileArgs,
     #[command(flatten)]
     auth: cli_auth::ServeAuthArgs,
+    #[command(flatten)]
+    webhooks: cli_webhooks::WebhookArgs,
 }
 
 /// Limits that hold under hostile load (docs/reliability.md).
@@ -225,11 +231,12 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Send(args) => return cli_client::send(args),
         Command::Discover(args) => return cli_client::discover(args),
         Command::Health(args) => return cli_client::health(args),
         Command::Registry(args) => return cli_client::registry(args),
+        Command::Webhooks(args) => cli_webhooks::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -304,6 +311,13 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         ..ServerConfig::default()
     };
     args.hostile.apply(&mut config)?;
+    let webhook_keys = args.webhooks.apply(&mut config)?;
+    let subscribers: Vec<String> = config
+        .webhooks
+        .subscribers()
+        .iter()
+        .map(|s| s.url.clone())
+        .collect();
     // The connection budget follows the soft descriptor limit: take all we may.
     let fds = asap_tokio::connection::raise_descriptor_limit()
         .unwrap_or_else(|_| asap_tokio::connection::descriptor_limit());
@@ -403,7 +417,6 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     } else {
         "off (no --oidc-issuer / --jwks-uri)".to_owned()
     };
-    let agent = builder.build();
     let mut rt = match args.workers {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         Some(n) => {
@@ -414,6 +427,20 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         None => tokio::runtime::Builder::new_multi_thread(),
     };
     let rt = rt.enable_all().build().map_err(|e| e.to_string())?;
+    let hooks_line = match (subscribers.is_empty(), config_callbacks(&args.webhooks)) {
+        (true, false) => "webhooks: off".to_owned(),
+        (_, callbacks) => format!(
+            "webhooks: {} subscriber(s) {subscribers:?}, per-request callbacks {}; outbox with the task state",
+            subscribers.len(),
+            if callbacks { "on" } else { "off" }
+        ),
+    };
+    if args.webhooks.enabled() {
+        // The delivery worker runs on this runtime; the outbox shares the task-state file.
+        let _guard = rt.enter();
+        builder = builder.webhooks(args.webhooks.start(&storage, webhook_keys)?);
+    }
+    let agent = builder.build();
     rt.block_on(async move {
         let listener =
             tokio::net::TcpListener::from_std(std_listener).map_err(|e| e.to_string())?;
@@ -425,6 +452,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         println!("  task state: {state}");
         println!("  nonces: {nonces}");
         println!("  auth: {auth_line}");
+        println!("  {hooks_line}");
         println!("  {budget_line}");
         println!("Press Ctrl-C to stop.");
         asap_tokio::serve(listener, agent, shutdown_signal())
@@ -433,4 +461,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         println!("asap-rs agent stopped");
         Ok(())
     })
+}
+
+fn config_callbacks(args: &cli_webhooks::WebhookArgs) -> bool {
+    args.enabled() && args.callback_enabled()
 }

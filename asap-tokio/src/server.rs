@@ -84,6 +84,8 @@ pub(crate) struct AgentInner {
     idp: reqwest::Client,
     /// Woken after each auth fetch is reported (`Step::AwaitFetch`).
     auth_fetched: tokio::sync::Notify,
+    /// The webhook outbox task events are published to.
+    webhooks: Option<crate::webhook::Webhooks>,
 }
 
 /// Builds an [`Agent`] from async handlers.
@@ -92,6 +94,7 @@ pub struct AgentBuilder {
     parts: AgentParts<SkillFn, PayloadFn, HealthFn, TaskRecorder>,
     websocket: SessionConfig,
     auth: Option<asap_proto::server::ServerAuth>,
+    webhooks: Option<crate::webhook::Webhooks>,
 }
 
 impl Agent {
@@ -102,6 +105,7 @@ impl Agent {
             parts: AgentParts::new(manifest),
             websocket: SessionConfig::default(),
             auth: None,
+            webhooks: None,
         }
     }
 
@@ -232,6 +236,16 @@ impl AgentBuilder {
         self
     }
 
+    /// Publishes task events to webhook subscribers through `webhooks`
+    /// (subscribers and the callback policy are [`ServerConfig::webhooks`]):
+    /// a skill's pushes and its final `task.response`, written to the outbox
+    /// before the response is sent.
+    #[must_use]
+    pub fn webhooks(mut self, webhooks: crate::webhook::Webhooks) -> Self {
+        self.webhooks = Some(webhooks);
+        self
+    }
+
     /// Finishes the agent.
     #[must_use]
     pub fn build(self) -> Agent {
@@ -254,6 +268,7 @@ impl AgentBuilder {
             parked: Mutex::default(),
             idp: crate::auth::idp_client(),
             auth_fetched: tokio::sync::Notify::new(),
+            webhooks: self.webhooks,
         };
         Agent {
             inner: Arc::new(inner),
@@ -265,7 +280,7 @@ fn health(source: &Option<HealthFn>) -> HealthReport {
     source.as_ref().map_or_else(HealthReport::default, |f| f())
 }
 
-fn random_seed() -> u64 {
+pub(crate) fn random_seed() -> u64 {
     use ring::rand::{SecureRandom, SystemRandom};
     let mut b = [0u8; 8];
     // Without OS randomness ids stay unique (time + counter), only less unpredictable.
@@ -420,7 +435,7 @@ pub(crate) async fn drive(
             }
             Step::Admit => lock(&inner.core).handle_admission(ex, now()),
             Step::Invoke(inv) => {
-                let push = ws.map(|reports| reports.push_sink(&inv, agent));
+                let push = push_sink(agent, ws, &inv);
                 let outcome = run_handler(agent, inv, push).await;
                 if heavy {
                     // Building the task records of a large request copies it.
@@ -477,6 +492,7 @@ pub(crate) async fn drive(
                 if let Some(answered) = reply.answered.take() {
                     settle(agent, answered);
                 }
+                publish(agent, std::mem::take(&mut reply.publish)).await;
                 return reply;
             }
         }
@@ -485,6 +501,42 @@ pub(crate) async fn drive(
 
 /// Longest wait for another request's auth fetch before asking the core again.
 const AUTH_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Where a skill's pushes go: the open WebSocket, the webhook subscribers of
+/// the run, or both.
+fn push_sink(
+    agent: &Agent,
+    ws: Option<&crate::ws::Reports>,
+    inv: &Invocation,
+) -> Option<Arc<dyn PushSink>> {
+    let socket = ws.map(|reports| reports.push_sink(inv, agent));
+    let hooked = match (&agent.inner.webhooks, &inv.webhooks) {
+        (Some(w), Some(task)) => Some(w.push_sink(task.clone())),
+        _ => None,
+    };
+    match (socket, hooked) {
+        (Some(a), Some(b)) => Some(Arc::new(crate::webhook::BothPush(a, b))),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The answer's webhook events, on disk before the answer goes out.
+async fn publish(agent: &Agent, events: Vec<asap_proto::webhook::WebhookEvent>) {
+    if events.is_empty() {
+        return;
+    }
+    match &agent.inner.webhooks {
+        Some(w) => {
+            if let Err(e) = w.publish(events).await {
+                tracing::error!(error = %e, "webhook events not persisted");
+            }
+        }
+        None => tracing::warn!(
+            count = events.len(),
+            "webhook subscribers configured but no outbox attached (AgentBuilder::webhooks)"
+        ),
+    }
+}
 
 /// Bodies from this size on are decoded on the blocking pool: decoding a
 /// pathological body (a million keys) takes long enough to delay every other
@@ -499,6 +551,7 @@ fn internal_error() -> Reply {
         record: None,
         drain_body: None,
         answered: None,
+        publish: Vec::new(),
     }
 }
 

@@ -28,8 +28,9 @@ use asap_proto::store::{
 
 pub use sqlite::{
     SharedConnection, SqliteMeteringStore, SqliteOptions, SqliteReplayStore, SqliteSnapshotStore,
-    Synchronous, REPLAY_DEDUP_DDL, REPLAY_DEDUP_INDEX_DDL, REPLAY_NONCES_DDL,
+    SqliteWebhookStore, Synchronous, REPLAY_DEDUP_DDL, REPLAY_DEDUP_INDEX_DDL, REPLAY_NONCES_DDL,
     REPLAY_NONCES_INDEX_DDL, SNAPSHOTS_DDL, USAGE_EVENTS_DDL, USAGE_EVENTS_INDEX_DDL,
+    WEBHOOK_OUTBOX_DDL,
 };
 
 /// The configured snapshot, metering and replay stores, ready to use.

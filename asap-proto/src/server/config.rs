@@ -167,6 +167,8 @@ pub struct ServerConfig {
     /// processed gets the first answer and runs nothing, on HTTP and
     /// WebSocket alike. `None` runs every copy, as the reference does.
     pub dedup: Option<crate::reliability::DedupConfig>,
+    /// Webhook subscribers and the callback policy (none by default).
+    pub webhooks: super::WebhookConfig,
 }
 
 impl Default for ServerConfig {
@@ -190,6 +192,7 @@ impl Default for ServerConfig {
             timeouts: Timeouts::default(),
             connections: ConnectionLimits::default(),
             dedup: Some(crate::reliability::DedupConfig::default()),
+            webhooks: super::WebhookConfig::default(),
         }
     }
 }

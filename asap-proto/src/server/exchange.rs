@@ -148,6 +148,9 @@ pub struct Reply {
     /// [`Server::handle_answered`](super::Server::handle_answered) (core lock)
     /// and wake the copies it names (their `Step::AwaitFirst` tokens).
     pub answered: Option<Answered>,
+    /// Webhook events of the answer (the final `task.response` for each
+    /// subscriber): enqueue them in the outbox, then send the response.
+    pub publish: Vec<crate::webhook::WebhookEvent>,
 }
 
 /// The end of a deduplicated envelope's first run, for [`Server::handle_answered`](super::Server::handle_answered).
@@ -293,6 +296,7 @@ struct Built {
     response: Response<Vec<u8>>,
     outcome: Outcome,
     request_id: crate::jsonrpc::RequestId,
+    publish: Vec<crate::webhook::WebhookEvent>,
 }
 
 /// What the answer needs of an invocation handed to the adapter.
@@ -305,6 +309,8 @@ struct Answering {
     accepted_at: UnixTime,
     /// The skill's request, kept for the task records when task state is attached.
     task: Option<crate::model::TaskRequest>,
+    /// The run's webhook subscribers: the final answer is published to them.
+    webhooks: Option<super::TaskWebhooks>,
 }
 
 impl Answering {
@@ -333,6 +339,7 @@ impl Answering {
             task_id: inv.task_id.clone(),
             accepted_at: inv.accepted_at,
             task,
+            webhooks: inv.webhooks.clone(),
         }
     }
 }
@@ -563,6 +570,7 @@ impl Exchange {
             record: None,
             drain_body: None,
             answered: None,
+            publish: Vec::new(),
         })
     }
 
@@ -661,6 +669,24 @@ impl Exchange {
         };
         let task_id = matches!(route, admission::Target::Handler(super::Route::Skill(_)))
             .then(|| format!("task_{}", self.ids.next(now)));
+        // A callback is checked before the skill runs (a refused URL is -32602).
+        let webhooks = match (&task_id, &payload) {
+            (Some(task_id), Payload::TaskRequest(r)) => {
+                match self.shared.config.webhooks.for_task(r, &request_id) {
+                    Ok(targets) if targets.is_empty() => None,
+                    Ok(targets) => Some(super::TaskWebhooks::new(
+                        task_id.clone(),
+                        self.shared.manifest.manifest().id.clone(),
+                        envelope.clone(),
+                        targets,
+                    )),
+                    Err(e) => {
+                        return self.finish_with(answer::rpc_error(&e), Outcome::RpcError, None)
+                    }
+                }
+            }
+            _ => None,
+        };
         let state = match (&route, &payload) {
             (admission::Target::TaskState, Payload::StateQuery(q)) => {
                 Some(StateRequest::Query(q.clone()))
@@ -686,6 +712,7 @@ impl Exchange {
             },
             task_id,
             accepted_at: now,
+            webhooks,
         };
         self.stage = match state {
             Some(request) => Stage::State(Box::new(Answering::of(&inv, false)), request),
@@ -744,7 +771,7 @@ impl Exchange {
             answering.envelope.id.clone(),
         );
         let request_id = answering.request_id.clone();
-        let (response, outcome) = self.build_reply(answering, outcome, now);
+        let (response, outcome, publish) = self.build_reply(answering, outcome, now);
         let dedup = match (&self.shared.config.dedup, keeps_answer) {
             (Some(config), true) => Some(crate::store::DedupRecord {
                 sender: key.0,
@@ -764,6 +791,7 @@ impl Exchange {
             response,
             outcome,
             request_id,
+            publish,
         };
         self.stage = Stage::Persist(Box::new(built), Box::new(records));
     }
@@ -781,9 +809,10 @@ impl Exchange {
             response,
             outcome,
             request_id,
+            publish,
         } = *built;
         match result {
-            Ok(()) => self.finish_with(response, outcome, None),
+            Ok(()) => self.finish_publishing(response, outcome, publish),
             Err(e) => {
                 let err = HandlerError::failed(format!("could not persist task state: {e}"));
                 let config = &self.shared.config;
@@ -924,8 +953,21 @@ impl Exchange {
     }
 
     fn reply(&mut self, answering: Answering, outcome: HandlerOutcome, now: UnixTime) {
-        let (response, outcome) = self.build_reply(answering, outcome, now);
+        let (response, outcome, publish) = self.build_reply(answering, outcome, now);
+        self.finish_publishing(response, outcome, publish);
+    }
+
+    /// Finishes with `response`, the webhook events of the answer riding on the reply.
+    fn finish_publishing(
+        &mut self,
+        response: Response<Vec<u8>>,
+        outcome: Outcome,
+        publish: Vec<crate::webhook::WebhookEvent>,
+    ) {
         self.finish_with(response, outcome, None);
+        if let Stage::Respond(reply) = &mut self.stage {
+            reply.publish = publish;
+        }
     }
 
     fn build_reply(
@@ -933,9 +975,14 @@ impl Exchange {
         answering: Answering,
         outcome: HandlerOutcome,
         now: UnixTime,
-    ) -> (Response<Vec<u8>>, Outcome) {
+    ) -> (
+        Response<Vec<u8>>,
+        Outcome,
+        Vec<crate::webhook::WebhookEvent>,
+    ) {
         self.wall = now;
         let ok = !matches!(outcome, HandlerOutcome::Failed(_));
+        let webhooks = answering.webhooks.clone();
         let shared = Arc::clone(&self.shared);
         let response = answer::reply(
             &shared.config,
@@ -952,7 +999,11 @@ impl Exchange {
         } else {
             Outcome::HandlerError
         };
-        (response, outcome)
+        let publish = match (&webhooks, ok) {
+            (Some(w), true) => w.response_events(response.body()),
+            _ => Vec::new(),
+        };
+        (response, outcome, publish)
     }
 
     fn finish_with(
@@ -1003,6 +1054,7 @@ impl Exchange {
             record,
             drain_body,
             answered,
+            publish: Vec::new(),
         });
     }
 }

@@ -174,6 +174,10 @@ pub struct Invocation {
     pub task_id: Option<String>,
     /// When the envelope was accepted (wall clock).
     pub accepted_at: UnixTime,
+    /// The run's webhook subscribers (operators' and the request's callback):
+    /// push payloads become events with [`TaskWebhooks::events`](super::TaskWebhooks::events).
+    /// `None`: nobody subscribed.
+    pub webhooks: Option<super::TaskWebhooks>,
 }
 
 /// What a skill produced.

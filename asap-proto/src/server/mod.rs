@@ -118,6 +118,7 @@ mod parking;
 mod replay;
 mod routes;
 pub mod state;
+mod webhooks;
 mod wellknown;
 
 use core::net::{IpAddr, Ipv4Addr};
@@ -156,6 +157,7 @@ pub use replay::{
     MAX_NONCE_LEN,
 };
 pub use routes::{AgentCode, AgentParts, HandlerRef, HandlerTable, Route, Routes};
+pub use webhooks::{Subscriber, TaskWebhooks, WebhookConfig, CALLBACK_MEMBER};
 pub use wellknown::{health_response, HealthReport, ManifestDocument, MANIFEST_CACHE_CONTROL};
 
 use crate::jsonrpc::ErrorResponse;

@@ -6,6 +6,7 @@
 //!   per task (save, get a version, get the latest, list versions, delete).
 //! * [`MeteringStore`]: [`UsageEvent`]s per agent (record, query a time range,
 //!   aggregate over an hour, day, week, month, or everything).
+//! * [`WebhookStore`]: the webhook outbox's pending deliveries and dead letters.
 //! * [`ReplayStore`]: the replay state that must survive a restart: accepted
 //!   nonces ([`NonceRecord`]) and the dedup window's answers ([`DedupRecord`]).
 //!
@@ -44,10 +45,13 @@
 mod config;
 #[cfg(any(test, feature = "contract-tests"))]
 pub mod contract;
+#[cfg(any(test, feature = "contract-tests"))]
+pub mod contract_webhook;
 mod error;
 mod metering;
 mod replay;
 mod snapshot;
+mod webhook;
 
 pub use config::{
     StorageBackend, StorageConfig, StorageConfigError, DEFAULT_STORAGE_PATH, STORAGE_BACKEND_ENV,
@@ -65,3 +69,4 @@ pub use replay::{
 pub use snapshot::{
     check_snapshot, MemorySnapshotStore, SnapshotStore, DEFAULT_MEMORY_RETAINED_TASKS,
 };
+pub use webhook::{check_outbox_record, MemoryWebhookStore, WebhookChange, WebhookStore};

@@ -7,6 +7,7 @@
 //! | [`UrlPolicy`] | whether a callback URL and the addresses its host resolved to may be called, and which addresses to pin the connection to |
 //! | [`WebhookSecret`] / [`SigningKeys`] | `X-ASAP-Signature: sha256=<hex>` (the reference's) and Standard Webhooks `webhook-signature: v1,<base64>` (several during key rotation) |
 //! | [`StandardVerifier`] | a receiver's constant-time check with a timestamp tolerance (5 minutes) around the caller's `now` |
+//! | [`WebhookDispatcher`] | the outbox as a delivery worker drives it: the store's writes in order, the delivery-time address check |
 //! | [`WebhookOutbox`] | which signed request goes out when: bounded queue, per-URL 10/s, retries 1-2-4-8-16 s, per-task order, dead letters, restore after restart |
 //!
 //! # Driver loop
@@ -83,10 +84,12 @@
 //! assert!(outbox.is_empty());
 //! ```
 
+mod dispatcher;
 mod outbox;
 mod policy;
 mod signature;
 
+pub use dispatcher::{DispatchOutput, WebhookDispatcher, DEFAULT_MAX_IN_FLIGHT};
 pub use outbox::{
     DeadReason, Delivery, DeliveryId, DeliveryOutcome, EnqueueError, Failure, OutboxConfig,
     OutboxError, OutboxEvent, OutboxOutput, OutboxRecord, RecordState, RestoreError, WebhookEvent,

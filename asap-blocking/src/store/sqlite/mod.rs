@@ -23,6 +23,7 @@ mod checkpoint;
 mod metering;
 mod replay;
 mod snapshot;
+mod webhook;
 
 use std::path::Path;
 use std::time::Duration;
@@ -36,6 +37,7 @@ pub use replay::{
     REPLAY_NONCES_INDEX_DDL,
 };
 pub use snapshot::SqliteSnapshotStore;
+pub use webhook::{SqliteWebhookStore, WEBHOOK_OUTBOX_DDL};
 
 /// The reference's `snapshots` table, byte for byte as it appears in `sqlite_master`
 /// (SQLite drops the `IF NOT EXISTS` when it records the statement).
