@@ -70,6 +70,10 @@ struct ServeArgs {
     /// group commit, so throughput follows the disk's sync rate).
     #[arg(long, value_enum, default_value_t = SyncMode::Normal)]
     sync: SyncMode,
+    /// Delete task snapshots and usage events older than this many days (SQLite;
+    /// default: keep everything, as the reference does).
+    #[arg(long, env = "ASAP_RETENTION_DAYS", value_name = "DAYS")]
+    retention_days: Option<f64>,
     /// Also rate-limit per envelope sender URN (same limits), besides per client IP.
     #[arg(long)]
     rate_limit_by_sender: bool,
@@ -338,6 +342,17 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         synchronous: match args.sync {
             SyncMode::Normal => asap_blocking::store::Synchronous::Normal,
             SyncMode::Full => asap_blocking::store::Synchronous::Full,
+        },
+        retention: match args.retention_days {
+            Some(d) if d.is_finite() && d > 0.0 => {
+                Some(std::time::Duration::from_secs_f64(d * 86_400.0))
+            }
+            Some(d) => {
+                return Err(format!(
+                    "--retention-days {d}: give a positive number of days"
+                ))
+            }
+            None => None,
         },
         ..Default::default()
     };

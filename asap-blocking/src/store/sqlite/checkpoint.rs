@@ -21,6 +21,11 @@ const INTERVAL: Duration = Duration::from_millis(50);
 /// (SQLite's own trigger: 1000 pages, ~4 MiB).
 const RESTART_PAGES: i64 = 1_000;
 
+/// How often retention deletes what aged out (when a retention is set).
+const RETENTION_EVERY: Duration = Duration::from_secs(1);
+/// Rows deleted per statement, so the writer waits milliseconds at most.
+const RETENTION_BATCH: i64 = 2_000;
+
 /// Starts the checkpointer of `path`; it ends when `writer` is dropped.
 pub(super) fn spawn(
     path: &Path,
@@ -29,16 +34,27 @@ pub(super) fn spawn(
 ) -> Result<(), StoreError> {
     let conn = open_connection(path, options, &[])?;
     let writer = writer.downgrade();
+    let retention = options.retention;
     std::thread::Builder::new()
         .name("asap-wal-checkpoint".to_owned())
-        .spawn(move || run(&conn, &writer))
+        .spawn(move || run(&conn, &writer, retention))
         .map_err(|e| StoreError::Backend(format!("cannot start the WAL checkpoint thread: {e}")))?;
     Ok(())
 }
 
-fn run(conn: &Connection, writer: &Weak<Mutex<Connection>>) {
+fn run(conn: &Connection, writer: &Weak<Mutex<Connection>>, retention: Option<Duration>) {
+    let mut next_purge = std::time::Instant::now();
     loop {
         std::thread::sleep(INTERVAL);
+        if let Some(keep) = retention {
+            if std::time::Instant::now() >= next_purge {
+                let cutoff =
+                    asap_proto::model::UnixTime::from_system_time(std::time::SystemTime::now())
+                        .saturating_sub(keep);
+                let _ = purge_older_than(conn, cutoff);
+                next_purge = std::time::Instant::now() + RETENTION_EVERY;
+            }
+        }
         // Copy what is committed, concurrently with the writer (fsyncs here).
         let Some(log_pages) = passive(conn) else {
             continue;
@@ -59,4 +75,38 @@ fn run(conn: &Connection, writer: &Weak<Mutex<Connection>>) {
 fn passive(conn: &Connection) -> Option<i64> {
     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
         .ok()
+}
+
+/// Deletes task snapshots and usage events recorded before `cutoff`, a batch
+/// at a time; returns how many rows went.
+pub(crate) fn purge_older_than(
+    conn: &Connection,
+    cutoff: asap_proto::model::UnixTime,
+) -> Result<usize, rusqlite::Error> {
+    // Both columns hold ISO 8601 text written by one formatter each, so
+    // text order is time order.
+    let snapshot_cut = asap_proto::model::Timestamp::from_unix(cutoff).to_python_isoformat();
+    let event_cut = super::metering::iso(cutoff);
+    let mut total = 0;
+    for (sql, cut) in [
+        (
+            "DELETE FROM snapshots WHERE rowid IN \
+             (SELECT rowid FROM snapshots WHERE created_at < ?1 LIMIT ?2)",
+            &snapshot_cut,
+        ),
+        (
+            "DELETE FROM usage_events WHERE rowid IN \
+             (SELECT rowid FROM usage_events WHERE timestamp < ?1 LIMIT ?2)",
+            &event_cut,
+        ),
+    ] {
+        loop {
+            let n = conn.execute(sql, rusqlite::params![cut, RETENTION_BATCH])?;
+            total += n;
+            if (n as i64) < RETENTION_BATCH {
+                break;
+            }
+        }
+    }
+    Ok(total)
 }

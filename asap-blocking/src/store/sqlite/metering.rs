@@ -126,7 +126,7 @@ fn event_id(at: UnixTime) -> Result<String, StoreError> {
 }
 
 /// The stored text of an instant: Python `isoformat()` of a UTC datetime.
-fn iso(t: UnixTime) -> String {
+pub(crate) fn iso(t: UnixTime) -> String {
     // Clamp to Python's datetime range so string comparison stays chronological.
     const MIN: i64 = -62_135_596_800_000_000; // 0001-01-01T00:00:00Z
     const MAX: i64 = 253_402_300_799_999_999; // 9999-12-31T23:59:59.999999Z

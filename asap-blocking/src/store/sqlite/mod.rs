@@ -94,6 +94,10 @@ pub struct SqliteOptions {
     pub synchronous: Synchronous,
     /// Prepared statements kept per connection.
     pub statement_cache_capacity: usize,
+    /// Task snapshots and usage events older than this are deleted (by the
+    /// checkpoint thread, in small batches). `None`, the default, keeps them
+    /// forever, as the reference does.
+    pub retention: Option<Duration>,
 }
 
 impl Default for SqliteOptions {
@@ -102,6 +106,7 @@ impl Default for SqliteOptions {
             busy_timeout: Duration::from_secs(5),
             synchronous: Synchronous::Full,
             statement_cache_capacity: 16,
+            retention: None,
         }
     }
 }
