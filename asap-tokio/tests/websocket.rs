@@ -44,6 +44,7 @@ async fn start(config: ServerConfig) -> Agent {
             async move { Ok(SkillResult::echo_input(req.input)) }
         })
         .skill("progress", |ctx, req: TaskRequest| async move {
+            ctx.status(TaskStatus::Working).unwrap();
             ctx.progress(TaskStatus::Working, Some(50.0), Some("half way"))
                 .unwrap();
             ctx.progress(TaskStatus::Working, Some(100.0), None)
@@ -142,6 +143,9 @@ async fn pushed_progress_arrives_before_the_response() {
         .send(envelope("01KDXZ0000WS0000000000002A", "progress"))
         .await
         .unwrap();
+    let started = pushes.next().await.unwrap();
+    assert_eq!(started.payload["update_type"], "status_change");
+    assert_eq!(started.payload["status"], "working");
     let first = pushes.next().await.unwrap();
     let second = pushes.next().await.unwrap();
     assert_eq!(first.payload_type, "task.update");

@@ -109,6 +109,20 @@ impl SkillContext {
         }
     }
 
+    /// Pushes a `task.update` of this task with `update_type: status_change`
+    /// (e.g. `working` when a long run starts, `input_required`): over
+    /// WebSocket to the requester, over HTTP to the webhook subscribers.
+    pub fn status(&self, status: TaskStatus) -> Result<(), crate::ws::PushError> {
+        let update = crate::model::TaskUpdate {
+            task_id: self.task_id.clone().unwrap_or_default(),
+            update_type: crate::model::UpdateType::StatusChange,
+            status,
+            progress: None,
+            input_request: None,
+        };
+        self.push(Payload::TaskUpdate(update))
+    }
+
     /// Pushes a `task.update` of this task: `status` with an optional
     /// progress percentage and message.
     pub fn progress(
