@@ -345,3 +345,30 @@ async fn serve_with_a_database_in_a_missing_directory_says_so() {
         "the path once: {err}"
     );
 }
+
+#[tokio::test]
+async fn send_over_websocket_and_watch() {
+    let url = start(false).await.replace("http://", "ws://");
+    let o = asap(&[
+        "send",
+        &url,
+        "--skill",
+        "echo",
+        "--input",
+        r#"{"msg":"hi"}"#,
+    ])
+    .await;
+    assert_eq!(code(&o), 0, "{o:?}");
+    let text = stdout(&o);
+    assert!(
+        text.starts_with(&format!("task.response from {AGENT}")),
+        "{text}"
+    );
+    assert!(text.contains("\"msg\": \"hi\""), "{text}");
+    // --watch over an http:// URL uses the WebSocket transport as well.
+    let http = url.replace("ws://", "http://");
+    let o = asap(&["send", &http, "--skill", "echo", "--watch", "--json"]).await;
+    assert_eq!(code(&o), 0, "{o:?}");
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["payload_type"], "task.response");
+}
