@@ -281,7 +281,29 @@ pub const OWNERS: &[(&str, Owner)] = &[
         "webhook/retry.json",
         Owner::Test("vectors_webhook::retry_schedules_and_dead_letters"),
     ),
-    ("websocket/", Owner::LaterIssue("WebSocket binding")),
+    (
+        "websocket/heartbeat.json",
+        Owner::Test("vectors_websocket::heartbeat_frames_are_the_reference_bytes"),
+    ),
+    (
+        "websocket/rate_limit.json",
+        Owner::Test("vectors_websocket::rate_limit_frame_is_the_reference_bytes"),
+    ),
+    (
+        "websocket/message_ack.json",
+        Owner::Test("vectors_websocket::message_ack_frames_are_the_reference_bytes"),
+    ),
+    (
+        "websocket/ack_retransmission.json",
+        Owner::Test(
+            "vectors_websocket::ack_retransmission_resends_the_same_envelope_as_the_reference",
+        ),
+    ),
+    (
+        "websocket/client_task_request_exchange.json",
+        Owner::Test("vectors_websocket::the_reference_clients_request_frame_is_ours"),
+    ),
+    ("websocket/server_frames.json", Owner::LaterIssue("WebSocket binding: reference frame replies (quirks we answer differently, README items 24-26)")),
 ];
 
 /// The owner entry for a vector path (exact entries win over folder entries).
