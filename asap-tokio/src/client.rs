@@ -27,7 +27,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use asap_proto::auth::{BearerSource, ClientCredentialsConfig};
+use asap_proto::auth::BearerSource;
 use asap_proto::client::{ClientState, Exchange, ExchangeOutput};
 use asap_proto::client::{TransportError, TransportErrorKind};
 use asap_proto::discovery::{HealthVerdict, LiteRegistry, RegistryEntry, DEFAULT_REGISTRY_URL};
@@ -147,14 +147,8 @@ impl Client {
         client_secret: &str,
         scopes: &[&str],
     ) -> Result<Self, ClientError> {
-        let source = BearerSource::client_credentials(ClientCredentialsConfig {
-            token_url: token_url.to_owned(),
-            client_id: client_id.to_owned(),
-            client_secret: client_secret.to_owned(),
-            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-            ..Default::default()
-        })
-        .map_err(|e| ClientError::Setup(e.to_string()))?;
+        let source = BearerSource::oauth2(token_url, client_id, client_secret, scopes)
+            .map_err(|e| ClientError::Setup(e.to_string()))?;
         Ok(self.with_bearer(source))
     }
 

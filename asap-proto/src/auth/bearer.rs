@@ -85,6 +85,23 @@ impl BearerSource {
         })
     }
 
+    /// OAuth2 client credentials at `token_url` (`client_secret_basic`) with
+    /// the default refresh margin: what a client's `with_oauth2` takes.
+    pub fn oauth2(
+        token_url: &str,
+        client_id: &str,
+        client_secret: &str,
+        scopes: &[&str],
+    ) -> Result<Self, AuthConfigError> {
+        Self::client_credentials(ClientCredentialsConfig {
+            token_url: token_url.to_owned(),
+            client_id: client_id.to_owned(),
+            client_secret: client_secret.to_owned(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        })
+    }
+
     /// Client credentials at the token endpoint `issuer`'s OIDC discovery names.
     pub fn oidc(
         issuer: impl Into<String>,
