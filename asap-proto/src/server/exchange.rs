@@ -158,7 +158,7 @@ pub struct Reply {
 pub struct Answered {
     pub(super) ticket: crate::reliability::DedupTicket,
     /// The response body to keep for copies; `None`: the run failed, forget it.
-    pub(super) body: Option<Vec<u8>>,
+    pub(super) body: Option<std::sync::Arc<[u8]>>,
 }
 
 /// A task-state operation the core asks the adapter to run on its snapshot store.
@@ -1040,7 +1040,7 @@ impl Exchange {
         let answered = self.ticket.take().map(|ticket| Answered {
             ticket,
             // A crash or an unsaved task is not an answer to keep: a copy may run it again.
-            body: (outcome != Outcome::HandlerError).then(|| keep.to_vec()),
+            body: (outcome != Outcome::HandlerError).then(|| std::sync::Arc::from(keep)),
         });
         let record = self.post.then(|| RequestRecord {
             kind: self.kind,

@@ -493,16 +493,13 @@ impl Server {
             return Vec::new();
         };
         match answered.body {
-            Some(body) => {
-                let body: std::sync::Arc<[u8]> = body.into();
-                match window.handle_completed(&answered.ticket, Arc::clone(&body), now) {
-                    Ok(waiters) => waiters
-                        .into_iter()
-                        .map(|w| (w, Some(Arc::clone(&body))))
-                        .collect(),
-                    Err(_) => Vec::new(),
-                }
-            }
+            Some(body) => match window.handle_completed(&answered.ticket, Arc::clone(&body), now) {
+                Ok(waiters) => waiters
+                    .into_iter()
+                    .map(|w| (w, Some(Arc::clone(&body))))
+                    .collect(),
+                Err(_) => Vec::new(),
+            },
             None => window
                 .handle_abandoned(&answered.ticket)
                 .map(|waiters| waiters.into_iter().map(|w| (w, None)).collect())
