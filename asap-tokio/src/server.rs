@@ -418,7 +418,8 @@ pub(crate) async fn drive(
                             .map(axum::body::Bytes::from)
                     }
                     BodySource::Frame(text) => {
-                        let bytes = axum::body::Bytes::copy_from_slice(text.as_bytes());
+                        // Zero-copy: the frame's bytes are shared, not copied.
+                        let bytes = axum::body::Bytes::from(text.clone());
                         Ok(bytes.slice(..bytes.len().min(limit + 1)))
                     }
                 };
