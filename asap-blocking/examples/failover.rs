@@ -41,6 +41,7 @@ fn run_agent(name: &str, db: &Path) -> Result<(), String> {
     let stores = asap_blocking::store::open_stores(&StorageConfig {
         backend: StorageBackend::Sqlite,
         path: db.to_owned(),
+        url: None,
     })
     .map_err(|e| e.to_string())?;
     let agent_name = name.to_owned();

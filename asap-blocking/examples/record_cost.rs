@@ -25,6 +25,7 @@ fn main() {
     let config = StorageConfig {
         backend: StorageBackend::Sqlite,
         path: dir.join("state.db"),
+        url: None,
     };
     for sync in [Synchronous::Normal, Synchronous::Full] {
         let mut stores = open_stores_with(

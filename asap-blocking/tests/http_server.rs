@@ -145,6 +145,7 @@ fn skill_runs_are_persisted_and_state_can_be_queried_and_restored() {
     let config = StorageConfig {
         backend: StorageBackend::Sqlite,
         path: dir.path().join("state.db"),
+        url: None,
     };
     let stores = asap_blocking::store::open_stores(&config).unwrap();
     let mut m = Manifest::new(

@@ -35,6 +35,7 @@ fn all_or_nothing_on_every_backend() {
         let config = StorageConfig {
             backend,
             path: dir.path().join("state.db"),
+            url: None,
         };
         let mut stores = open_stores(&config).unwrap();
         let (from, to) = (UnixTime::EPOCH, UnixTime::from_secs(2_000_000_000));
@@ -79,6 +80,7 @@ fn the_wal_restarts_under_continuous_commits() {
     let config = StorageConfig {
         backend: StorageBackend::Sqlite,
         path: dir.path().join("state.db"),
+        url: None,
     };
     let mut stores = open_stores(&config).unwrap();
     let mut data = JsonObject::new();

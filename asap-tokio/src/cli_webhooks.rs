@@ -113,6 +113,7 @@ impl WebhookArgs {
                     .map_err(|e| e.to_string())?,
             ),
             StorageBackend::Memory => Box::new(asap_proto::store::MemoryWebhookStore::new()),
+            StorageBackend::Postgres => asap_tokio::store::postgres_webhook_store(storage)?,
         };
         let config = OutboxConfig {
             jitter_seed: rand_seed(),

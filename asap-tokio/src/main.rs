@@ -368,11 +368,15 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             }
         ),
         StorageBackend::Memory => "in memory (lost on exit)".to_owned(),
+        StorageBackend::Postgres => format!(
+            "PostgreSQL {} (shared by every replica on it)",
+            asap_proto::store::redact_url(storage.url.as_deref().unwrap_or(""))
+        ),
     };
     let mut manifest = manifest;
     if args.manifest.is_none() {
         // The built-in manifest tells the truth about where task state lives.
-        manifest.capabilities.state_persistence = storage.backend == StorageBackend::Sqlite;
+        manifest.capabilities.state_persistence = storage.backend != StorageBackend::Memory;
     }
     let auth_settings = args.auth.settings()?;
     if auth_settings.enabled() && manifest.auth.is_none() {

@@ -656,6 +656,7 @@ async fn concurrent_skill_runs_are_group_committed_and_queryable() {
     let config = StorageConfig {
         backend: StorageBackend::Sqlite,
         path: dir.path().join("state.db"),
+        url: None,
     };
     let stores = asap_blocking::store::open_stores(&config).unwrap();
     let agent = asap_tokio::Agent::builder(manifest())
@@ -707,6 +708,7 @@ async fn in_memory_state_is_recorded_in_place_and_queryable() {
     let config = StorageConfig {
         backend: StorageBackend::Memory,
         path: "unused.db".into(),
+        url: None,
     };
     let stores = asap_blocking::store::open_stores(&config).unwrap();
     let agent = asap_tokio::Agent::builder(manifest())

@@ -21,9 +21,10 @@ use asap_proto::model::{StateSnapshot, UnixTime};
 use asap_proto::server::state::TaskRecords;
 use asap_proto::server::Records;
 use asap_proto::store::{
-    DedupRecord, MemoryMeteringStore, MemorySnapshotStore, MeteringStore, NonceRecord, ReplayStore,
-    SnapshotStore, StorageBackend, StorageConfig, StorageConfigError, StoreError, UsageEvent,
-    STORAGE_BACKEND_ENV, STORAGE_PATH_ENV,
+    ClaimOutcome, DedupRecord, MemoryMeteringStore, MemorySnapshotStore, MeteringStore,
+    NonceRecord, ReplayClaim, ReplayStore, SnapshotStore, StorageBackend, StorageConfig,
+    StorageConfigError, StoreError, UsageEvent, STORAGE_BACKEND_ENV, STORAGE_PATH_ENV,
+    STORAGE_URL_ENV,
 };
 
 pub use sqlite::{
@@ -44,8 +45,9 @@ pub struct Stores {
     pub replay: Option<Box<dyn ReplayStore + Send>>,
     /// The configuration they were opened with.
     pub config: StorageConfig,
-    /// The one connection the SQLite stores share (for [`Stores::record_tasks`]).
-    shared: Option<sqlite::SharedConnection>,
+    /// The backend's one-transaction commit of a group (SQLite's shared
+    /// connection, a PostgreSQL pool), for [`Stores::record_group`].
+    group: Option<Box<dyn GroupCommit>>,
     /// Nonces live when the stores were opened, for the server to remember.
     restored_nonces: Vec<NonceRecord>,
     /// Dedup answers live when the stores were opened, and when that was.
@@ -65,7 +67,7 @@ impl Stores {
             metering,
             replay: None,
             config,
-            shared: None,
+            group: None,
             restored_nonces: Vec::new(),
             restored_dedup: (Vec::new(), UnixTime::EPOCH),
         }
@@ -83,6 +85,24 @@ impl Stores {
         self.restored_dedup = (replay.load_dedup(now)?, now);
         self.replay = Some(replay);
         Ok(self)
+    }
+
+    /// Commits groups through `group` (one transaction for a group's
+    /// snapshots, events, nonces and dedup answers) instead of store by store.
+    #[must_use]
+    pub fn with_group_commit(mut self, group: Box<dyn GroupCommit>) -> Self {
+        self.group = Some(group);
+        self
+    }
+
+    /// Input for [`Step::Claim`](asap_proto::server::Step::Claim): the claim
+    /// decided by the replay store. Without one (memory), state is not shared
+    /// with anyone: the server's own window has decided already, so it is won.
+    pub fn claim(&mut self, claim: &ReplayClaim) -> Result<ClaimOutcome, StoreError> {
+        match self.replay.as_mut() {
+            Some(replay) => replay.claim(claim),
+            None => Ok(ClaimOutcome::Won),
+        }
     }
 
     /// The nonces that were live when the stores were opened (once; then empty).
@@ -108,7 +128,7 @@ impl Stores {
             dedup,
             now,
         } = records;
-        if self.shared.is_some() {
+        if self.group.is_some() {
             let (snapshots, events) = match task {
                 Some(t) => (vec![t.snapshot], vec![t.usage]),
                 None => (Vec::new(), Vec::new()),
@@ -143,8 +163,8 @@ impl Stores {
         dedup: &[DedupRecord],
         now: UnixTime,
     ) -> Result<(), StoreError> {
-        if let Some(conn) = &self.shared {
-            return sqlite::record_tasks(conn, snapshots, events, nonces, dedup, now);
+        if let Some(group) = self.group.as_mut() {
+            return group.record_group(snapshots, events, nonces, dedup, now);
         }
         self.record_tasks(snapshots, events)?;
         match self.replay.as_mut() {
@@ -160,7 +180,7 @@ impl Stores {
     /// Persists the records of one skill run (one commit on SQLite; moved, not
     /// copied, into in-memory stores).
     pub fn record_task(&mut self, records: TaskRecords) -> Result<(), StoreError> {
-        if self.shared.is_some() {
+        if self.group.is_some() {
             return self.record_tasks(
                 std::slice::from_ref(&records.snapshot),
                 std::slice::from_ref(&records.usage),
@@ -179,13 +199,42 @@ impl Stores {
         snapshots: &[StateSnapshot],
         events: &[UsageEvent],
     ) -> Result<(), StoreError> {
-        match &self.shared {
-            Some(conn) => sqlite::record_tasks(conn, snapshots, events, &[], &[], UnixTime::EPOCH),
+        match self.group.as_mut() {
+            Some(group) => group.record_group(snapshots, events, &[], &[], UnixTime::EPOCH),
             None => self
                 .snapshots
                 .save_batch(snapshots)
                 .and_then(|()| self.metering.record_batch(events)),
         }
+    }
+}
+
+/// A backend that commits the records of several requests in one
+/// transaction: SQLite's shared connection, a PostgreSQL pool.
+pub trait GroupCommit: Send {
+    /// Commits snapshots, usage events, accepted nonces and dedup answers
+    /// together (all or none); replay records expired at `now` may be purged
+    /// in the same commit.
+    fn record_group(
+        &mut self,
+        snapshots: &[StateSnapshot],
+        events: &[UsageEvent],
+        nonces: &[NonceRecord],
+        dedup: &[DedupRecord],
+        now: UnixTime,
+    ) -> Result<(), StoreError>;
+}
+
+impl GroupCommit for SharedConnection {
+    fn record_group(
+        &mut self,
+        snapshots: &[StateSnapshot],
+        events: &[UsageEvent],
+        nonces: &[NonceRecord],
+        dedup: &[DedupRecord],
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        sqlite::record_tasks(self, snapshots, events, nonces, dedup, now)
     }
 }
 
@@ -211,6 +260,14 @@ pub enum OpenStoresError {
         path: PathBuf,
         /// Its missing directory.
         dir: PathBuf,
+    },
+    /// This crate cannot open the backend; `how` names what can.
+    #[error("the {backend} backend is not available here: use {how}")]
+    NeedsAdapter {
+        /// The backend asked for.
+        backend: StorageBackend,
+        /// What opens it.
+        how: &'static str,
     },
     /// The SQLite file could not be opened or initialised.
     #[error("cannot open the SQLite state database {}: {source}", path.display())]
@@ -246,7 +303,14 @@ pub fn storage_config_from_lookup(
     };
     let backend = read(STORAGE_BACKEND_ENV)?;
     let path = read(STORAGE_PATH_ENV)?;
-    StorageConfig::from_values_or(default_backend, backend.as_deref(), path.as_deref())
+    let url = read(STORAGE_URL_ENV)?;
+    StorageConfig::resolve_with_url(
+        default_backend,
+        None,
+        backend.as_deref(),
+        path.as_deref(),
+        url.as_deref(),
+    )
 }
 
 /// The storage of a process that also takes a `--db` flag, from the flag and
@@ -275,7 +339,17 @@ pub fn storage_config_with_db_from_lookup(
     };
     let backend = read(STORAGE_BACKEND_ENV)?;
     let path = read(STORAGE_PATH_ENV)?;
-    StorageConfig::resolve(default_backend, db, backend.as_deref(), path.as_deref())
+    let url = read(STORAGE_URL_ENV)?;
+    let db = db
+        .map(|d| d.to_str().ok_or(StorageConfigError::NotUnicode("--db")))
+        .transpose()?;
+    StorageConfig::resolve_with_url(
+        default_backend,
+        db,
+        backend.as_deref(),
+        path.as_deref(),
+        url.as_deref(),
+    )
 }
 
 /// Opens the stores `config` names: two in-memory stores, or SQLite stores
@@ -295,6 +369,10 @@ pub fn open_stores_with(
             Box::new(MemoryMeteringStore::new()),
             config.clone(),
         )),
+        StorageBackend::Postgres => Err(OpenStoresError::NeedsAdapter {
+            backend: StorageBackend::Postgres,
+            how: "asap-tokio with its `postgres` feature (asap_tokio::postgres::open_stores; `asap serve --db postgres://…`)",
+        }),
         StorageBackend::Sqlite => {
             if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 if !dir.is_dir() {
@@ -314,7 +392,7 @@ pub fn open_stores_with(
                 metering: Box::new(opened.metering),
                 replay: None,
                 config: config.clone(),
-                shared: Some(opened.conn),
+                group: Some(Box::new(opened.conn)),
                 restored_nonces: Vec::new(),
                 restored_dedup: (Vec::new(), UnixTime::EPOCH),
             };
@@ -362,7 +440,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "Unknown ASAP_STORAGE_BACKEND='redis'. Use 'memory' or 'sqlite'."
+            "Unknown ASAP_STORAGE_BACKEND='redis'. Use 'memory', 'sqlite' or 'postgres'."
         );
     }
 

@@ -23,8 +23,9 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use serde_json::{json, Value};
 
 use super::{
-    AggregatePeriod, DedupRecord, MeteringStore, NonceRecord, ReplayStore, SnapshotStore,
-    StoreError, UsageAggregate, UsageEvent, UsageMetrics, MAX_METRIC_VALUE,
+    AggregatePeriod, ClaimOutcome, DedupClaim, DedupRecord, MeteringStore, NonceRecord,
+    ReplayClaim, ReplayStore, SnapshotStore, StoreError, UsageAggregate, UsageEvent, UsageMetrics,
+    MAX_METRIC_VALUE,
 };
 use crate::model::{JsonObject, StateSnapshot, Timestamp, UnixTime};
 
@@ -98,6 +99,15 @@ pub const REPLAY_CASES: &[ReplayCase] = &[
     ("empty keys rejected", replay_empty_keys_rejected),
     ("unicode keys", replay_unicode_keys),
     ("many nonces", many_nonces),
+    (
+        "a claim decides nonce, answer, lease in order",
+        claim_decisions,
+    ),
+    (
+        "a dead claimant's lease passes to the next",
+        claim_lease_takeover,
+    ),
+    ("claims expire and are purged", claim_expiry),
 ];
 
 /// Runs every case of [`REPLAY_CASES`], each on a fresh store from `make`.
@@ -933,6 +943,133 @@ fn dedup_round_trip(s: &mut dyn ReplayStore) {
     );
     assert_eq!(ok(s.load_dedup(ms(11)), "load_dedup"), vec![]);
     assert_eq!(nonces_at(s, 0), vec![], "dedup records are not nonces");
+}
+
+fn claim_of(nonce_key: Option<&str>, envelope: Option<&str>, lease: i64, now: i64) -> ReplayClaim {
+    ReplayClaim {
+        nonce: nonce_key.map(|n| nonce("urn:asap:agent:a", n, now + 1_000)),
+        dedup: envelope.map(|id| DedupClaim {
+            sender: "urn:asap:agent:a".into(),
+            envelope_id: id.into(),
+            lease_until_unix_ms: lease,
+            expires_at_unix_ms: now + 1_000,
+        }),
+        now: ms(now),
+    }
+}
+
+fn claim(s: &mut dyn ReplayStore, c: &ReplayClaim) -> ClaimOutcome {
+    ok(s.claim(c), "claim")
+}
+
+fn claim_decisions(s: &mut dyn ReplayStore) {
+    assert_eq!(
+        claim(s, &claim_of(None, None, 0, 0)),
+        ClaimOutcome::Won,
+        "an empty claim"
+    );
+    assert_eq!(
+        claim(s, &claim_of(Some("n1"), Some("e1"), 100, 0)),
+        ClaimOutcome::Won
+    );
+    // The same nonce again is a replay, whatever the envelope.
+    assert_eq!(
+        claim(s, &claim_of(Some("n1"), Some("e2"), 100, 10)),
+        ClaimOutcome::NonceReplayed
+    );
+    assert_eq!(
+        nonces_at(s, 10),
+        vec![nonce("urn:asap:agent:a", "n1", 1_000)],
+        "a claimed nonce is recorded like an accepted one"
+    );
+    // A refused claim wrote nothing: e2 is still free.
+    assert_eq!(
+        claim(s, &claim_of(None, Some("e2"), 100, 10)),
+        ClaimOutcome::Won
+    );
+    // e1 is being run (lease to 100): a copy with a fresh nonce waits.
+    assert_eq!(
+        claim(s, &claim_of(Some("n2"), Some("e1"), 200, 20)),
+        ClaimOutcome::Running
+    );
+    assert_eq!(
+        ok(s.load_dedup(ms(20)), "load_dedup"),
+        vec![],
+        "a claim is not an answer"
+    );
+    // Answered: every later copy gets the answer, byte for byte.
+    ok(
+        s.record_dedup(&dedup("urn:asap:agent:a", "e1", b"{\"r\":1}", 1_000)),
+        "record_dedup",
+    );
+    assert_eq!(
+        claim(s, &claim_of(Some("n3"), Some("e1"), 300, 30)),
+        ClaimOutcome::Answered(b"{\"r\":1}".to_vec())
+    );
+    ok(
+        s.record_dedup(&dedup("urn:asap:agent:a", "e2", b"", 1_000)),
+        "record_dedup",
+    );
+    assert_eq!(
+        claim(s, &claim_of(None, Some("e2"), 300, 30)),
+        ClaimOutcome::Answered(Vec::new()),
+        "processed without a kept answer"
+    );
+    // Another sender's envelope of the same id is another key.
+    let mut other = claim_of(None, Some("e1"), 300, 30);
+    other.dedup.as_mut().unwrap().sender = "urn:asap:agent:b".into();
+    assert_eq!(claim(s, &other), ClaimOutcome::Won);
+    let mut empty = claim_of(None, Some(""), 300, 30);
+    assert!(matches!(
+        s.claim(&empty),
+        Err(StoreError::InvalidInput { .. })
+    ));
+    empty.dedup = None;
+    empty.nonce = Some(nonce("", "n", 1));
+    assert!(matches!(
+        s.claim(&empty),
+        Err(StoreError::InvalidInput { .. })
+    ));
+}
+
+fn claim_lease_takeover(s: &mut dyn ReplayStore) {
+    assert_eq!(
+        claim(s, &claim_of(None, Some("e"), 100, 0)),
+        ClaimOutcome::Won
+    );
+    assert_eq!(
+        claim(s, &claim_of(None, Some("e"), 300, 100)),
+        ClaimOutcome::Running,
+        "the lease is live through its last millisecond"
+    );
+    assert_eq!(
+        claim(s, &claim_of(None, Some("e"), 300, 101)),
+        ClaimOutcome::Won,
+        "past the lease the claimant is taken as dead"
+    );
+    assert_eq!(
+        claim(s, &claim_of(None, Some("e"), 500, 200)),
+        ClaimOutcome::Running,
+        "the new claimant holds the new lease"
+    );
+}
+
+fn claim_expiry(s: &mut dyn ReplayStore) {
+    // Lease far beyond the expiry: the expiry still frees the key.
+    assert_eq!(
+        claim(s, &claim_of(Some("n"), Some("e"), 1_000_000, 0)),
+        ClaimOutcome::Won
+    );
+    assert_eq!(
+        claim(s, &claim_of(Some("n"), Some("e"), 0, 1_001)),
+        ClaimOutcome::Won
+    );
+    assert!(ok(s.purge_expired(ms(5_000)), "purge") >= 2);
+    assert_eq!(nonces_at(s, 0), vec![]);
+    assert_eq!(
+        claim(s, &claim_of(None, Some("e"), 6_000, 5_000)),
+        ClaimOutcome::Won
+    );
 }
 
 fn purge_both_kinds(s: &mut dyn ReplayStore) {

@@ -54,8 +54,8 @@ mod snapshot;
 mod webhook;
 
 pub use config::{
-    StorageBackend, StorageConfig, StorageConfigError, DEFAULT_STORAGE_PATH, STORAGE_BACKEND_ENV,
-    STORAGE_PATH_ENV,
+    is_postgres_url, redact_url, StorageBackend, StorageConfig, StorageConfigError,
+    DEFAULT_STORAGE_PATH, STORAGE_BACKEND_ENV, STORAGE_PATH_ENV, STORAGE_URL_ENV,
 };
 pub use error::StoreError;
 pub use metering::{
@@ -63,8 +63,8 @@ pub use metering::{
     UsageEvent, UsageMetrics, DEFAULT_MEMORY_RETAINED_EVENTS, MAX_METRIC_VALUE,
 };
 pub use replay::{
-    check_dedup_record, check_nonce_record, DedupRecord, MemoryReplayStore, NonceRecord,
-    ReplayStore,
+    check_dedup_record, check_nonce_record, check_replay_claim, ClaimOutcome, DedupClaim,
+    DedupRecord, MemoryReplayStore, NonceRecord, ReplayClaim, ReplayStore,
 };
 pub use snapshot::{
     check_snapshot, MemorySnapshotStore, SnapshotStore, DEFAULT_MEMORY_RETAINED_TASKS,

@@ -88,11 +88,80 @@ pub trait ReplayStore {
     /// Deletes every record (both kinds) that has expired at `now`; returns how many.
     fn purge_expired(&mut self, now: UnixTime) -> Result<u64, StoreError>;
 
+    /// Claims an envelope before it runs (several replicas on one store:
+    /// [`ReplayClaim`] says what is decided, in which order). One transaction
+    /// where the backend has them; two replicas claiming the same key at once
+    /// get one [`ClaimOutcome::Won`].
+    fn claim(&mut self, claim: &ReplayClaim) -> Result<ClaimOutcome, StoreError>;
+
     /// Stores several nonces (one transaction where the backend has them).
     fn record_nonces(&mut self, records: &[NonceRecord]) -> Result<(), StoreError> {
         records.iter().try_for_each(check_nonce_record)?;
         records.iter().try_for_each(|r| self.record_nonce(r))
     }
+}
+
+/// The claim a replica makes on shared replay state before it runs an
+/// envelope ([`Step::Claim`](crate::server::Step::Claim)).
+///
+/// Decided in this order, against `now`:
+/// 1. `nonce`: a live record with the same sender and nonce means
+///    [`ClaimOutcome::NonceReplayed`] (nothing is written); otherwise it is stored.
+/// 2. `dedup`: a live *answer* for the same sender and envelope id means
+///    [`ClaimOutcome::Answered`]; a live *claim* whose lease has not ended
+///    means [`ClaimOutcome::Running`] (another replica runs it); otherwise
+///    (none, expired, or a lease that ended: its replica died) the claim is
+///    stored and this replica runs the envelope.
+/// 3. [`ClaimOutcome::Won`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayClaim {
+    /// The envelope's nonce, when nonces are checked.
+    pub nonce: Option<NonceRecord>,
+    /// The envelope's dedup key, when the receiver dedup window is on.
+    pub dedup: Option<DedupClaim>,
+    /// The wall clock of the claiming replica.
+    pub now: UnixTime,
+}
+
+/// A dedup-window claim: "this replica runs this envelope until `lease_until`".
+/// [`ReplayStore::record_dedup`] later replaces it with the answer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DedupClaim {
+    /// The envelope's sender.
+    pub sender: String,
+    /// The envelope's id.
+    pub envelope_id: String,
+    /// Past this instant (unix ms) the claimant is taken as dead and another
+    /// replica may claim the envelope again.
+    pub lease_until_unix_ms: i64,
+    /// The claim (and the answer that replaces it) may be purged after this.
+    pub expires_at_unix_ms: i64,
+}
+
+/// What a [`ReplayClaim`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum ClaimOutcome {
+    /// This replica runs the envelope.
+    Won,
+    /// The nonce was already used (a replay): refuse the envelope.
+    NonceReplayed,
+    /// Already processed: this is the first answer (empty: processed, answer not kept).
+    Answered(Vec<u8>),
+    /// Another replica is running it now: ask again a moment later.
+    Running,
+}
+
+/// Checks a claim's keys (the same rules as the records it stands for).
+pub fn check_replay_claim(c: &ReplayClaim) -> Result<(), StoreError> {
+    if let Some(n) = &c.nonce {
+        check_nonce_record(n)?;
+    }
+    if let Some(d) = &c.dedup {
+        non_empty("dedup claim", "sender", &d.sender)?;
+        non_empty("dedup claim", "envelope_id", &d.envelope_id)?;
+    }
+    Ok(())
 }
 
 impl<T: ReplayStore + ?Sized> ReplayStore for Box<T> {
@@ -113,6 +182,9 @@ impl<T: ReplayStore + ?Sized> ReplayStore for Box<T> {
     }
     fn record_nonces(&mut self, records: &[NonceRecord]) -> Result<(), StoreError> {
         (**self).record_nonces(records)
+    }
+    fn claim(&mut self, claim: &ReplayClaim) -> Result<ClaimOutcome, StoreError> {
+        (**self).claim(claim)
     }
 }
 
@@ -145,6 +217,8 @@ pub fn check_dedup_record(r: &DedupRecord) -> Result<(), StoreError> {
 pub struct MemoryReplayStore {
     nonces: BTreeMap<(String, String), i64>,
     dedup: BTreeMap<(String, String), (Vec<u8>, i64)>,
+    /// Unanswered dedup claims: (lease end, expiry).
+    claims: BTreeMap<(String, String), (i64, i64)>,
 }
 
 impl MemoryReplayStore {
@@ -184,6 +258,8 @@ impl ReplayStore for MemoryReplayStore {
 
     fn record_dedup(&mut self, r: &DedupRecord) -> Result<(), StoreError> {
         check_dedup_record(r)?;
+        self.claims
+            .remove(&(r.sender.clone(), r.envelope_id.clone()));
         self.dedup.insert(
             (r.sender.clone(), r.envelope_id.clone()),
             (r.response.clone(), r.expires_at_unix_ms),
@@ -209,9 +285,43 @@ impl ReplayStore for MemoryReplayStore {
 
     fn purge_expired(&mut self, now: UnixTime) -> Result<u64, StoreError> {
         let now_ms = now.as_millis();
-        let before = self.nonces.len() + self.dedup.len();
+        let count = |s: &Self| s.nonces.len() + s.dedup.len() + s.claims.len();
+        let before = count(self);
         self.nonces.retain(|_, at| *at >= now_ms);
         self.dedup.retain(|_, (_, at)| *at >= now_ms);
-        Ok((before - self.nonces.len() - self.dedup.len()) as u64)
+        self.claims.retain(|_, (_, at)| *at >= now_ms);
+        Ok((before - count(self)) as u64)
+    }
+
+    fn claim(&mut self, c: &ReplayClaim) -> Result<ClaimOutcome, StoreError> {
+        check_replay_claim(c)?;
+        let now_ms = c.now.as_millis();
+        if let Some(n) = &c.nonce {
+            let key = (n.sender.clone(), n.nonce.clone());
+            if self.nonces.get(&key).is_some_and(|at| *at >= now_ms) {
+                return Ok(ClaimOutcome::NonceReplayed);
+            }
+            self.nonces.insert(key, n.expires_at_unix_ms);
+        }
+        if let Some(d) = &c.dedup {
+            let key = (d.sender.clone(), d.envelope_id.clone());
+            match self.dedup.get(&key) {
+                Some((response, at)) if *at >= now_ms => {
+                    return Ok(ClaimOutcome::Answered(response.clone()))
+                }
+                _ => {}
+            }
+            if self
+                .claims
+                .get(&key)
+                .is_some_and(|(lease, at)| *lease >= now_ms && *at >= now_ms)
+            {
+                return Ok(ClaimOutcome::Running);
+            }
+            self.dedup.remove(&key);
+            self.claims
+                .insert(key, (d.lease_until_unix_ms, d.expires_at_unix_ms));
+        }
+        Ok(ClaimOutcome::Won)
     }
 }

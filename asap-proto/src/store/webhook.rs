@@ -72,6 +72,16 @@ pub trait WebhookStore {
     /// Every stored record, in `seq` order.
     fn load(&self) -> Result<Vec<OutboxRecord>, StoreError>;
 
+    /// Several replicas on one store: renews the leases of the events this
+    /// store's replica holds and takes up to `limit` undelivered events whose
+    /// lease ended (their replica stopped), which this replica now holds
+    /// ([`WebhookOutbox::adopt`](crate::webhook::WebhookOutbox::adopt)). Called every few seconds by the delivery
+    /// worker. A store of one process holds every event already: none (the default).
+    fn claim_orphans(&mut self, limit: usize) -> Result<Vec<OutboxRecord>, StoreError> {
+        let _ = limit;
+        Ok(Vec::new())
+    }
+
     /// The dead letters, in `seq` order.
     fn dead_letters(&self) -> Result<Vec<OutboxRecord>, StoreError> {
         Ok(self
@@ -88,6 +98,9 @@ impl<T: WebhookStore + ?Sized> WebhookStore for Box<T> {
     }
     fn load(&self) -> Result<Vec<OutboxRecord>, StoreError> {
         (**self).load()
+    }
+    fn claim_orphans(&mut self, limit: usize) -> Result<Vec<OutboxRecord>, StoreError> {
+        (**self).claim_orphans(limit)
     }
 }
 

@@ -178,6 +178,16 @@ impl WebhookDispatcher {
         Ok(())
     }
 
+    /// Takes over events of a stopped replica ([`WebhookOutbox::adopt`]);
+    /// their rows are already this replica's, so no store write is queued.
+    pub fn adopt(
+        &mut self,
+        records: Vec<crate::webhook::OutboxRecord>,
+        now: UnixTime,
+    ) -> Result<usize, RestoreError> {
+        self.outbox.adopt(records, now)
+    }
+
     /// The store writes made since the last call, in order.
     #[must_use]
     pub fn take_changes(&mut self) -> Vec<WebhookChange> {

@@ -1105,49 +1105,94 @@ impl WebhookOutbox {
         }
         let mut entries = Vec::with_capacity(sorted.len());
         let mut ids = std::collections::HashSet::with_capacity(sorted.len());
-        for mut record in sorted {
-            let invalid = |reason: String| RestoreError::InvalidRecord {
-                event_id: record.event_id.clone(),
-                reason,
-            };
+        for record in sorted {
             if !ids.insert(record.event_id.clone()) {
                 return Err(RestoreError::Duplicate {
                     what: "event id",
                     value: record.event_id.clone(),
                 });
             }
-            let id_header = validate_event_id(&record.event_id).map_err(|r| invalid(r.into()))?;
-            let uri = parse_uri(&record.url).map_err(&invalid)?;
-            if (record.state == RecordState::Dead) != record.dead_reason.is_some() {
-                return Err(invalid(
-                    "dead_reason must be present exactly when state is dead".into(),
-                ));
-            }
-            if record.state == RecordState::InFlight {
-                // Its outcome is unknown: the same attempt is made again.
-                record.state = RecordState::Pending;
-                record.attempts = record.attempts.saturating_sub(1);
-            }
-            let next_attempt = UnixTime::from_millis(record.next_attempt_at_ms);
-            entries.push(Entry {
-                record,
-                uri,
-                id_header,
-                next_attempt,
-                in_flight: None,
-            });
+            entries.push(Entry::restored(record)?);
         }
         for e in entries {
             out.next_seq = out.next_seq.max(e.record.seq.saturating_add(1));
-            if e.record.state == RecordState::Dead {
-                out.dead_letters += 1;
-                out.by_id.insert(e.record.event_id.clone(), e.record.seq);
-                out.records.insert(e.record.seq, e);
-            } else {
-                out.insert_pending(e, true);
-            }
+            out.hold_restored(e);
         }
         Ok(out)
+    }
+}
+
+impl Entry {
+    /// A stored record made live again: checked, and an attempt whose outcome
+    /// is unknown (in flight when its holder stopped) made pending again.
+    fn restored(mut record: OutboxRecord) -> Result<Self, RestoreError> {
+        let invalid = |reason: String| RestoreError::InvalidRecord {
+            event_id: record.event_id.clone(),
+            reason,
+        };
+        let id_header = validate_event_id(&record.event_id).map_err(|r| invalid(r.into()))?;
+        let uri = parse_uri(&record.url).map_err(&invalid)?;
+        if (record.state == RecordState::Dead) != record.dead_reason.is_some() {
+            return Err(invalid(
+                "dead_reason must be present exactly when state is dead".into(),
+            ));
+        }
+        if record.state == RecordState::InFlight {
+            // Its outcome is unknown: the same attempt is made again.
+            record.state = RecordState::Pending;
+            record.attempts = record.attempts.saturating_sub(1);
+        }
+        let next_attempt = UnixTime::from_millis(record.next_attempt_at_ms);
+        Ok(Entry {
+            record,
+            uri,
+            id_header,
+            next_attempt,
+            in_flight: None,
+        })
+    }
+}
+
+impl WebhookOutbox {
+    /// Takes over events another holder stored and can no longer send (a
+    /// replica whose lease ended, [`WebhookStore::claim_orphans`](crate::store::WebhookStore::claim_orphans)):
+    /// each gets this outbox's next sequence number, an interrupted attempt
+    /// is made again (at-least-once), and an event already held is skipped.
+    /// Returns how many were taken; invalid records are refused, none taken.
+    pub fn adopt(
+        &mut self,
+        records: impl IntoIterator<Item = OutboxRecord>,
+        now: UnixTime,
+    ) -> Result<usize, RestoreError> {
+        self.see(now);
+        let mut entries = Vec::new();
+        for record in records {
+            if self.by_id.contains_key(&record.event_id)
+                || entries
+                    .iter()
+                    .any(|e: &Entry| e.record.event_id == record.event_id)
+            {
+                continue;
+            }
+            entries.push(Entry::restored(record)?);
+        }
+        let taken = entries.len();
+        for mut e in entries {
+            e.record.seq = self.next_seq;
+            self.next_seq = self.next_seq.saturating_add(1);
+            self.hold_restored(e);
+        }
+        Ok(taken)
+    }
+
+    fn hold_restored(&mut self, e: Entry) {
+        if e.record.state == RecordState::Dead {
+            self.dead_letters += 1;
+            self.by_id.insert(e.record.event_id.clone(), e.record.seq);
+            self.records.insert(e.record.seq, e);
+        } else {
+            self.insert_pending(e, true);
+        }
     }
 }
 
@@ -1587,6 +1632,52 @@ mod tests {
         assert!(
             matches!(&dead[0].dead_reason, Some(DeadReason::UrlRefused { reason }) if reason.contains("10.0.0.1"))
         );
+    }
+
+    #[test]
+    fn adopted_events_of_a_stopped_replica_are_sent_once_with_fresh_numbers() {
+        let mut dead_replica = WebhookOutbox::new(exact());
+        for (id, task) in [("x1", "X"), ("x2", "X")] {
+            dead_replica.enqueue(event(id, task), t(0)).unwrap();
+        }
+        let _ = dead_replica.poll_transmit(t(0)).unwrap(); // x1 in flight when it died
+        let orphans: Vec<OutboxRecord> = dead_replica.records().cloned().collect();
+
+        let mut o = WebhookOutbox::new(exact());
+        o.enqueue(event("own", "O"), t(0)).unwrap();
+        let own_seq = o.record("own").unwrap().seq;
+        assert_eq!(o.adopt(orphans.clone(), t(10)).unwrap(), 2);
+        assert_eq!(
+            o.adopt(orphans, t(10)).unwrap(),
+            0,
+            "held events are skipped"
+        );
+        assert_eq!(o.len(), 3);
+        let seqs: Vec<u64> = ["x1", "x2"].map(|id| o.record(id).unwrap().seq).to_vec();
+        assert!(
+            seqs.iter().all(|s| *s > own_seq),
+            "{seqs:?} after {own_seq}"
+        );
+        let sent: Vec<String> = std::iter::from_fn(|| o.poll_transmit(t(10)))
+            .map(|d| d.event_id)
+            .collect();
+        assert_eq!(
+            sent,
+            ["own", "x1"],
+            "x1's attempt is made again; x2 waits for x1"
+        );
+        let mut bad = event_record_for_adopt();
+        bad.url = "ftp://x/".into();
+        assert!(matches!(
+            o.adopt([bad], t(10)),
+            Err(RestoreError::InvalidRecord { .. })
+        ));
+    }
+
+    fn event_record_for_adopt() -> OutboxRecord {
+        let mut o = WebhookOutbox::new(exact());
+        o.enqueue(event("bad", "B"), t(0)).unwrap();
+        o.record("bad").unwrap().clone()
     }
 
     #[test]

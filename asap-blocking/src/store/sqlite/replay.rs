@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 
 use asap_proto::model::UnixTime;
 use asap_proto::store::{
-    check_dedup_record, check_nonce_record, DedupRecord, NonceRecord, ReplayStore, StoreError,
+    check_dedup_record, check_nonce_record, check_replay_claim, ClaimOutcome, DedupRecord,
+    NonceRecord, ReplayClaim, ReplayStore, StoreError,
 };
-use rusqlite::{params, TransactionBehavior};
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use super::{open_connection, open_memory_connection, sql_err, SharedConnection, SqliteOptions};
 
@@ -36,12 +37,22 @@ pub const REPLAY_DEDUP_DDL: &str = "CREATE TABLE IF NOT EXISTS replay_dedup (
 pub const REPLAY_DEDUP_INDEX_DDL: &str =
     "CREATE INDEX IF NOT EXISTS idx_replay_dedup_expiry ON replay_dedup (expires_at_ms)";
 
+/// Dedup claims not yet answered (`ReplayStore::claim`): who runs what until when.
+pub const REPLAY_CLAIMS_DDL: &str = "CREATE TABLE IF NOT EXISTS replay_claims (
+                sender TEXT NOT NULL,
+                envelope_id TEXT NOT NULL,
+                lease_until_ms INTEGER NOT NULL,
+                expires_at_ms INTEGER NOT NULL,
+                PRIMARY KEY (sender, envelope_id)
+            ) WITHOUT ROWID";
+
 /// Every statement creating the replay tables, in order.
-pub(crate) const DDL: [&str; 4] = [
+pub(crate) const DDL: [&str; 5] = [
     REPLAY_NONCES_DDL,
     REPLAY_NONCES_INDEX_DDL,
     REPLAY_DEDUP_DDL,
     REPLAY_DEDUP_INDEX_DDL,
+    REPLAY_CLAIMS_DDL,
 ];
 
 /// A nonce recorded twice keeps its later expiry.
@@ -56,6 +67,17 @@ const SELECT_DEDUP: &str = "SELECT sender, envelope_id, response, expires_at_ms 
      WHERE expires_at_ms >= ?1 ORDER BY expires_at_ms, sender, envelope_id";
 pub(crate) const PURGE_NONCES: &str = "DELETE FROM replay_nonces WHERE expires_at_ms < ?1";
 pub(crate) const PURGE_DEDUP: &str = "DELETE FROM replay_dedup WHERE expires_at_ms < ?1";
+const PURGE_CLAIMS: &str = "DELETE FROM replay_claims WHERE expires_at_ms < ?1";
+const LIVE_NONCE: &str =
+    "SELECT 1 FROM replay_nonces WHERE sender = ?1 AND nonce = ?2 AND expires_at_ms >= ?3";
+const PUT_NONCE: &str = "INSERT OR REPLACE INTO replay_nonces (sender, nonce, expires_at_ms) \
+     VALUES (?1, ?2, ?3)";
+const LIVE_ANSWER: &str = "SELECT response FROM replay_dedup \
+     WHERE sender = ?1 AND envelope_id = ?2 AND expires_at_ms >= ?3";
+const LIVE_CLAIM: &str = "SELECT 1 FROM replay_claims \
+     WHERE sender = ?1 AND envelope_id = ?2 AND lease_until_ms >= ?3 AND expires_at_ms >= ?3";
+const PUT_CLAIM: &str = "INSERT OR REPLACE INTO replay_claims \
+     (sender, envelope_id, lease_until_ms, expires_at_ms) VALUES (?1, ?2, ?3, ?4)";
 
 /// A [`ReplayStore`] in a SQLite file: survives restarts, so a replayed
 /// envelope stays refused after the agent comes back.
@@ -224,8 +246,66 @@ impl ReplayStore for SqliteReplayStore {
             .map_err(sql_err)?
             + tx.prepare_cached(PURGE_DEDUP)
                 .and_then(|mut s| s.execute(params![now.as_millis()]))
+                .map_err(sql_err)?
+            + tx.prepare_cached(PURGE_CLAIMS)
+                .and_then(|mut s| s.execute(params![now.as_millis()]))
                 .map_err(sql_err)?;
         tx.commit().map_err(sql_err)?;
         Ok(n as u64)
+    }
+
+    fn claim(&mut self, c: &ReplayClaim) -> Result<ClaimOutcome, StoreError> {
+        check_replay_claim(c)?;
+        let now = c.now.as_millis();
+        let mut conn = self.conn.lock();
+        // IMMEDIATE: the check and the write are one decision (one writer at a time).
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_err)?;
+        if let Some(n) = &c.nonce {
+            let live = tx
+                .prepare_cached(LIVE_NONCE)
+                .and_then(|mut s| s.exists(params![n.sender, n.nonce, now]))
+                .map_err(sql_err)?;
+            if live {
+                return Ok(ClaimOutcome::NonceReplayed);
+            }
+            tx.prepare_cached(PUT_NONCE)
+                .and_then(|mut s| s.execute(params![n.sender, n.nonce, n.expires_at_unix_ms]))
+                .map_err(sql_err)?;
+        }
+        if let Some(d) = &c.dedup {
+            let answer: Option<Vec<u8>> = tx
+                .prepare_cached(LIVE_ANSWER)
+                .and_then(|mut s| {
+                    s.query_row(params![d.sender, d.envelope_id, now], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(|e| corrupt("replay_dedup", e))?;
+            if let Some(answer) = answer {
+                tx.commit().map_err(sql_err)?;
+                return Ok(ClaimOutcome::Answered(answer));
+            }
+            let running = tx
+                .prepare_cached(LIVE_CLAIM)
+                .and_then(|mut s| s.exists(params![d.sender, d.envelope_id, now]))
+                .map_err(sql_err)?;
+            if running {
+                tx.commit().map_err(sql_err)?;
+                return Ok(ClaimOutcome::Running);
+            }
+            tx.prepare_cached(PUT_CLAIM)
+                .and_then(|mut s| {
+                    s.execute(params![
+                        d.sender,
+                        d.envelope_id,
+                        d.lease_until_unix_ms,
+                        d.expires_at_unix_ms
+                    ])
+                })
+                .map_err(sql_err)?;
+        }
+        tx.commit().map_err(sql_err)?;
+        Ok(ClaimOutcome::Won)
     }
 }
