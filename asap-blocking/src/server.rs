@@ -225,6 +225,20 @@ impl Agent {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                     lock(&inner.core).handle_fetch_waited(&mut ex, now());
                 }
+                Step::Claim(claim) => {
+                    let decided = inner
+                        .code
+                        .stores
+                        .as_ref()
+                        .map_or(Ok(asap_proto::store::ClaimOutcome::Won), |s| {
+                            lock(s).claim(&claim)
+                        });
+                    ex.handle_claim(decided, now());
+                }
+                Step::AwaitClaim { until } => {
+                    std::thread::sleep(until.saturating_duration_since(Instant::now()));
+                    ex.handle_claim_waited(now());
+                }
                 Step::Respond(reply) => break reply,
             }
         };

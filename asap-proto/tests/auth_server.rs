@@ -129,6 +129,7 @@ impl Rig {
                     self.server.handle_fetched(&mut ex, result, now);
                 }
                 Step::AwaitFetch => self.server.handle_fetch_waited(&mut ex, now),
+                Step::Claim(_) | Step::AwaitClaim { .. } => panic!("no shared replay here"),
                 Step::ReadBody { limit } => {
                     ex.handle_body(&body[..body.len().min(limit + 1)], now.wall)
                 }

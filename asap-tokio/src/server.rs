@@ -489,6 +489,17 @@ pub(crate) async fn drive(
                 let _ = tokio::time::timeout(AUTH_WAIT, woken).await;
                 lock(&inner.core).handle_fetch_waited(ex, now());
             }
+            Step::Claim(claim) => {
+                let decided = match &inner.code.stores {
+                    Some(recorder) => recorder.claim(claim).await,
+                    None => Ok(asap_proto::store::ClaimOutcome::Won),
+                };
+                ex.handle_claim(decided, now());
+            }
+            Step::AwaitClaim { until } => {
+                tokio::time::sleep_until(until.into()).await;
+                ex.handle_claim_waited(now());
+            }
             Step::Respond(mut reply) => {
                 if let Some(answered) = reply.answered.take() {
                     settle(agent, answered);

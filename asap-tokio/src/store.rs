@@ -59,10 +59,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use asap_blocking::store::Stores;
 use asap_proto::model::{StateSnapshot, UnixTime};
 use asap_proto::server::Records;
-use asap_proto::store::NonceRecord;
 use asap_proto::store::{
     AggregatePeriod, MeteringStore, SnapshotStore, StoreError, UsageAggregate, UsageEvent,
 };
+use asap_proto::store::{ClaimOutcome, NonceRecord, ReplayClaim};
 use tokio::sync::{mpsc, oneshot};
 
 /// Operations queued per worker before senders wait (async backpressure).
@@ -239,6 +239,17 @@ impl AsyncStores {
     }
 }
 
+/// Decides replay claims for a [`TaskRecorder`] from async code.
+pub trait ClaimStore: Send + Sync + 'static {
+    /// [`ReplayStore::claim`](asap_proto::store::ReplayStore::claim), awaited.
+    fn claim(
+        &self,
+        claim: ReplayClaim,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<ClaimOutcome, StoreError>> + Send + 'static>,
+    >;
+}
+
 /// Most task records committed together by a [`TaskRecorder`].
 pub const MAX_GROUP_COMMIT: usize = 256;
 
@@ -261,6 +272,10 @@ enum RecorderJob {
 #[derive(Clone)]
 pub struct TaskRecorder {
     inner: Recorder,
+    /// Decides [`Step::Claim`](asap_proto::server::Step::Claim)s off the
+    /// writer thread (a PostgreSQL pool answers many at once); `None`: the
+    /// stores' own [`Stores::claim`], in order with the commits.
+    claims: Option<std::sync::Arc<dyn ClaimStore>>,
     /// Nonces live when the stores were opened, for the agent's core.
     restored_nonces: Vec<NonceRecord>,
     /// Dedup answers live when the stores were opened, and when that was.
@@ -291,6 +306,7 @@ impl TaskRecorder {
         if stores.config.backend == asap_proto::store::StorageBackend::Memory {
             return Ok(Self {
                 inner: Recorder::Inline(std::sync::Arc::new(std::sync::Mutex::new(stores))),
+                claims: None,
                 restored_nonces,
                 restored_dedup,
             });
@@ -355,9 +371,25 @@ impl TaskRecorder {
             })?;
         Ok(Self {
             inner: Recorder::Thread(tx),
+            claims: None,
             restored_nonces,
             restored_dedup,
         })
+    }
+
+    /// Decides claims through `claims` instead of the writer thread.
+    #[must_use]
+    pub fn with_claims(mut self, claims: std::sync::Arc<dyn ClaimStore>) -> Self {
+        self.claims = Some(claims);
+        self
+    }
+
+    /// Performs one [`Step::Claim`](asap_proto::server::Step::Claim).
+    pub async fn claim(&self, claim: ReplayClaim) -> Result<ClaimOutcome, StoreError> {
+        match &self.claims {
+            Some(c) => c.claim(claim).await,
+            None => self.call(move |s| s.claim(&claim)).await?,
+        }
     }
 
     /// The nonces that were live when the stores were opened (once; then empty).

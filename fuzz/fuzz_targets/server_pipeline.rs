@@ -82,6 +82,8 @@ fn out_of_order(f: &mut Fixture, ops: &[u8]) {
             Step::AwaitFirst { .. } => ex.handle_first_answer(None, now().wall),
             Step::Fetch(_) => f.server.handle_fetched(&mut ex, Err("fuzz: no network".into()), now()),
             Step::AwaitFetch => f.server.handle_fetch_waited(&mut ex, now()),
+            Step::Claim(_) => ex.handle_claim(Ok(asap_proto::store::ClaimOutcome::Won), now()),
+            Step::AwaitClaim { .. } => ex.handle_claim_waited(now()),
             Step::Respond(_) => return,
         }
     }

@@ -874,6 +874,14 @@ impl Network {
                         what: "a server without authentication asked for an auth fetch".into(),
                     })
                 }
+                // One replica: replay state is not shared, the core never claims.
+                Step::Claim(_) | Step::AwaitClaim { .. } => {
+                    return Err(Violation {
+                        step: self.step,
+                        at: self.now,
+                        what: "a server without shared replay state asked for a claim".into(),
+                    })
+                }
                 Step::Notify(text) => {
                     if let Some(s) = self.session_mut(ci, conn) {
                         s.handle_notify(text);

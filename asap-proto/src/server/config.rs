@@ -169,6 +169,11 @@ pub struct ServerConfig {
     pub dedup: Option<crate::reliability::DedupConfig>,
     /// Webhook subscribers and the callback policy (none by default).
     pub webhooks: super::WebhookConfig,
+    /// Replay state shared with other replicas through the store
+    /// (PostgreSQL): each admitted envelope with a nonce or a dedup key is
+    /// claimed there before it runs ([`Step::Claim`](super::Step::Claim)).
+    /// `None` (one process): the server's own window decides alone.
+    pub shared_replay: Option<SharedReplay>,
 }
 
 impl Default for ServerConfig {
@@ -193,6 +198,32 @@ impl Default for ServerConfig {
             connections: ConnectionLimits::default(),
             dedup: Some(crate::reliability::DedupConfig::default()),
             webhooks: super::WebhookConfig::default(),
+            shared_replay: None,
+        }
+    }
+}
+
+/// How replicas sharing replay state claim envelopes ([`ServerConfig::shared_replay`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedReplay {
+    /// How long a claim holds an envelope for its replica: past it the
+    /// replica is taken as dead and a copy may run the envelope elsewhere.
+    /// Size it above the longest handler run. Default 300 s.
+    pub claim_lease: Duration,
+    /// How long a copy waits for the replica running its envelope before it
+    /// is answered 503 with `Retry-After`. Default 10 s.
+    pub claim_wait: Duration,
+    /// First pause between two looks at a running claim; doubled up to 500 ms.
+    /// Default 20 ms.
+    pub claim_poll: Duration,
+}
+
+impl Default for SharedReplay {
+    fn default() -> Self {
+        Self {
+            claim_lease: Duration::from_secs(300),
+            claim_wait: Duration::from_secs(10),
+            claim_poll: Duration::from_millis(20),
         }
     }
 }

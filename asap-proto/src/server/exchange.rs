@@ -21,7 +21,7 @@ use super::wellknown::{health_response, HealthReport};
 use super::Shared;
 use crate::auth::{AuthRejection, Identity};
 use crate::model::{Payload, PayloadKind, StateQuery, StateRestore, UlidGenerator, UnixTime};
-use crate::store::{NonceRecord, SnapshotStore, StoreError};
+use crate::store::{ClaimOutcome, NonceRecord, ReplayClaim, SnapshotStore, StoreError};
 
 /// Both clocks at one moment: monotonic for timers and rate limits, wall for
 /// envelope timestamps and the replay window.
@@ -255,6 +255,16 @@ pub enum Step {
     /// is reported (or a moment, ~100 ms), then
     /// [`Server::handle_fetch_waited`](super::Server::handle_fetch_waited).
     AwaitFetch,
+    /// Replicas share replay state ([`ServerConfig::shared_replay`](super::ServerConfig::shared_replay)):
+    /// decide this claim on the store ([`ReplayStore::claim`](crate::store::ReplayStore::claim)),
+    /// then [`Exchange::handle_claim`].
+    Claim(ReplayClaim),
+    /// Another replica runs this envelope: wait until `until` (monotonic),
+    /// then [`Exchange::handle_claim_waited`] (it asks the store again).
+    AwaitClaim {
+        /// When to look again; never at or before the `now` of the input that led here.
+        until: Instant,
+    },
     /// Send the response; the exchange is over.
     Respond(Reply),
 }
@@ -272,6 +282,8 @@ enum Stage {
     Metrics,
     Fetch(Box<Resume>, http::Request<Vec<u8>>),
     AwaitFetch(Box<Resume>),
+    Claim(Box<Pending>, Box<ReplayClaim>),
+    AwaitClaim(Box<Pending>, Box<ReplayClaim>, Instant),
     Waiting(Waiting),
     Respond(Reply),
     Over,
@@ -287,6 +299,8 @@ enum Waiting {
     Health,
     Metrics,
     Auth(Box<Resume>),
+    Claim(Box<Pending>, Box<ReplayClaim>),
+    ClaimRetry(Box<Pending>, Box<ReplayClaim>),
 }
 
 /// An answer built before its records are committed: sent as is once they
@@ -376,6 +390,8 @@ pub struct Exchange {
     /// A WebSocket frame refused by authentication: answered as a JSON-RPC
     /// error carrying the frame's request id, once the frame is read.
     frame_refusal: Option<AuthRejection>,
+    /// Shared replay state: when the first claim was made, and the next pause.
+    claiming: Option<(Instant, std::time::Duration)>,
 }
 
 impl Exchange {
@@ -404,6 +420,7 @@ impl Exchange {
             identity: None,
             bind_sender: false,
             frame_refusal: None,
+            claiming: None,
         }
     }
 
@@ -555,6 +572,15 @@ impl Exchange {
             Stage::AwaitFetch(resume) => {
                 self.stage = Stage::Waiting(Waiting::Auth(resume));
                 Step::AwaitFetch
+            }
+            Stage::Claim(pending, claim) => {
+                let step = Step::Claim((*claim).clone());
+                self.stage = Stage::Waiting(Waiting::Claim(pending, claim));
+                step
+            }
+            Stage::AwaitClaim(pending, claim, until) => {
+                self.stage = Stage::Waiting(Waiting::ClaimRetry(pending, claim));
+                Step::AwaitClaim { until }
             }
             Stage::Respond(reply) => Step::Respond(reply),
             Stage::Waiting(_) | Stage::Over => self.misuse(),
@@ -760,10 +786,13 @@ impl Exchange {
         now: UnixTime,
     ) {
         let nonce = self.nonce.take();
-        let keeps_answer = self.ticket.is_some()
-            && self.shared.routes.task_state
-            && !matches!(outcome, HandlerOutcome::Failed(_));
-        if task.is_none() && nonce.is_none() && !keeps_answer {
+        let failed = matches!(outcome, HandlerOutcome::Failed(_));
+        let keeps_answer = self.ticket.is_some() && self.shared.routes.task_state && !failed;
+        // Replicas share the claim: a failed run releases it in the store
+        // (as the local window forgets it), so a copy may run it again.
+        let releases =
+            self.ticket.is_some() && failed && self.shared.config.shared_replay.is_some();
+        if task.is_none() && nonce.is_none() && !keeps_answer && !releases {
             return self.reply(answering, outcome, now);
         }
         let key = (
@@ -778,6 +807,12 @@ impl Exchange {
                 envelope_id: key.1,
                 response: self.kept_answer(response.body()).to_vec(),
                 expires_at_unix_ms: now.saturating_add(config.max_age).as_millis(),
+            }),
+            _ if releases => Some(crate::store::DedupRecord {
+                sender: key.0,
+                envelope_id: key.1,
+                response: Vec::new(),
+                expires_at_unix_ms: now.as_millis().saturating_sub(1),
             }),
             _ => None,
         };
@@ -912,6 +947,88 @@ impl Exchange {
             )),
         };
         self.finish_with(response, Outcome::Duplicate, None);
+    }
+
+    /// Shared replay state: claim `pending` on the store before it runs.
+    pub(super) fn claim(&mut self, pending: Box<Pending>, claim: ReplayClaim, now: Instant) {
+        let poll = self
+            .shared
+            .config
+            .shared_replay
+            .map_or(std::time::Duration::from_millis(20), |c| c.claim_poll);
+        self.claiming = Some((now, poll));
+        self.stage = Stage::Claim(pending, Box::new(claim));
+    }
+
+    /// Input for [`Step::Claim`]: what the store decided (an error fails
+    /// closed: 503, nothing runs). `now` is both clocks at the answer.
+    pub fn handle_claim(&mut self, result: Result<ClaimOutcome, StoreError>, now: Now) {
+        let Stage::Waiting(Waiting::Claim(pending, claim)) =
+            std::mem::replace(&mut self.stage, Stage::Over)
+        else {
+            return;
+        };
+        match result {
+            Ok(ClaimOutcome::Won) => self.proceed(pending, now.wall),
+            Ok(ClaimOutcome::Answered(first)) => self.answer_copy(pending, Some(&first), now.wall),
+            Ok(ClaimOutcome::NonceReplayed) => {
+                let nonce = claim.nonce.as_ref().map_or("", |n| n.nonce.as_str());
+                let err = super::replay::duplicate_nonce(nonce, &pending.envelope.id);
+                let body = crate::jsonrpc::ErrorResponse::invalid_params_asap(
+                    "Invalid envelope nonce",
+                    &err,
+                    Some(pending.request_id.clone()),
+                );
+                self.release_and_refuse(answer::rpc_error(&body), Outcome::RpcError);
+            }
+            Ok(ClaimOutcome::Running) => {
+                let config = self.shared.config.shared_replay.unwrap_or_default();
+                let (since, pause) = self.claiming.unwrap_or((now.monotonic, config.claim_poll));
+                let waited = now.monotonic.saturating_duration_since(since);
+                if waited >= config.claim_wait {
+                    let e = &pending.envelope;
+                    let why = format!(
+                        "envelope {} from {} is being processed by another replica; send the same envelope again in a moment to get its first answer",
+                        e.id, e.sender
+                    );
+                    return self.release_and_refuse(answer::busy(1, &why), Outcome::Overloaded);
+                }
+                // Never a deadline at or before `now`.
+                let pause = pause.max(std::time::Duration::from_millis(1));
+                let next = (pause * 2).min(std::time::Duration::from_millis(500));
+                self.claiming = Some((since, next));
+                self.stage = Stage::AwaitClaim(pending, claim, now.monotonic + pause);
+            }
+            Err(e) => {
+                let why = format!(
+                    "the shared replay store could not decide whether envelope {} was already received ({e}); nothing ran: retry",
+                    pending.envelope.id
+                );
+                self.release_and_refuse(answer::busy(1, &why), Outcome::Overloaded);
+            }
+        }
+    }
+
+    /// Input for [`Step::AwaitClaim`]: the wait is over; the claim is asked
+    /// again with the wall clock of `now`.
+    pub fn handle_claim_waited(&mut self, now: Now) {
+        let Stage::Waiting(Waiting::ClaimRetry(pending, mut claim)) =
+            std::mem::replace(&mut self.stage, Stage::Over)
+        else {
+            return;
+        };
+        claim.now = now.wall;
+        self.stage = Stage::Claim(pending, claim);
+    }
+
+    /// Refuses an envelope this server admitted into its own dedup window:
+    /// the window forgets it (a refusal is not its answer).
+    fn release_and_refuse(&mut self, response: Response<Vec<u8>>, outcome: Outcome) {
+        let ticket = self.ticket.take();
+        self.finish_with(response, outcome, None);
+        if let (Some(ticket), Stage::Respond(reply)) = (ticket, &mut self.stage) {
+            reply.answered = Some(Answered { ticket, body: None });
+        }
     }
 
     /// Input for [`Step::AwaitFirst`]: the first copy's answer body, as

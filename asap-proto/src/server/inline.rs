@@ -14,7 +14,8 @@ pub struct TaskState<'a> {
     pub snapshots: &'a mut dyn SnapshotStore,
     /// Usage events (one per skill run).
     pub metering: &'a mut dyn MeteringStore,
-    /// Accepted nonces (`None`: they live in the server's memory only).
+    /// Accepted nonces, kept answers and replica claims (`None`: they live in
+    /// the server's memory only).
     pub replay: Option<&'a mut dyn ReplayStore>,
 }
 
@@ -25,8 +26,16 @@ impl TaskState<'_> {
             self.snapshots.save(&task.snapshot)?;
             self.metering.record(&task.usage)?;
         }
-        if let (Some(nonce), Some(replay)) = (records.nonce, self.replay.as_mut()) {
-            replay.record_nonce(&nonce)?;
+        let Some(replay) = self.replay.as_mut() else {
+            return Ok(());
+        };
+        if let Some(nonce) = &records.nonce {
+            replay.record_nonce(nonce)?;
+        }
+        if let Some(dedup) = &records.dedup {
+            replay.record_dedup(dedup)?;
+        }
+        if records.nonce.is_some() || records.dedup.is_some() {
             replay.purge_expired(records.now)?;
         }
         Ok(())
@@ -107,6 +116,7 @@ fn run(
     notify: &mut dyn FnMut(String),
 ) -> Response<Vec<u8>> {
     let mut ex = server.handle_request(head, now);
+    let mut now = now;
     let reply = loop {
         match ex.poll_step() {
             Step::ReadBody { limit } => {
@@ -143,6 +153,22 @@ fn run(
                 server.handle_fetched(&mut ex, Err("inline run: no network".into()), now)
             }
             Step::AwaitFetch => server.handle_fetch_waited(&mut ex, now),
+            Step::Claim(claim) => {
+                let decided = match state.as_mut().and_then(|s| s.replay.as_mut()) {
+                    Some(replay) => replay.claim(&claim),
+                    None => Ok(crate::store::ClaimOutcome::Won),
+                };
+                ex.handle_claim(decided, now);
+            }
+            // Time moves only here: to the deadline the exchange asked for.
+            Step::AwaitClaim { until } => {
+                let waited = until.saturating_duration_since(now.monotonic);
+                now = Now {
+                    monotonic: until,
+                    wall: now.wall.saturating_add(waited),
+                };
+                ex.handle_claim_waited(now);
+            }
             Step::Respond(reply) => break reply,
         }
     };

@@ -135,10 +135,11 @@ pub use auth::{BearerCheck, BearerCheckFn, ServerAuth};
 pub use body::{check_depth, decode_body, BodyError, BodyPlan, BodyTimeout, ContentEncoding};
 pub use body_budget::{BodyBudget, BodyGrant, BodyTimer};
 pub use config::{
-    ConnectionLimits, ServerConfig, Timeouts, DEFAULT_BODY_TIMEOUT, DEFAULT_BUSY_RETRY_AFTER_SECS,
-    DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT, DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_JSON_DEPTH, DEFAULT_MAX_NONCES,
-    DEFAULT_MAX_REQUEST_SIZE, DEFAULT_RATE_LIMIT, DEFAULT_REQUEST_TIMEOUT, RESERVED_FDS,
+    ConnectionLimits, ServerConfig, SharedReplay, Timeouts, DEFAULT_BODY_TIMEOUT,
+    DEFAULT_BUSY_RETRY_AFTER_SECS, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT,
+    DEFAULT_MAX_BODY_BYTES_IN_FLIGHT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_JSON_DEPTH, DEFAULT_MAX_NONCES, DEFAULT_MAX_REQUEST_SIZE, DEFAULT_RATE_LIMIT,
+    DEFAULT_REQUEST_TIMEOUT, RESERVED_FDS,
 };
 pub use connection::{Admission, Close, CloseReason, ConnectionBudget, ConnectionId};
 pub use exchange::{
@@ -428,11 +429,19 @@ impl Server {
             return;
         };
         let config = &self.shared.config;
+        let mut claimed_nonce = None;
         match self.nonces.check(&pending.envelope, config.nonce, now.wall) {
             // With task state attached, the nonce is committed with the
             // answer's records, so a restart keeps refusing it.
-            Ok(Some(record)) if self.shared.routes.task_state => ex.hold_nonce(record),
-            Ok(_) => {}
+            Ok(Some(record)) => {
+                if config.shared_replay.is_some() {
+                    claimed_nonce = Some(record.clone());
+                }
+                if self.shared.routes.task_state {
+                    ex.hold_nonce(record);
+                }
+            }
+            Ok(None) => {}
             Err(NonceError::Invalid(e)) => {
                 let err = ErrorResponse::invalid_params_asap(
                     "Invalid envelope nonce",
@@ -465,9 +474,13 @@ impl Server {
         // Dedup last: a copy that passed the nonce check (nonces off, or
         // none given) gets the first answer. With nonces on, an identical
         // copy is a replay (-32602), byte for byte as the reference answers.
+        let mut claimed_key = None;
         if let Some(window) = &mut self.dedup {
             match window.check(DedupKey::of(&pending.envelope), ex.token(), now.wall) {
-                Ok(DedupAdmission::New(ticket)) => ex.admitted_new(ticket),
+                Ok(DedupAdmission::New(ticket)) => {
+                    ex.admitted_new(ticket);
+                    claimed_key = Some(window.config().max_age);
+                }
                 Ok(DedupAdmission::Duplicate(done)) => {
                     return ex.answer_copy(pending, done.response.as_deref(), now.wall)
                 }
@@ -476,6 +489,29 @@ impl Server {
                     let r = answer::busy(1, &e.to_string());
                     return ex.refuse(r, Outcome::Overloaded);
                 }
+            }
+        }
+        // Replicas sharing replay state: the store has the last word on
+        // what this replica's own checks let through.
+        if let Some(shared) = self.shared.config.shared_replay {
+            if claimed_nonce.is_some() || claimed_key.is_some() {
+                let at = |d: std::time::Duration| {
+                    now.wall
+                        .as_millis()
+                        .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                };
+                let dedup = claimed_key.map(|max_age| crate::store::DedupClaim {
+                    sender: pending.envelope.sender.to_string(),
+                    envelope_id: pending.envelope.id.clone(),
+                    lease_until_unix_ms: at(shared.claim_lease),
+                    expires_at_unix_ms: at(max_age),
+                });
+                let claim = crate::store::ReplayClaim {
+                    nonce: claimed_nonce,
+                    dedup,
+                    now: now.wall,
+                };
+                return ex.claim(pending, claim, now.monotonic);
             }
         }
         ex.proceed(pending, now.wall);

@@ -360,11 +360,7 @@ impl NonceStore {
         let sender = env.sender.as_str();
         let key = nonce_key(sender, nonce);
         if self.live.contains_key(&key) {
-            return Err(NonceError::Invalid(nonce_error(
-                &format!("Duplicate nonce detected: {nonce}"),
-                nonce,
-                &env.id,
-            )));
+            return Err(NonceError::Invalid(duplicate_nonce(nonce, &env.id)));
         }
         if self.live.len() >= self.capacity {
             let earliest = self
@@ -422,6 +418,15 @@ fn python_str(v: &Value) -> String {
         Value::Bool(false) => "False".into(),
         other => other.to_string(),
     }
+}
+
+/// The reference's error for a nonce used before (here, or by another replica).
+pub(super) fn duplicate_nonce(nonce: &str, envelope_id: &str) -> AsapError {
+    nonce_error(
+        &format!("Duplicate nonce detected: {nonce}"),
+        nonce,
+        envelope_id,
+    )
 }
 
 fn nonce_error(message: &str, nonce: &str, envelope_id: &str) -> AsapError {

@@ -108,6 +108,7 @@ pub const REPLAY_CASES: &[ReplayCase] = &[
         claim_lease_takeover,
     ),
     ("claims expire and are purged", claim_expiry),
+    ("an expired answer releases a claim", claim_release),
 ];
 
 /// Runs every case of [`REPLAY_CASES`], each on a fresh store from `make`.
@@ -1051,6 +1052,27 @@ fn claim_lease_takeover(s: &mut dyn ReplayStore) {
         claim(s, &claim_of(None, Some("e"), 500, 200)),
         ClaimOutcome::Running,
         "the new claimant holds the new lease"
+    );
+}
+
+fn claim_release(s: &mut dyn ReplayStore) {
+    assert_eq!(
+        claim(s, &claim_of(None, Some("e"), 1_000, 0)),
+        ClaimOutcome::Won
+    );
+    // The run failed: an answer record already expired releases the claim.
+    ok(
+        s.record_dedup(&dedup("urn:asap:agent:a", "e", b"", 9)),
+        "release",
+    );
+    assert_eq!(
+        claim(s, &claim_of(None, Some("e"), 1_000, 10)),
+        ClaimOutcome::Won,
+        "a released claim is free at once, before its lease ends"
+    );
+    assert_eq!(
+        claim(s, &claim_of(None, Some("e"), 1_000, 20)),
+        ClaimOutcome::Running
     );
 }
 

@@ -124,7 +124,8 @@ pub struct ReplayClaim {
 }
 
 /// A dedup-window claim: "this replica runs this envelope until `lease_until`".
-/// [`ReplayStore::record_dedup`] later replaces it with the answer.
+/// [`ReplayStore::record_dedup`] later replaces it with the answer; a record
+/// already expired releases it (the run failed: a copy may run it again).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DedupClaim {
     /// The envelope's sender.

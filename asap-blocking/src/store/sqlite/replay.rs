@@ -74,8 +74,11 @@ const PUT_NONCE: &str = "INSERT OR REPLACE INTO replay_nonces (sender, nonce, ex
      VALUES (?1, ?2, ?3)";
 const LIVE_ANSWER: &str = "SELECT response FROM replay_dedup \
      WHERE sender = ?1 AND envelope_id = ?2 AND expires_at_ms >= ?3";
-const LIVE_CLAIM: &str = "SELECT 1 FROM replay_claims \
-     WHERE sender = ?1 AND envelope_id = ?2 AND lease_until_ms >= ?3 AND expires_at_ms >= ?3";
+/// A dedup row for the key (any expiry) replaced the claim: `record_dedup`.
+const LIVE_CLAIM: &str = "SELECT 1 FROM replay_claims c \
+     WHERE c.sender = ?1 AND c.envelope_id = ?2 AND c.lease_until_ms >= ?3 AND c.expires_at_ms >= ?3 \
+     AND NOT EXISTS (SELECT 1 FROM replay_dedup d WHERE d.sender = ?1 AND d.envelope_id = ?2)";
+const DROP_ANSWER: &str = "DELETE FROM replay_dedup WHERE sender = ?1 AND envelope_id = ?2";
 const PUT_CLAIM: &str = "INSERT OR REPLACE INTO replay_claims \
      (sender, envelope_id, lease_until_ms, expires_at_ms) VALUES (?1, ?2, ?3, ?4)";
 
@@ -294,6 +297,10 @@ impl ReplayStore for SqliteReplayStore {
                 tx.commit().map_err(sql_err)?;
                 return Ok(ClaimOutcome::Running);
             }
+            // An expired answer (or a released claim) left behind is not this run's.
+            tx.prepare_cached(DROP_ANSWER)
+                .and_then(|mut s| s.execute(params![d.sender, d.envelope_id]))
+                .map_err(sql_err)?;
             tx.prepare_cached(PUT_CLAIM)
                 .and_then(|mut s| {
                     s.execute(params![
