@@ -119,8 +119,15 @@ impl WebhookArgs {
             jitter_seed: rand_seed(),
             ..OutboxConfig::default()
         };
-        Webhooks::start(config, self.policy(), store, Arc::new(SystemResolver), keys)
-            .map_err(|e| format!("cannot restore the webhook outbox: {e}"))
+        let hooks = Webhooks::start(config, self.policy(), store, Arc::new(SystemResolver), keys)
+            .map_err(|e| format!("cannot restore the webhook outbox: {e}"))?;
+        Ok(match storage.backend {
+            // Replicas share the outbox: renew leases, take over stopped replicas' events.
+            StorageBackend::Postgres => {
+                hooks.with_orphan_claims(asap_tokio::store::WEBHOOK_LEASE_RENEWAL)
+            }
+            _ => hooks,
+        })
     }
 }
 

@@ -11,7 +11,6 @@ use asap_proto::model::{AgentUrn, Endpoint, Manifest, Skill};
 use asap_proto::reliability::rate_limit::RateLimitSpec;
 use asap_proto::server::{NonceMode, ServerConfig, DEFAULT_MAX_NONCES, DEFAULT_RATE_LIMIT};
 use asap_proto::store::StorageBackend;
-use asap_tokio::store::TaskRecorder;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -60,10 +59,12 @@ struct ServeArgs {
     max_request_size: usize,
     /// SQLite state database (task snapshots, usage, accepted nonces): the same as
     /// `ASAP_STORAGE_BACKEND=sqlite ASAP_STORAGE_PATH=PATH`. Without it:
-    /// `ASAP_STORAGE_BACKEND` (`sqlite` or `memory`, default `sqlite`) and
-    /// `ASAP_STORAGE_PATH` (default ./asap_state.db). Settings that are given must
+    /// `ASAP_STORAGE_BACKEND` (`sqlite`, `memory` or `postgres`, default `sqlite`),
+    /// `ASAP_STORAGE_PATH` (default ./asap_state.db) and `ASAP_STORAGE_URL`. A
+    /// `postgres://USER@HOST:5432/DB` URL here selects PostgreSQL, shared by every
+    /// replica on it (build with `--features postgres`). Settings that are given must
     /// agree (e.g. `--db` with `ASAP_STORAGE_BACKEND=memory` is a startup error naming both).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH|URL")]
     db: Option<PathBuf>,
     /// When an acknowledged task is durable: `normal` survives a crash of the agent
     /// (SQLite WAL, synced at checkpoints); `full` also survives power loss (fsync per
@@ -356,8 +357,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         },
         ..Default::default()
     };
-    let stores =
-        asap_blocking::store::open_stores_with(&storage, &options).map_err(|e| e.to_string())?;
+    let (recorder, shared) = asap_tokio::store::open_task_state(&storage, &options)?;
+    if shared {
+        // Several replicas on one database: the store decides replays and copies.
+        config.shared_replay = Some(asap_proto::server::SharedReplay::default());
+    }
     let state = match storage.backend {
         StorageBackend::Sqlite => format!(
             "SQLite {} (sync {})",
@@ -404,10 +408,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let mut builder = asap_tokio::Agent::builder(manifest.clone())
         .config(config)
         .websocket(websocket)
-        .stores(
-            TaskRecorder::spawn(stores)
-                .map_err(|e| format!("cannot start the task-state thread: {e}"))?,
-        );
+        .stores(recorder);
     if has_echo {
         builder = builder.echo_skill("echo");
     }

@@ -93,6 +93,9 @@ struct Inner {
 /// kept-alive connections. Bounded: cleared when full.
 type Clients = std::collections::HashMap<(Option<String>, Vec<SocketAddr>), reqwest::Client>;
 
+/// Most events of stopped replicas taken over per renewal.
+pub const ORPHANS_PER_CLAIM: usize = 256;
+
 /// Pinned clients kept at once.
 const MAX_CLIENTS: usize = 256;
 
@@ -119,6 +122,49 @@ impl Webhooks {
         });
         tokio::spawn(worker(Arc::clone(&inner)));
         Ok(Self { inner })
+    }
+
+    /// Several replicas on one store: every `every`, renew this replica's
+    /// leases and take over the undelivered events of replicas whose leases
+    /// ended ([`WebhookStore::claim_orphans`]); choose `every` well inside
+    /// the store's lease (a third of it). Stops with the last handle.
+    #[must_use]
+    pub fn with_orphan_claims(self, every: Duration) -> Self {
+        let weak = Arc::downgrade(&self.inner);
+        let every = every.max(Duration::from_millis(10));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let claimer = Arc::clone(&inner);
+                let claimed = tokio::task::spawn_blocking(move || {
+                    lock(&claimer.store).claim_orphans(ORPHANS_PER_CLAIM)
+                })
+                .await;
+                match claimed {
+                    Ok(Ok(records)) if !records.is_empty() => {
+                        let n = records.len();
+                        match lock(&inner.dispatcher).adopt(records, wall_now()) {
+                            Ok(taken) => tracing::info!(
+                                taken,
+                                offered = n,
+                                "took over webhook events of a stopped replica"
+                            ),
+                            Err(e) => tracing::error!(error = %e, "stored webhook events refused"),
+                        }
+                        inner.wake.notify_one();
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "webhook leases not renewed; retrying")
+                    }
+                    Err(e) => tracing::error!(error = %e, "webhook lease renewal panicked"),
+                }
+            }
+        });
+        self
     }
 
     /// Registers the keys that sign events naming `secret_ref`.
