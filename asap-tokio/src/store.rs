@@ -445,6 +445,76 @@ impl TaskRecorder {
     }
 }
 
+/// How often a replica renews its webhook leases on a shared store (a third
+/// of the default 30 s lease).
+pub const WEBHOOK_LEASE_RENEWAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens the task state `storage` names and its writer: memory or SQLite
+/// (through `asap-blocking`, with `sqlite` options), or PostgreSQL (the
+/// `postgres` feature; claims decided on its pool, off the writer thread).
+/// The flag says whether replay state is shared with other replicas: then
+/// set [`ServerConfig::shared_replay`](asap_proto::server::ServerConfig::shared_replay).
+pub fn open_task_state(
+    storage: &asap_proto::store::StorageConfig,
+    sqlite: &asap_blocking::store::SqliteOptions,
+) -> Result<(TaskRecorder, bool), String> {
+    let spawn = |stores| {
+        TaskRecorder::spawn(stores).map_err(|e| format!("cannot start the task-state thread: {e}"))
+    };
+    if storage.backend != asap_proto::store::StorageBackend::Postgres {
+        let stores =
+            asap_blocking::store::open_stores_with(storage, sqlite).map_err(|e| e.to_string())?;
+        return Ok((spawn(stores)?, false));
+    }
+    #[cfg(feature = "postgres")]
+    {
+        let (stores, backend) =
+            crate::postgres::open_stores(storage, &crate::postgres::PgOptions::default())
+                .map_err(|e| e.to_string())?;
+        Ok((
+            spawn(stores)?.with_claims(std::sync::Arc::new(backend)),
+            true,
+        ))
+    }
+    #[cfg(not(feature = "postgres"))]
+    {
+        Err(NO_POSTGRES.to_owned())
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl ClaimStore for crate::postgres::PgBackend {
+    fn claim(
+        &self,
+        claim: ReplayClaim,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<ClaimOutcome, StoreError>> + Send + 'static>,
+    > {
+        let backend = self.clone();
+        Box::pin(async move { backend.claim_async(claim).await })
+    }
+}
+
+/// The webhook outbox on the PostgreSQL database `storage` names (the
+/// `postgres` feature); without the feature, an error that says how to get it.
+pub fn postgres_webhook_store(
+    storage: &asap_proto::store::StorageConfig,
+) -> Result<Box<dyn asap_proto::store::WebhookStore + Send>, String> {
+    #[cfg(feature = "postgres")]
+    {
+        crate::postgres::open_webhook_store(storage).map_err(|e| e.to_string())
+    }
+    #[cfg(not(feature = "postgres"))]
+    {
+        let _ = storage;
+        Err(NO_POSTGRES.to_owned())
+    }
+}
+
+/// Why a build without the `postgres` feature refuses a PostgreSQL URL.
+#[cfg(not(feature = "postgres"))]
+pub const NO_POSTGRES: &str = "this build has no PostgreSQL support: rebuild with `--features postgres` (cargo install --path asap-tokio --features postgres)";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -691,73 +761,3 @@ mod tests {
         }
     }
 }
-
-/// How often a replica renews its webhook leases on a shared store (a third
-/// of the default 30 s lease).
-pub const WEBHOOK_LEASE_RENEWAL: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Opens the task state `storage` names and its writer: memory or SQLite
-/// (through `asap-blocking`, with `sqlite` options), or PostgreSQL (the
-/// `postgres` feature; claims decided on its pool, off the writer thread).
-/// The flag says whether replay state is shared with other replicas: then
-/// set [`ServerConfig::shared_replay`](asap_proto::server::ServerConfig::shared_replay).
-pub fn open_task_state(
-    storage: &asap_proto::store::StorageConfig,
-    sqlite: &asap_blocking::store::SqliteOptions,
-) -> Result<(TaskRecorder, bool), String> {
-    let spawn = |stores| {
-        TaskRecorder::spawn(stores).map_err(|e| format!("cannot start the task-state thread: {e}"))
-    };
-    if storage.backend != asap_proto::store::StorageBackend::Postgres {
-        let stores =
-            asap_blocking::store::open_stores_with(storage, sqlite).map_err(|e| e.to_string())?;
-        return Ok((spawn(stores)?, false));
-    }
-    #[cfg(feature = "postgres")]
-    {
-        let (stores, backend) =
-            crate::postgres::open_stores(storage, &crate::postgres::PgOptions::default())
-                .map_err(|e| e.to_string())?;
-        Ok((
-            spawn(stores)?.with_claims(std::sync::Arc::new(backend)),
-            true,
-        ))
-    }
-    #[cfg(not(feature = "postgres"))]
-    {
-        Err(NO_POSTGRES.to_owned())
-    }
-}
-
-#[cfg(feature = "postgres")]
-impl ClaimStore for crate::postgres::PgBackend {
-    fn claim(
-        &self,
-        claim: ReplayClaim,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<ClaimOutcome, StoreError>> + Send + 'static>,
-    > {
-        let backend = self.clone();
-        Box::pin(async move { backend.claim_async(claim).await })
-    }
-}
-
-/// The webhook outbox on the PostgreSQL database `storage` names (the
-/// `postgres` feature); without the feature, an error that says how to get it.
-pub fn postgres_webhook_store(
-    storage: &asap_proto::store::StorageConfig,
-) -> Result<Box<dyn asap_proto::store::WebhookStore + Send>, String> {
-    #[cfg(feature = "postgres")]
-    {
-        crate::postgres::open_webhook_store(storage).map_err(|e| e.to_string())
-    }
-    #[cfg(not(feature = "postgres"))]
-    {
-        let _ = storage;
-        Err(NO_POSTGRES.to_owned())
-    }
-}
-
-/// Why a build without the `postgres` feature refuses a PostgreSQL URL.
-#[cfg(not(feature = "postgres"))]
-pub const NO_POSTGRES: &str = "this build has no PostgreSQL support: rebuild with `--features postgres` (cargo install --path asap-tokio --features postgres)";
