@@ -173,19 +173,29 @@ enum WebhooksCommand {
 
 #[derive(clap::Args)]
 struct DbArgs {
-    /// The agent's SQLite state database (default: `ASAP_STORAGE_PATH` or ./asap_state.db).
-    #[arg(long, value_name = "PATH")]
+    /// The agent's state database: a SQLite file or a `postgres://…` URL (default:
+    /// `ASAP_STORAGE_URL`, `ASAP_STORAGE_PATH` or ./asap_state.db).
+    #[arg(long, value_name = "PATH|URL")]
     db: Option<PathBuf>,
 }
 
 impl DbArgs {
-    fn open(&self) -> Result<asap_blocking::store::SqliteWebhookStore, String> {
+    fn open(&self) -> Result<Box<dyn WebhookStore + Send>, String> {
         let storage = asap_blocking::store::storage_config_with_db(
             StorageBackend::Sqlite,
             self.db.as_deref(),
         )
         .map_err(|e| e.to_string())?;
-        asap_blocking::store::SqliteWebhookStore::open(&storage.path).map_err(|e| e.to_string())
+        match storage.backend {
+            StorageBackend::Postgres => asap_tokio::store::postgres_webhook_store(&storage),
+            StorageBackend::Memory => Err(
+                "the memory backend keeps no outbox between processes: give --db PATH or a postgres:// URL"
+                    .into(),
+            ),
+            StorageBackend::Sqlite => asap_blocking::store::SqliteWebhookStore::open(&storage.path)
+                .map(|s| Box::new(s) as Box<dyn WebhookStore + Send>)
+                .map_err(|e| e.to_string()),
+        }
     }
 }
 
@@ -209,7 +219,9 @@ pub fn run(args: WebhooksArgs) -> Result<(), String> {
         WebhooksCommand::Replay { id, db } => {
             let mut store = db.open()?;
             let now = asap_tokio::webhook::now();
-            let records = store.load().map_err(|e| e.to_string())?;
+            // Only the dead letters: loading the outbox would take over (on a
+            // shared store) events a running replica is delivering.
+            let records = store.dead_letters().map_err(|e| e.to_string())?;
             // The outbox's own replay decides the new row (fresh attempts, new order).
             let mut d = WebhookDispatcher::restore(
                 OutboxConfig::default(),
@@ -229,7 +241,7 @@ pub fn run(args: WebhooksArgs) -> Result<(), String> {
                 }
             }
             store.apply(&changes).map_err(|e| e.to_string())?;
-            println!("replayed {id}: pending again, delivered by the agent at its next start");
+            println!("replayed {id}: pending again, delivered by the agent at its next start (on PostgreSQL: by a running replica within a minute)");
             Ok(())
         }
         WebhooksCommand::Receive { port, secret } => {

@@ -47,7 +47,10 @@ async fn fresh_database(admin: &str, tag: &str) -> String {
     // Same server and credentials, another database.
     let (head, tail) = admin.split_at(admin.find("://").unwrap() + 3);
     let (authority, rest) = tail.split_once('/').unwrap_or((tail, ""));
-    let query = rest.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
+    let query = rest
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
     format!("{head}{authority}/{name}{query}")
 }
 
@@ -74,7 +77,15 @@ impl Replica {
 /// Starts `asap serve --db <postgres url>` with `extra` arguments.
 fn serve(db: &str, extra: &[&str]) -> Replica {
     let mut child = Command::new(env!("CARGO_BIN_EXE_asap"))
-        .args(["serve", "--bind", "127.0.0.1:0", "--rate-limit", "none", "--db", db])
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--rate-limit",
+            "none",
+            "--db",
+            db,
+        ])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -97,9 +108,9 @@ fn serve(db: &str, extra: &[&str]) -> Replica {
 }
 
 fn envelope(id: Option<&str>, payload_type: &str, payload: Value) -> Value {
-    let now = asap_proto::model::Timestamp::from_unix(asap_proto::model::UnixTime::from_system_time(
-        std::time::SystemTime::now(),
-    ));
+    let now = asap_proto::model::Timestamp::from_unix(
+        asap_proto::model::UnixTime::from_system_time(std::time::SystemTime::now()),
+    );
     let mut env = json!({
         "asap_version": "0.1", "timestamp": now.to_string(),
         "sender": "urn:asap:agent:client", "recipient": "urn:asap:agent:asap-rs-echo",
@@ -115,8 +126,14 @@ fn task(n: usize) -> Value {
     json!({"conversation_id": "c", "skill_id": "echo", "input": {"n": n}})
 }
 
-async fn post(client: &reqwest::Client, url: &str, env: &Value, rpc_id: &str) -> Result<Value, String> {
-    let body = json!({"jsonrpc": "2.0", "method": "asap.send", "id": rpc_id, "params": {"envelope": env}});
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    env: &Value,
+    rpc_id: &str,
+) -> Result<Value, String> {
+    let body =
+        json!({"jsonrpc": "2.0", "method": "asap.send", "id": rpc_id, "params": {"envelope": env}});
     let r = client
         .post(url)
         .header("content-type", "application/json")
@@ -145,9 +162,14 @@ async fn a_task_run_on_one_replica_is_queried_on_the_other() {
     let db = fresh_database(&admin, "query").await;
     let (a, b) = (serve(&db, &[]), serve(&db, &[]));
     let client = reqwest::Client::new();
-    let answer = post(&client, &a.url, &envelope(None, "task.request", task(1)), "t")
-        .await
-        .unwrap();
+    let answer = post(
+        &client,
+        &a.url,
+        &envelope(None, "task.request", task(1)),
+        "t",
+    )
+    .await
+    .unwrap();
     let id = task_id(&answer).unwrap_or_else(|| panic!("{answer}"));
     let state = query_state(&client, &b.url, &id).await;
     assert_eq!(
@@ -175,7 +197,10 @@ async fn the_same_envelope_sent_to_both_at_once_runs_once() {
         assert!(ta.is_some(), "{ra}");
         // One run: the copy gets the first answer (same task), re-addressed.
         assert_eq!(ta, tb, "envelope {id} ran twice: {ra} / {rb}");
-        assert_eq!((ra["id"].as_str(), rb["id"].as_str()), (Some("to-a"), Some("to-b")));
+        assert_eq!(
+            (ra["id"].as_str(), rb["id"].as_str()),
+            (Some("to-a"), Some("to-b"))
+        );
     }
 }
 
@@ -245,9 +270,14 @@ async fn a_killed_replicas_pending_webhook_events_are_delivered_by_the_other() {
     let client = reqwest::Client::new();
     let mut tasks = BTreeSet::new();
     for n in 0..10 {
-        let v = post(&client, &a.url, &envelope(None, "task.request", task(n)), "h")
-            .await
-            .unwrap();
+        let v = post(
+            &client,
+            &a.url,
+            &envelope(None, "task.request", task(n)),
+            "h",
+        )
+        .await
+        .unwrap();
         tasks.insert(task_id(&v).unwrap_or_else(|| panic!("{v}")));
     }
     // Answered means the outbox rows are committed. A dies with them pending.
@@ -276,6 +306,9 @@ async fn a_killed_replicas_pending_webhook_events_are_delivered_by_the_other() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let delivered: BTreeSet<String> = by_task.keys().cloned().collect();
-    assert_eq!(delivered, tasks, "every pending event of the killed replica arrived");
+    assert_eq!(
+        delivered, tasks,
+        "every pending event of the killed replica arrived"
+    );
     assert!(by_task.values().all(|n| *n == 1), "{by_task:?}");
 }
