@@ -413,6 +413,26 @@ impl TaskRecorder {
     }
 }
 
+/// The webhook outbox on the PostgreSQL database `storage` names (the
+/// `postgres` feature); without the feature, an error that says how to get it.
+pub fn postgres_webhook_store(
+    storage: &asap_proto::store::StorageConfig,
+) -> Result<Box<dyn asap_proto::store::WebhookStore + Send>, String> {
+    #[cfg(feature = "postgres")]
+    {
+        crate::postgres::open_webhook_store(storage).map_err(|e| e.to_string())
+    }
+    #[cfg(not(feature = "postgres"))]
+    {
+        let _ = storage;
+        Err(NO_POSTGRES.to_owned())
+    }
+}
+
+/// Why a build without the `postgres` feature refuses a PostgreSQL URL.
+#[cfg(not(feature = "postgres"))]
+pub const NO_POSTGRES: &str = "this build has no PostgreSQL support: rebuild with `--features postgres` (cargo install --path asap-tokio --features postgres)";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -659,23 +679,3 @@ mod tests {
         }
     }
 }
-
-/// The webhook outbox on the PostgreSQL database `storage` names (the
-/// `postgres` feature); without the feature, an error that says how to get it.
-pub fn postgres_webhook_store(
-    storage: &asap_proto::store::StorageConfig,
-) -> Result<Box<dyn asap_proto::store::WebhookStore + Send>, String> {
-    #[cfg(feature = "postgres")]
-    {
-        crate::postgres::open_webhook_store(storage).map_err(|e| e.to_string())
-    }
-    #[cfg(not(feature = "postgres"))]
-    {
-        let _ = storage;
-        Err(NO_POSTGRES.to_owned())
-    }
-}
-
-/// Why a build without the `postgres` feature refuses a PostgreSQL URL.
-#[cfg(not(feature = "postgres"))]
-pub const NO_POSTGRES: &str = "this build has no PostgreSQL support: rebuild with `--features postgres` (cargo install --path asap-tokio --features postgres)";
