@@ -656,6 +656,17 @@ fn migration_is_idempotent_and_replicas_may_start_together() {
 }
 
 #[test]
+fn tls_required_by_the_url_is_refused_with_what_to_do() {
+    let Some(pg) = pg() else { return };
+    let sep = if pg.admin_url.contains('?') { '&' } else { '?' };
+    let url = format!("{}{sep}sslmode=require", pg.admin_url);
+    let err = PgBackend::connect(&url, &PgOptions::default()).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("without TLS"), "{text}");
+    assert!(!text.contains(&pg.admin_url), "{text}");
+}
+
+#[test]
 fn a_wrong_password_is_named_without_it() {
     let Some(pg) = pg() else { return };
     // postgres://USER[:PASSWORD]@REST -> postgres://USER:not-the-password@REST

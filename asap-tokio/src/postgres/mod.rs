@@ -257,20 +257,23 @@ impl Shared {
     }
 }
 
-struct Inner {
-    shared: Arc<Shared>,
-    handle: tokio::runtime::Handle,
-    /// Taken on drop: shut down without waiting, which is allowed inside
-    /// another runtime (dropping a runtime there panics).
-    runtime: Option<tokio::runtime::Runtime>,
-}
+/// The backend's runtime, shut down without waiting when dropped: allowed
+/// inside another runtime, where dropping a runtime panics (a failed
+/// `connect` or the last store dropped in async code).
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
 
-impl Drop for Inner {
+impl Drop for OwnRuntime {
     fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
+        if let Some(rt) = self.0.take() {
             rt.shutdown_background();
         }
     }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    handle: tokio::runtime::Handle,
+    _runtime: OwnRuntime,
 }
 
 /// A connection pool to one PostgreSQL database and the thread it runs on;
@@ -309,8 +312,15 @@ impl PgBackend {
         let shown = redact_url(url);
         let mut config: tokio_postgres::Config =
             url.trim().parse().map_err(|e: tokio_postgres::Error| {
-                // The parser names options, not values; scrub the URL anyway.
-                let reason = e.to_string().replace(url, &shown);
+                // "invalid connection string: invalid value for option `port`". The
+                // parser names options, not values; the URL is scrubbed anyway.
+                let mut reason = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    reason = format!("{reason}: {s}");
+                    source = s.source();
+                }
+                let reason = reason.replace(url, &shown);
                 OpenPgError::BadUrl {
                     url: shown.clone(),
                     reason,
@@ -330,6 +340,7 @@ impl PgBackend {
             .build()
             .map_err(|e| OpenPgError::Runtime(e.to_string()))?;
         let handle = runtime.handle().clone();
+        let runtime = OwnRuntime(Some(runtime));
         let connect_error = |reason: String, hint| OpenPgError::Connect {
             target: target.clone(),
             url: shown.clone(),
@@ -405,7 +416,7 @@ impl PgBackend {
                     target,
                 }),
                 handle,
-                runtime: Some(runtime),
+                _runtime: runtime,
             }),
         })
     }
@@ -692,7 +703,7 @@ mod tests {
             text.starts_with("ASAP_STORAGE_URL=postgres://asap:***@127.0.0.1:notaport/asap is not a valid PostgreSQL URL: "),
             "{text}"
         );
-        assert!(text.contains("port"), "{text}");
+        assert!(text.contains("invalid value for option `port`"), "{text}");
         assert!(!text.contains("secret"), "{text}");
     }
 
@@ -715,6 +726,17 @@ mod tests {
                 "cannot connect to PostgreSQL at 127.0.0.1:{port} (postgres://asap:***@127.0.0.1:{port}/asap): connection refused; is the server running and is the URL right?"
             )
         );
+    }
+
+    #[tokio::test]
+    async fn a_failed_connect_inside_a_runtime_does_not_panic() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let url = format!("postgres://asap@127.0.0.1:{port}/asap");
+        let err = PgBackend::connect(&url, &PgOptions::default()).unwrap_err();
+        assert!(matches!(err, OpenPgError::Connect { .. }), "{err}");
     }
 
     #[test]
