@@ -60,9 +60,10 @@
 //!   the same nonce or envelope at once get one winner.
 //! * Webhooks: each row is leased to a replica ([`PgOptions::replica_id`]) until
 //!   `lease_until`, on the database's clock, so replicas' clock skew does not
-//!   matter. Writes and [`WebhookStore::claim_orphans`] renew the replica's
-//!   leases; a row whose lease ended (its replica stopped) is taken by the next
-//!   replica that loads or claims orphans. Delivery is at least once: a replica
+//!   matter. A write leases its row to the writing replica, and
+//!   [`WebhookStore::claim_orphans`] (called every few seconds) renews all of
+//!   the replica's leases; a row whose lease ended (its replica stopped) is
+//!   taken by the next replica that loads or claims orphans. Delivery is at least once: a replica
 //!   too slow to renew may see its events delivered by another as well. Give a
 //!   replica a stable `replica_id` to resume its own rows at once after a
 //!   restart (a fresh random id waits for the old leases to end).
