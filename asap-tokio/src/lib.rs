@@ -9,6 +9,9 @@
 pub mod auth;
 pub mod client;
 pub mod connection;
+/// PostgreSQL stores for several replicas of one agent (the `postgres` feature).
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod server;
 pub mod store;
 pub mod webhook;
