@@ -312,3 +312,35 @@ async fn a_killed_replicas_pending_webhook_events_are_delivered_by_the_other() {
     );
     assert!(by_task.values().all(|n| *n == 1), "{by_task:?}");
 }
+
+#[test]
+fn an_unreachable_database_is_a_startup_error_naming_the_host_and_the_cause() {
+    // A port nothing listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://asap:hunter2@127.0.0.1:{port}/asap");
+    let out = Command::new(env!("CARGO_BIN_EXE_asap"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--db", &url])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim(),
+        format!("asap: cannot connect to PostgreSQL at 127.0.0.1:{port} (postgres://asap:***@127.0.0.1:{port}/asap): connection refused; is the server running and is the URL right?")
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_asap"))
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .env("ASAP_STORAGE_BACKEND", "postgres")
+        .env_remove("ASAP_STORAGE_URL")
+        .env_remove("ASAP_STORAGE_PATH")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "asap: ASAP_STORAGE_BACKEND=postgres needs the database URL: set ASAP_STORAGE_URL=postgres://USER@HOST:5432/DB (or give --db postgres://…)"
+    );
+}
