@@ -143,6 +143,11 @@ fn usage() -> ! {
     std::process::exit(2)
 }
 
+// The same allocator as the server it is compared with (the `mimalloc` feature, on by default).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::io::Result<()> {
     let mut bind: SocketAddr = "127.0.0.1:8002".parse().expect("valid default address");
     let mut workers = 1usize;

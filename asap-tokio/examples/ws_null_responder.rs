@@ -20,6 +20,11 @@ fn request_id(text: &str) -> &str {
     &rest[..rest.find('"').unwrap_or(0)]
 }
 
+// The same allocator as the server it is compared with (the `mimalloc` feature, on by default).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let addr = std::env::args()

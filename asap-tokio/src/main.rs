@@ -226,6 +226,11 @@ fn default_manifest(bind: SocketAddr) -> Manifest {
     m
 }
 
+// mimalloc (the `mimalloc` feature, on by default): allocation was ~15% of a request's CPU on glibc.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
