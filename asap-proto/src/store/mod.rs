@@ -51,6 +51,7 @@ mod error;
 mod metering;
 mod replay;
 mod snapshot;
+mod stores;
 mod webhook;
 
 pub use config::{
@@ -69,4 +70,5 @@ pub use replay::{
 pub use snapshot::{
     check_snapshot, MemorySnapshotStore, SnapshotStore, DEFAULT_MEMORY_RETAINED_TASKS,
 };
+pub use stores::{GroupCommit, Stores};
 pub use webhook::{check_outbox_record, MemoryWebhookStore, WebhookChange, WebhookStore};
