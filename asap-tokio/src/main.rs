@@ -362,7 +362,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         },
         ..Default::default()
     };
-    let (recorder, shared) = asap_tokio::store::open_task_state(&storage, &options)?;
+    let mut task_state = asap_tokio::store::TaskStateOptions::default();
+    task_state.sqlite = options;
+    let (recorder, shared) = asap_tokio::store::open_task_state(&storage, &task_state)?;
     if shared {
         // Several replicas on one database: the store decides replays and copies.
         config.shared_replay = Some(asap_proto::server::SharedReplay::default());

@@ -218,7 +218,7 @@ impl AgentBuilder {
     /// # fn demo(manifest: asap_proto::model::Manifest) -> Result<(), Box<dyn std::error::Error>> {
     /// use asap_proto::store::{StorageBackend, StorageConfig};
     /// let config = StorageConfig::from_values_or(StorageBackend::Sqlite, None, None)?;
-    /// let stores = asap_blocking::store::open_stores(&config)?;
+    /// let stores = asap_tokio::store::open_stores(&config)?;
     /// let agent = asap_tokio::Agent::builder(manifest)
     ///     .echo_skill("echo")
     ///     .stores(asap_tokio::store::TaskRecorder::spawn(stores)?)

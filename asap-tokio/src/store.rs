@@ -7,7 +7,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use asap_blocking::store::open_stores;
+//! use asap_tokio::store::open_stores;
 //! use asap_proto::store::{StorageBackend, StorageConfig};
 //! use asap_tokio::store::AsyncStores;
 //!
@@ -56,9 +56,9 @@
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use asap_blocking::store::Stores;
 use asap_proto::model::{StateSnapshot, UnixTime};
 use asap_proto::server::Records;
+use asap_proto::store::Stores;
 use asap_proto::store::{
     AggregatePeriod, MeteringStore, SnapshotStore, StoreError, UsageAggregate, UsageEvent,
 };
@@ -449,38 +449,68 @@ impl TaskRecorder {
 /// of the default 30 s lease).
 pub const WEBHOOK_LEASE_RENEWAL: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Opens the task state `storage` names and its writer: memory or SQLite
-/// (through `asap-blocking`, with `sqlite` options), or PostgreSQL (the
-/// `postgres` feature; claims decided on its pool, off the writer thread).
-/// The flag says whether replay state is shared with other replicas: then
-/// set [`ServerConfig::shared_replay`](asap_proto::server::ServerConfig::shared_replay).
+/// How each backend is opened by [`open_task_state`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct TaskStateOptions {
+    /// SQLite durability and retention (the `sqlite` feature).
+    #[cfg(feature = "sqlite")]
+    pub sqlite: SqliteOptions,
+    /// PostgreSQL pool and leases (the `postgres` feature).
+    #[cfg(feature = "postgres")]
+    pub postgres: crate::postgres::PgOptions,
+}
+
+/// Opens the task state `storage` names and its writer: memory, SQLite (the
+/// `sqlite` feature, on by default), or PostgreSQL (the `postgres` feature;
+/// claims decided on its pool, off the writer thread). A backend this build
+/// lacks is an error naming the feature. The flag says whether replay state
+/// is shared with other replicas: then set
+/// [`ServerConfig::shared_replay`](asap_proto::server::ServerConfig::shared_replay).
 pub fn open_task_state(
     storage: &asap_proto::store::StorageConfig,
-    sqlite: &asap_blocking::store::SqliteOptions,
+    options: &TaskStateOptions,
 ) -> Result<(TaskRecorder, bool), String> {
+    use asap_proto::store::StorageBackend;
+    let _ = options;
     let spawn = |stores| {
         TaskRecorder::spawn(stores).map_err(|e| format!("cannot start the task-state thread: {e}"))
     };
-    if storage.backend != asap_proto::store::StorageBackend::Postgres {
-        let stores =
-            asap_blocking::store::open_stores_with(storage, sqlite).map_err(|e| e.to_string())?;
-        return Ok((spawn(stores)?, false));
-    }
-    #[cfg(feature = "postgres")]
-    {
-        let (stores, backend) =
-            crate::postgres::open_stores(storage, &crate::postgres::PgOptions::default())
+    match storage.backend {
+        StorageBackend::Memory => Ok((spawn(Stores::memory(storage.clone()))?, false)),
+        #[cfg(feature = "sqlite")]
+        StorageBackend::Sqlite => {
+            let stores = open_stores_with(storage, &options.sqlite).map_err(|e| e.to_string())?;
+            Ok((spawn(stores)?, false))
+        }
+        #[cfg(not(feature = "sqlite"))]
+        StorageBackend::Sqlite => Err(NO_SQLITE.to_owned()),
+        #[cfg(feature = "postgres")]
+        StorageBackend::Postgres => {
+            let (stores, backend) = crate::postgres::open_stores(storage, &options.postgres)
                 .map_err(|e| e.to_string())?;
-        Ok((
-            spawn(stores)?.with_claims(std::sync::Arc::new(backend)),
-            true,
-        ))
-    }
-    #[cfg(not(feature = "postgres"))]
-    {
-        Err(NO_POSTGRES.to_owned())
+            Ok((
+                spawn(stores)?.with_claims(std::sync::Arc::new(backend)),
+                true,
+            ))
+        }
+        #[cfg(not(feature = "postgres"))]
+        StorageBackend::Postgres => Err(NO_POSTGRES.to_owned()),
     }
 }
+
+/// Why a build without the `sqlite` feature refuses a SQLite file.
+#[cfg(not(feature = "sqlite"))]
+pub const NO_SQLITE: &str =
+    "this build has no SQLite support: enable asap-tokio's `sqlite` feature (on by default)";
+
+/// The SQLite stores (the `sqlite` feature), so a tokio app persists without importing `asap-blocking`.
+#[cfg(feature = "sqlite")]
+pub use asap_blocking::store::{
+    open_stores, open_stores_with, storage_config_from_env, storage_config_with_db,
+    OpenStoresError, SqliteMeteringStore, SqliteOptions, SqliteReplayStore, SqliteSnapshotStore,
+    SqliteWebhookStore, Synchronous,
+};
 
 #[cfg(feature = "postgres")]
 impl ClaimStore for crate::postgres::PgBackend {
@@ -515,7 +545,7 @@ pub fn postgres_webhook_store(
 #[cfg(not(feature = "postgres"))]
 pub const NO_POSTGRES: &str = "this build has no PostgreSQL support: rebuild with `--features postgres` (cargo install --path asap-tokio --features postgres)";
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sqlite"))]
 mod tests {
     use super::*;
     use asap_blocking::store::{open_stores, SqliteSnapshotStore};

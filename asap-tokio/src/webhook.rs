@@ -14,7 +14,7 @@
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use asap_proto::webhook::{OutboxConfig, SigningKeys, UrlPolicy, WebhookSecret};
 //! use asap_tokio::webhook::{SystemResolver, Webhooks};
-//! let store = asap_blocking::store::SqliteWebhookStore::open("asap_state.db")?;
+//! let store = asap_tokio::store::SqliteWebhookStore::open("asap_state.db")?;
 //! let keys = [("ops".to_owned(), SigningKeys::new(WebhookSecret::from_bytes(b"s3cret")))];
 //! let hooks = Webhooks::start(OutboxConfig::default(), UrlPolicy::PRODUCTION, Box::new(store), std::sync::Arc::new(SystemResolver), keys)?;
 //! // Agent::builder(manifest).webhooks(hooks.clone()) ... publishes task events here.

@@ -3,8 +3,8 @@
 //! `asap-tokio`), and the [`GroupCommit`] a backend with transactions offers.
 
 use super::{
-    ClaimOutcome, DedupRecord, MeteringStore, NonceRecord, ReplayClaim, ReplayStore,
-    SnapshotStore, StorageConfig, StoreError, UsageEvent,
+    ClaimOutcome, DedupRecord, MeteringStore, NonceRecord, ReplayClaim, ReplayStore, SnapshotStore,
+    StorageConfig, StoreError, UsageEvent,
 };
 use crate::model::{StateSnapshot, UnixTime};
 use crate::server::state::TaskRecords;
@@ -210,7 +210,6 @@ pub trait GroupCommit: Send {
         now: UnixTime,
     ) -> Result<(), StoreError>;
 }
-
 
 impl std::fmt::Debug for Stores {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

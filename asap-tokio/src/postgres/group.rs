@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use asap_blocking::store::GroupCommit;
 use asap_proto::model::{StateSnapshot, UnixTime};
+use asap_proto::store::GroupCommit;
 use asap_proto::store::{DedupRecord, NonceRecord, StoreError, UsageEvent};
 
 use super::metering::{self, EventRow};
@@ -16,7 +16,7 @@ use super::{pg_err, PgBackend};
 /// expiry indexes, not worth a round trip on every commit.
 pub(crate) const PURGE_INTERVAL: Duration = Duration::from_secs(10);
 
-/// The [`GroupCommit`] of [`Stores`](asap_blocking::store::Stores) on
+/// The [`GroupCommit`] of [`Stores`](asap_proto::store::Stores) on
 /// PostgreSQL: one transaction (one commit) per group, all or nothing.
 #[derive(Debug)]
 pub struct PgGroupCommit {

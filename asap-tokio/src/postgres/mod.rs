@@ -70,7 +70,7 @@
 //!
 //! [`open_stores`]: crate::postgres::open_stores
 //! [`open_webhook_store`]: crate::postgres::open_webhook_store
-//! [`Stores`]: asap_blocking::store::Stores
+//! [`Stores`]: asap_proto::store::Stores
 //! [`PgReplayStore::claim`]: asap_proto::store::ReplayStore::claim
 //! [`PgBackend`]: crate::postgres::PgBackend
 //! [`PgBackend::connect`]: crate::postgres::PgBackend::connect
@@ -89,8 +89,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use asap_blocking::store::Stores;
 use asap_proto::model::UnixTime;
+use asap_proto::store::Stores;
 use asap_proto::store::{
     redact_url, ClaimOutcome, ReplayClaim, StorageConfig, StoreError, WebhookStore,
 };
