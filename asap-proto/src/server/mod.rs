@@ -86,6 +86,8 @@
 //!         // Auth configured (`Server::set_auth`) and keys not cached: fetch them.
 //!         Step::Fetch(_request) => server.handle_fetched(&mut ex, Err("offline".into()), now),
 //!         Step::AwaitFetch => server.handle_fetch_waited(&mut ex, now),
+//!         // Only for replicas sharing replay state (`ServerConfig::shared_replay`).
+//!         Step::Claim(_) | Step::AwaitClaim { .. } => unreachable!("no shared replay here"),
 //!         Step::Respond(reply) => break reply,
 //!     }
 //! };
