@@ -197,9 +197,7 @@ impl Failure {
             code: e.remote_code(),
         }
     }
-}
 
-impl Failure {
     /// A failed fetch of the agent's `doc` (its manifest or health document) from
     /// the base URL `base`: a 404 asks whether that is the agent's base URL.
     fn fetching(e: ClientError, base: &str, doc: &str) -> Self {
@@ -258,9 +256,14 @@ fn describe(e: &ClientError, peer: Peer) -> String {
                 format!("{who} failed: JSON-RPC {code} {message}{data}")
             }
         }
+        ClientError::Send(SendError::RateLimited { .. }) => {
+            format!("{e}; wait a moment and try again")
+        }
+        ClientError::Send(SendError::CircuitOpen(_)) => e.to_string(),
+        ClientError::Send(other @ SendError::ServerError { .. }) => format!("{who} failed: {other}"),
         ClientError::Send(other) => match e.fault() {
             Fault::Local => format!("{who} refused the request: {other}"),
-            _ => format!("{who} answered badly: {other}"),
+            _ => format!("{who} sent an unusable answer: {other}"),
         },
         ClientError::Discovery(d) => format!("{who} sent an unusable answer: {d}"),
         other => other.to_string(),
