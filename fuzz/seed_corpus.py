@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Seed fuzz/corpus/<target>/ from the reference vectors (shared/vectors).
+"""Seed fuzz/corpus/<target>/ from the reference vectors (tests/vectors).
 
 Usage: python3 fuzz/seed_corpus.py [VECTORS_DIR]
-(default: $ASAP_VECTORS_DIR, else ../../shared/vectors relative to this file)
+(default: $ASAP_VECTORS_DIR, else ../tests/vectors relative to this file)
 """
 import hashlib
 import json
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 here = Path(__file__).resolve().parent
-vectors = Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("ASAP_VECTORS_DIR", here / "../../shared/vectors"))
+vectors = Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("ASAP_VECTORS_DIR", here / "../tests/vectors"))
 
 
 def put(target: str, data: bytes) -> None:

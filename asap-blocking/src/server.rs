@@ -394,7 +394,24 @@ impl AgentBuilder {
         self
     }
 
-    /// Registers a skill for `task.request` with `skill_id`.
+    /// Declares `skill` in the served manifest and registers `f` as its handler,
+    /// in one call (the declaration replaces a manifest entry with the same id).
+    #[must_use]
+    pub fn skill_with<F>(mut self, skill: asap_proto::model::Skill, f: F) -> Self
+    where
+        F: Fn(SkillContext, TaskRequest) -> Result<SkillResult, HandlerError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let id = skill.id.clone();
+        self.parts.declare_skill(skill);
+        self.skill(&id, f)
+    }
+
+    /// Registers a skill for `task.request` with `skill_id`. A skill the
+    /// manifest does not declare is listed with its id as description;
+    /// [`skill_with`](Self::skill_with) declares and registers it in one call.
     #[must_use]
     pub fn skill<F>(mut self, skill_id: &str, f: F) -> Self
     where

@@ -1,8 +1,8 @@
 //! The SQLite files are interchangeable with the Python reference's
 //! (`vectors/storage/sqlite_and_metering.json`, spec §17.3).
 //!
-//! The vectors directory is `$ASAP_VECTORS_DIR`, else `../../shared/vectors`
-//! relative to this crate.
+//! Vectors are found by `asap_tests::vectors` (`$ASAP_VECTORS_DIR`, else the
+//! repository's `tests/vectors`).
 
 use std::path::{Path, PathBuf};
 
@@ -17,18 +17,8 @@ use asap_proto::store::{
 use rusqlite::Connection;
 use serde_json::Value;
 
-fn vectors_dir() -> PathBuf {
-    std::env::var_os("ASAP_VECTORS_DIR").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors"),
-        PathBuf::from,
-    )
-}
-
 fn load(rel: &str) -> Value {
-    let path = vectors_dir().join(rel);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read vector {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap()
+    asap_tests::vectors::load(rel)
 }
 
 fn vector() -> Value {

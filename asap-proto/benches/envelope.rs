@@ -8,7 +8,7 @@ use asap_proto::jsonrpc::{self, JsonRpcRequest, RequestId};
 use asap_proto::model::{Envelope, Payload, Timestamp, UnixTime};
 use criterion::{Criterion, Throughput};
 
-/// Copy of `shared/vectors/envelopes/task.request_dotted.json`.
+/// Copy of `tests/vectors/envelopes/task.request_dotted.json`.
 const VECTOR: &str = include_str!("data/task.request_dotted.json");
 
 fn envelope_bytes() -> Vec<u8> {

@@ -1,9 +1,8 @@
 //! The reference's auth vectors (`vectors/auth/*`, the token/OIDC/introspection
-//! schemas) through `asap_proto::auth`. Vectors are found through
-//! `$ASAP_SHARED_DIR` (default: the shared kit beside the repository).
+//! schemas) through `asap_proto::auth`. Vectors are found by
+//! `asap_tests::vectors` (`$ASAP_VECTORS_DIR`, else the repository's `tests/vectors`).
 #![allow(clippy::disallowed_methods)] // test harness: reads vector files and one base `Instant`
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use asap_proto::auth::{
@@ -18,12 +17,7 @@ use asap_proto::server::Now;
 use serde_json::Value;
 
 fn vector(rel: &str) -> Value {
-    let base = std::env::var_os("ASAP_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
-    let path = base.join("vectors").join(rel);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap()
+    asap_tests::vectors::load(rel)
 }
 
 fn now() -> Now {

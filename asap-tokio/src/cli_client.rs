@@ -10,13 +10,18 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use asap_proto::discovery::{HealthVerdict, LiteRegistry, RegistryEntry, DEFAULT_REGISTRY_URL};
+use asap_proto::client::{SendError, TransportErrorKind};
+use asap_proto::discovery::{
+    DiscoveryError, HealthVerdict, LiteRegistry, RegistryEntry, DEFAULT_REGISTRY_URL,
+};
 use asap_proto::model::{
     AgentUrn, Envelope, Manifest, Payload, TaskRequest, Timestamp, Ulid, UnixTime,
 };
 use asap_proto::task::TaskStatus;
 use asap_tokio::client::{Client, ClientError, ClientOptions, Fault};
 use serde_json::{json, Value};
+
+use crate::cli_progress::Progress;
 
 /// The exit codes, for `--help`.
 pub const EXIT_CODES_HELP: &str = "\
@@ -146,8 +151,32 @@ impl Failure {
 
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
+        Self::call(e, Peer::Agent)
+    }
+}
+
+/// Who a client subcommand talks to, for messages that name it.
+#[derive(Clone, Copy)]
+enum Peer {
+    Agent,
+    Registry,
+}
+
+impl Peer {
+    fn noun(self) -> &'static str {
+        match self {
+            Self::Agent => "the agent",
+            Self::Registry => "the registry",
+        }
+    }
+}
+
+impl Failure {
+    /// A client error as a failure whose message names the cause and the fix, once.
+    fn call(e: ClientError, peer: Peer) -> Self {
         let (exit, kind) = match &e {
             ClientError::Transport { .. } => (TRANSPORT, "transport"),
+            ClientError::Send(SendError::Transport(_)) => (TRANSPORT, "transport"),
             ClientError::Send(_) if e.is_circuit_open() => (REMOTE_NO, "circuit_open"),
             ClientError::Send(_) if e.remote_code().is_some() => (REMOTE_NO, "remote"),
             ClientError::Send(_) => (REMOTE_NO, "http"),
@@ -155,24 +184,133 @@ impl From<ClientError> for Failure {
             ClientError::ResponseTooLarge { .. } => (REMOTE_NO, "response_too_large"),
             _ => (LOCAL, "local"),
         };
-        let message = match &e {
-            ClientError::Config(asap_proto::client::ClientError::InsecureUrl { url }) => format!(
-                "refusing plain http:// to a non-loopback host ({url}); use https:// or --allow-insecure-http"
-            ),
-            other => other.to_string(),
+        let fault = match e.fault() {
+            Fault::Local => "local",
+            Fault::Peer => "peer",
+            Fault::Network => "network",
         };
         Self {
             exit,
             kind,
-            fault: match e.fault() {
-                Fault::Local => "local",
-                Fault::Peer => "peer",
-                Fault::Network => "network",
-            },
-            message,
+            fault,
+            message: describe(&e, peer),
             code: e.remote_code(),
         }
     }
+
+    /// A failed fetch of the agent's `doc` (its manifest or health document) from
+    /// the base URL `base`: a 404 asks whether that is the agent's base URL.
+    fn fetching(e: ClientError, base: &str, doc: &str) -> Self {
+        let message = match &e {
+            ClientError::Discovery(DiscoveryError::HttpStatus { status: 404, .. }) => Some(
+                format!("{base} serves no ASAP {doc} (HTTP 404); is it the agent's base URL?"),
+            ),
+            ClientError::Discovery(DiscoveryError::HttpStatus { status, snippet }) => Some(
+                format!("{base} answered HTTP {status} for its {doc}: {snippet}"),
+            ),
+            ClientError::Discovery(DiscoveryError::InvalidManifest(m)) => {
+                Some(format!("the manifest of {base} is invalid: {m}"))
+            }
+            ClientError::Discovery(d) => Some(format!("the {doc} of {base} is unusable: {d}")),
+            _ => None,
+        };
+        let f = Self::call(e, Peer::Agent);
+        match message {
+            Some(message) => Self { message, ..f },
+            None => f,
+        }
+    }
+}
+
+/// What went wrong, in words: who refused or failed, and what to do about it.
+fn describe(e: &ClientError, peer: Peer) -> String {
+    let who = peer.noun();
+    match e {
+        ClientError::Config(asap_proto::client::ClientError::InsecureUrl { url }) => format!(
+            "refusing plain http:// to a non-loopback host ({url}); use https:// or --allow-insecure-http"
+        ),
+        ClientError::Transport { kind, url, detail } => transport_text(*kind, url, detail, peer),
+        ClientError::Send(SendError::Transport(t)) => match t.kind {
+            TransportErrorKind::Timeout => {
+                format!("{who} did not answer in time; give it longer with --timeout SECONDS")
+            }
+            _ => format!("the connection to {who} was lost: {}", root_cause(&t.detail)),
+        },
+        ClientError::Send(SendError::Remote {
+            code,
+            message,
+            data,
+        }) => {
+            let data = data
+                .as_ref()
+                .filter(|d| !d.is_null())
+                .map(|d| {
+                    let text = d.to_string();
+                    let short: String = text.chars().take(300).collect();
+                    format!(" {short}")
+                })
+                .unwrap_or_default();
+            if e.fault() == Fault::Local {
+                format!("{who} refused the request: JSON-RPC {code} {message}{data}")
+            } else {
+                format!("{who} failed: JSON-RPC {code} {message}{data}")
+            }
+        }
+        ClientError::Send(SendError::RateLimited { .. }) => {
+            format!("{e}; wait a moment and try again")
+        }
+        ClientError::Send(SendError::CircuitOpen(_)) => e.to_string(),
+        ClientError::Send(other @ SendError::ServerError { .. }) => format!("{who} failed: {other}"),
+        ClientError::Send(other) => match e.fault() {
+            Fault::Local => format!("{who} refused the request: {other}"),
+            _ => format!("{who} sent an unusable answer: {other}"),
+        },
+        ClientError::Discovery(d) => format!("{who} sent an unusable answer: {d}"),
+        other => other.to_string(),
+    }
+}
+
+/// A transport failure with the URL once and a hint at the usual causes.
+fn transport_text(kind: TransportErrorKind, url: &str, detail: &str, peer: Peer) -> String {
+    let origin = origin(url);
+    let cause = root_cause(detail);
+    match kind {
+        TransportErrorKind::Connect => {
+            let port = origin
+                .rsplit_once(':')
+                .map(|(_, p)| p)
+                .filter(|p| p.bytes().all(|b| b.is_ascii_digit()));
+            let hint = match (peer, port) {
+                (Peer::Agent, Some(port)) => {
+                    format!("is the agent running, and listening on port {port}?")
+                }
+                (Peer::Agent, None) => "is the agent running, and is the URL right?".to_owned(),
+                (Peer::Registry, _) => "is the registry URL right?".to_owned(),
+            };
+            format!("cannot connect to {origin}: {cause}; {hint}")
+        }
+        TransportErrorKind::Timeout => format!(
+            "no answer from {origin} in time ({cause}); give it longer with --timeout SECONDS"
+        ),
+        _ => format!("the connection to {origin} was lost: {cause}"),
+    }
+}
+
+/// `scheme://host:port` of a URL (the part a connection failure is about).
+fn origin(url: &str) -> &str {
+    match url.find("://") {
+        Some(i) => {
+            let rest = &url[i + 3..];
+            let end = rest.find('/').map_or(url.len(), |j| i + 3 + j);
+            &url[..end]
+        }
+        None => url,
+    }
+}
+
+/// The innermost cause of an HTTP library's `a: b: c` error chain.
+fn root_cause(detail: &str) -> &str {
+    detail.rsplit(": ").next().unwrap_or(detail).trim()
 }
 
 /// Refuses an endpoint URL where the agent's base URL belongs, naming the fix:
@@ -244,7 +382,7 @@ fn finish(json: bool, result: Result<(Value, String, u8), Failure>) -> ExitCode 
                     json!({"error": {"kind": f.kind, "fault": f.fault, "message": f.message, "code": f.code}})
                 );
             } else {
-                eprintln!("asap: {} error ({}): {}", f.kind, f.fault, f.message);
+                eprintln!("asap: {}", f.message);
             }
             ExitCode::from(f.exit)
         }
@@ -277,10 +415,23 @@ async fn run_send(args: SendArgs) -> Result<(Value, String, u8), Failure> {
         .auth
         .apply(client(&args.opts, Some(&args.url), args.attempts)?)
         .map_err(Failure::usage)?;
+    let progress = Progress::start(
+        format!("fetching the manifest of {}", args.url),
+        args.opts.json,
+    );
+    let mut manifest = None;
     let recipient = match &args.recipient {
         Some(r) => AgentUrn::new(r.as_str())
             .map_err(|e| Failure::usage(format!("invalid --recipient: {e}")))?,
-        None => client.discover(&args.url).await?.id.clone(),
+        None => {
+            let m = client
+                .discover(&args.url)
+                .await
+                .map_err(|e| Failure::fetching(e, &args.url, "manifest"))?;
+            let id = m.id.clone();
+            manifest = Some(m);
+            id
+        }
     };
     let now = UnixTime::from_system_time(SystemTime::now());
     let conversation = args
@@ -295,11 +446,31 @@ async fn run_send(args: SendArgs) -> Result<(Value, String, u8), Failure> {
         Payload::TaskRequest(TaskRequest::new(conversation, args.skill.as_str(), input)),
     );
     let websocket = args.watch || args.url.starts_with("ws://") || args.url.starts_with("wss://");
-    let reply = if websocket {
-        send_ws(&args, envelope, client.authorization().await?).await?
+    progress.set(format!(
+        "waiting for {} to run skill '{}'",
+        envelope.recipient, args.skill
+    ));
+    let sent = if websocket {
+        send_ws(&args, envelope, client.authorization().await?, &progress).await
     } else {
-        client.send(&envelope).await?
+        client.send(&envelope).await.map_err(Failure::from)
     };
+    let reply = match sent {
+        Ok(reply) => reply,
+        Err(f) if f.code == Some(asap_proto::jsonrpc::codes::METHOD_NOT_FOUND) => {
+            // The agent has no such skill: name the ones its manifest offers.
+            let manifest = match manifest {
+                Some(m) => Some(m),
+                None => client.discover(&args.url).await.ok(),
+            };
+            return Err(match manifest {
+                Some(m) => no_such_skill(f, &m, &args.skill),
+                None => f,
+            });
+        }
+        Err(f) => return Err(f),
+    };
+    drop(progress);
     let doc = serde_json::to_value(&reply).unwrap_or(Value::Null);
     let mut text = format!(
         "{} from {} (id {}, correlation {})\n",
@@ -324,11 +495,35 @@ async fn run_send(args: SendArgs) -> Result<(Value, String, u8), Failure> {
     Ok((doc, text, code))
 }
 
+/// A -32601 for `skill` restated with what the agent offers instead, when its
+/// manifest does not list `skill` (else the agent's own answer stands).
+fn no_such_skill(f: Failure, m: &Manifest, skill: &str) -> Failure {
+    if m.has_skill(skill) {
+        return f;
+    }
+    let offers: Vec<&str> = m
+        .capabilities
+        .skills
+        .iter()
+        .map(|s| s.id.as_str())
+        .collect();
+    let offers = if offers.is_empty() {
+        "it lists no skills".to_owned()
+    } else {
+        format!("it offers: {}", offers.join(", "))
+    };
+    Failure {
+        message: format!("no skill '{skill}' at {}; {offers}", m.id),
+        ..f
+    }
+}
+
 /// `asap send` over `/asap/ws`, printing pushes with `--watch`.
 async fn send_ws(
     args: &SendArgs,
     envelope: Envelope,
     authorization: Option<http::HeaderValue>,
+    progress: &Progress,
 ) -> Result<Envelope, Failure> {
     use asap_tokio::ws::{WsClient, WsClientConfig};
     use futures_util::StreamExt as _;
@@ -348,9 +543,13 @@ async fn send_ws(
     let json = args.opts.json;
     let show = |update: Envelope| {
         if json {
-            eprintln!("{}", serde_json::to_string(&update).unwrap_or_default());
+            progress.eprintln(&serde_json::to_string(&update).unwrap_or_default());
         } else {
-            eprintln!("{} {}", update.payload_type, Value::Object(update.payload));
+            progress.eprintln(&format!(
+                "{} {}",
+                update.payload_type,
+                Value::Object(update.payload)
+            ));
         }
     };
     let send = ws.send(envelope);
@@ -392,7 +591,16 @@ pub fn discover(args: DiscoverArgs) -> ExitCode {
         runtime().and_then(|rt| {
             rt.block_on(async {
                 check_base_url(&args.url)?;
-                let m = client(&args.opts, None, 1)?.discover(&args.url).await?;
+                let client = client(&args.opts, None, 1)?;
+                let progress = Progress::start(
+                    format!("fetching the manifest of {}", args.url),
+                    args.opts.json,
+                );
+                let m = client
+                    .discover(&args.url)
+                    .await
+                    .map_err(|e| Failure::fetching(e, &args.url, "manifest"))?;
+                drop(progress);
                 Ok((
                     serde_json::to_value(&*m).unwrap_or(Value::Null),
                     manifest_text(&m),
@@ -403,24 +611,80 @@ pub fn discover(args: DiscoverArgs) -> ExitCode {
     )
 }
 
+/// The manifest as people read it: who, what it offers, where, how to
+/// authenticate, how long it may be cached (`--json` prints the document).
 fn manifest_text(m: &Manifest) -> String {
-    let mut s = format!(
-        "{}  {} {} (ASAP {})\n  {}\n  endpoint: {}\n",
-        m.id, m.name, m.version, m.capabilities.asap_version, m.description, m.endpoints.asap
-    );
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    let mut s = format!("{} {}  ({})\n", m.name, m.version, m.id);
+    if !m.description.is_empty() {
+        s.push_str(&format!("  {}\n", m.description));
+    }
+    let skills = &m.capabilities.skills;
+    if skills.is_empty() {
+        s.push_str("  skills: none\n");
+    } else {
+        s.push_str(&format!("  skills ({}):\n", skills.len()));
+        let width = skills.iter().map(|k| k.id.len()).max().unwrap_or(0);
+        for skill in skills {
+            s.push_str(&format!("    {:width$}  {}\n", skill.id, skill.description));
+        }
+    }
+    if !m.capabilities.mcp_tools.is_empty() {
+        s.push_str(&format!(
+            "  MCP tools: {}\n",
+            m.capabilities.mcp_tools.join(", ")
+        ));
+    }
+    s.push_str("  endpoints:\n");
+    s.push_str(&format!("    asap       {}\n", m.endpoints.asap));
     if let Some(events) = &m.endpoints.events {
-        s.push_str(&format!("  events:   {events}\n"));
+        s.push_str(&format!("    events     {events}\n"));
     }
-    s.push_str("  skills:\n");
-    for skill in &m.capabilities.skills {
-        s.push_str(&format!("    {}  {}\n", skill.id, skill.description));
-    }
+    s.push_str(&format!("  auth:        {}\n", auth_text(m.auth.as_ref())));
+    s.push_str(&format!("  cache TTL:   {} s\n", m.ttl_seconds));
     s.push_str(&format!(
-        "  auth: {}  ttl: {} s\n",
-        if m.auth.is_some() { "required" } else { "none" },
-        m.ttl_seconds
+        "  state kept:  {}   streaming: {}   envelope version: {}\n",
+        yes_no(m.capabilities.state_persistence),
+        yes_no(m.capabilities.streaming),
+        m.capabilities.asap_version
     ));
     s
+}
+
+/// `none`, or the schemes with the OAuth2 details clients need.
+fn auth_text(auth: Option<&asap_proto::model::AuthScheme>) -> String {
+    let Some(auth) = auth else {
+        return "none".to_owned();
+    };
+    let mut text = auth.schemes.join(", ");
+    if let Some(oauth2) = &auth.oauth2 {
+        let mut details = Vec::new();
+        for (key, label) in [
+            ("issuer", "issuer"),
+            ("token_url", "token URL"),
+            ("authorization_url", "authorization URL"),
+        ] {
+            if let Some(v) = oauth2.get(key).and_then(Value::as_str) {
+                details.push(format!("{label} {v}"));
+            }
+        }
+        if let Some(scopes) = oauth2.get("scopes") {
+            let scopes = match scopes {
+                Value::Array(a) => a
+                    .iter()
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                Value::Object(o) => o.keys().cloned().collect::<Vec<_>>().join(" "),
+                other => other.to_string(),
+            };
+            details.push(format!("scopes {scopes}"));
+        }
+        if !details.is_empty() {
+            text.push_str(&format!(" (OAuth2: {})", details.join(", ")));
+        }
+    }
+    text
 }
 
 /// `asap health URL`.
@@ -431,7 +695,10 @@ pub fn health(args: HealthArgs) -> ExitCode {
         runtime().and_then(|rt| {
             rt.block_on(async {
                 check_base_url(&args.url)?;
-                let v = client(&args.opts, None, 1)?.health_check(&args.url).await?;
+                let v = client(&args.opts, None, 1)?
+                    .health_check(&args.url)
+                    .await
+                    .map_err(|e| Failure::fetching(e, &args.url, "health document"))?;
                 Ok(health_output(&v))
             })
         }),
@@ -471,7 +738,10 @@ pub fn registry(args: RegistryArgs) -> ExitCode {
         json,
         runtime().and_then(|rt| {
             rt.block_on(async {
-                let reg = client(&args.opts, None, 1)?.registry(&args.url).await?;
+                let reg = client(&args.opts, None, 1)?
+                    .registry(&args.url)
+                    .await
+                    .map_err(|e| Failure::call(e, Peer::Registry))?;
                 registry_output(&reg, args.skill.as_deref())
             })
         }),

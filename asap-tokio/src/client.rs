@@ -361,7 +361,8 @@ fn classify(e: reqwest::Error) -> TransportError {
     } else {
         TransportErrorKind::Other
     };
-    TransportError::new(kind, error_chain(&e))
+    // The URL is the caller's to name (CallError::Transport does): once.
+    TransportError::new(kind, error_chain(&e.without_url()))
 }
 
 /// The error and its sources, "a: b: c" (reqwest's own text names no cause).

@@ -2,6 +2,7 @@
 
 mod cli_auth;
 mod cli_client;
+mod cli_progress;
 mod cli_webhooks;
 
 use std::net::SocketAddr;

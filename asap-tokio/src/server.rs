@@ -7,14 +7,12 @@
 //!
 //! ```no_run
 //! use asap_tokio::server::{Agent, SkillContext};
-//! use asap_proto::model::{AgentUrn, Manifest, Skill, TaskRequest};
-//! use asap_proto::server::SkillResult;
+//! use asap_tokio::{AgentUrn, Manifest, Skill, SkillResult, TaskRequest};
 //!
 //! # async fn run() -> std::io::Result<()> {
-//! let mut manifest = Manifest::new(AgentUrn::new("urn:asap:agent:demo").unwrap(), "Demo", "1.0.0", "demo", "http://127.0.0.1:8000/asap");
-//! manifest.capabilities.skills.push(Skill::new("upper", "Upper-case the text"));
+//! let manifest = Manifest::new(AgentUrn::new("urn:asap:agent:demo").unwrap(), "Demo", "1.0.0", "demo", "http://127.0.0.1:8000/asap");
 //! let agent = Agent::builder(manifest)
-//!     .skill("upper", |_ctx: SkillContext, req: TaskRequest| async move {
+//!     .skill_with(Skill::new("upper", "Upper-case the text"), |_ctx: SkillContext, req: TaskRequest| async move {
 //!         let text = req.input.get("text").and_then(|v| v.as_str()).unwrap_or("").to_uppercase();
 //!         let mut out = serde_json::Map::new();
 //!         out.insert("text".into(), text.into());
@@ -36,7 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
 use crate::store::TaskRecorder;
-use asap_proto::model::{Envelope, Manifest, Payload, PayloadKind, TaskRequest, UnixTime};
+use asap_proto::model::{Envelope, Manifest, Payload, PayloadKind, Skill, TaskRequest, UnixTime};
 use asap_proto::server::{
     AgentCode, AgentParts, BodyBudget, BodyError, BodyGrant, BodyTimer, Exchange, FirstAnswer,
     HandlerError, HandlerOutcome, HandlerRef, HealthReport, Invocation, Metrics, Now, Parking,
@@ -154,7 +152,43 @@ impl AgentBuilder {
         self
     }
 
-    /// Registers an async skill for `task.request` with `skill_id`.
+    /// Declares `skill` in the served manifest and registers `f` as its handler,
+    /// in one call: the manifest entry (description, schemas) and the code
+    /// cannot drift apart. The declaration replaces a manifest entry with the
+    /// same id.
+    ///
+    /// ```
+    /// use asap_tokio::{Agent, AgentUrn, Manifest, Skill, SkillResult};
+    /// let manifest = Manifest::new(AgentUrn::new("urn:asap:agent:demo").unwrap(), "Demo",
+    ///     "1.0.0", "demo", "http://127.0.0.1:8000/asap");
+    /// let agent = Agent::builder(manifest)
+    ///     .skill_with(Skill::new("upper", "Upper-case the text"), |_ctx, req| async move {
+    ///         match req.input.get("text").and_then(|v| v.as_str()) {
+    ///             Some(text) => {
+    ///                 let mut out = asap_tokio::JsonObject::new();
+    ///                 out.insert("text".into(), text.to_uppercase().into());
+    ///                 Ok(SkillResult::completed(out))
+    ///             }
+    ///             None => Ok(SkillResult::failed("input.text must be a string")),
+    ///         }
+    ///     })
+    ///     .build();
+    /// assert_eq!(agent.manifest().capabilities.skills[0].description, "Upper-case the text");
+    /// ```
+    #[must_use]
+    pub fn skill_with<F, Fut>(mut self, skill: Skill, f: F) -> Self
+    where
+        F: Fn(SkillContext, TaskRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<SkillResult, HandlerError>> + Send + 'static,
+    {
+        let id = skill.id.clone();
+        self.parts.declare_skill(skill);
+        self.skill(&id, f)
+    }
+
+    /// Registers an async skill for `task.request` with `skill_id`. A skill
+    /// the manifest does not declare is listed with its id as description;
+    /// [`skill_with`](Self::skill_with) declares and registers it in one call.
     #[must_use]
     pub fn skill<F, Fut>(mut self, skill_id: &str, f: F) -> Self
     where

@@ -187,13 +187,24 @@ async fn discover_and_health() {
     let o = asap(&["discover", &url]).await;
     assert_eq!(code(&o), 0, "{o:?}");
     let text = stdout(&o);
-    assert!(
-        text.starts_with(&format!("{AGENT}  CLI Echo 1.2.3")),
-        "{text}"
+    assert_eq!(
+        text,
+        format!(
+            "CLI Echo 1.2.3  ({AGENT})
+  test agent
+  skills (1):
+    echo  Echo back the input
+  endpoints:
+    asap       http://127.0.0.1/asap
+  auth:        none
+  cache TTL:   300 s
+  state kept:  no   streaming: no   envelope version: 0.1
+"
+        )
     );
-    assert!(text.contains("echo  Echo back the input"), "{text}");
     let o = asap(&["discover", &url, "--json"]).await;
     assert_eq!(json(&o)["id"], AGENT);
+    assert_eq!(json(&o)["capabilities"]["skills"][0]["id"], "echo");
 
     let o = asap(&["health", &url]).await;
     assert_eq!(code(&o), 0, "{o:?}");
@@ -371,4 +382,150 @@ async fn send_over_websocket_and_watch() {
     assert_eq!(code(&o), 0, "{o:?}");
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["payload_type"], "task.response");
+}
+
+/// `--skill` naming a skill the agent does not have: the CLI has (or fetches)
+/// the manifest, so it names the skills there are instead of "-32601".
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_skill_is_answered_with_the_skills_the_agent_offers() {
+    let url = start(false).await;
+    let ws = url.replace("http://", "ws://");
+    let says = format!("asap: no skill 'ecoh' at {AGENT}; it offers: echo\n");
+    for argv in [
+        vec!["send", url.as_str(), "--skill", "ecoh"],
+        // No discovery before sending: the manifest is fetched for the message.
+        vec![
+            "send",
+            url.as_str(),
+            "--skill",
+            "ecoh",
+            "--recipient",
+            AGENT,
+        ],
+        vec!["send", ws.as_str(), "--skill", "ecoh"],
+    ] {
+        let o = asap(&argv).await;
+        assert_eq!(code(&o), 1, "{argv:?}: {o:?}");
+        assert_eq!(String::from_utf8_lossy(&o.stderr), says, "{argv:?}");
+    }
+    let o = asap(&["send", &url, "--skill", "ecoh", "--json"]).await;
+    let e = json(&o);
+    assert_eq!(
+        e["error"]["message"],
+        format!("no skill 'ecoh' at {AGENT}; it offers: echo")
+    );
+    assert_eq!(e["error"]["code"], -32601);
+    assert_eq!(e["error"]["kind"], "remote");
+}
+
+/// Nobody listening: the URL once, and what to check.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_connection_names_the_url_once_with_a_hint() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let http = format!("http://127.0.0.1:{port}");
+    for scheme in ["http", "ws"] {
+        let url = format!("{scheme}://127.0.0.1:{port}");
+        for (argv, dead) in [
+            // The manifest is fetched over HTTP first, also for a ws:// URL.
+            (
+                vec!["send", url.as_str(), "--skill", "echo", "--attempts", "1"],
+                &http,
+            ),
+            (
+                vec![
+                    "send",
+                    url.as_str(),
+                    "--skill",
+                    "echo",
+                    "--recipient",
+                    AGENT,
+                    "--attempts",
+                    "1",
+                ],
+                &url,
+            ),
+        ] {
+            let o = asap(&argv).await;
+            assert_eq!(code(&o), 3, "{argv:?}: {o:?}");
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(
+                err.starts_with(&format!("asap: cannot connect to {dead}: ")),
+                "{argv:?}: {err}"
+            );
+            assert!(
+                err.ends_with(&format!(
+                    "; is the agent running, and listening on port {port}?\n"
+                )),
+                "{argv:?}: {err}"
+            );
+            assert_eq!(err.matches(dead.as_str()).count(), 1, "the URL once: {err}");
+            assert_eq!(err.lines().count(), 1, "one line: {err}");
+        }
+    }
+    let o = asap(&["health", &format!("http://127.0.0.1:{port}")]).await;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("is the agent running"), "{err}");
+}
+
+/// Failure lines say who refused or failed in words, never "remote error (local)".
+#[tokio::test(flavor = "multi_thread")]
+async fn failure_lines_read_naturally() {
+    let url = start(false).await;
+    let o = asap(&[
+        "send",
+        &url,
+        "--skill",
+        "echo",
+        "--recipient",
+        "urn:asap:agent:someone-else",
+    ])
+    .await;
+    assert_eq!(code(&o), 1, "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.starts_with("asap: the agent refused the request: JSON-RPC -32602 Invalid params "),
+        "{err}"
+    );
+    assert!(
+        err.contains("Envelope recipient is not this agent"),
+        "{err}"
+    );
+    let o = asap(&["discover", &format!("{url}/nothing-here")]).await;
+    assert_eq!(code(&o), 1, "{o:?}");
+    let err2 = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        err2,
+        format!(
+            "asap: {url}/nothing-here serves no ASAP manifest (HTTP 404); is it the agent's base URL?\n"
+        )
+    );
+    for label in [
+        "error (local)",
+        "error (peer)",
+        "error (network)",
+        "remote error",
+    ] {
+        assert!(
+            !err.contains(label) && !err2.contains(label),
+            "{label}: {err}{err2}"
+        );
+    }
+}
+
+/// Progress is drawn only on a terminal: a piped stderr gets none of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_progress_when_stderr_is_not_a_terminal() {
+    let url = start(false).await;
+    for argv in [
+        vec!["send", url.as_str(), "--skill", "echo"],
+        vec!["discover", url.as_str()],
+    ] {
+        let o = asap(&argv).await;
+        assert_eq!(code(&o), 0, "{argv:?}: {o:?}");
+        assert!(o.stderr.is_empty(), "{argv:?}: {o:?}");
+    }
 }

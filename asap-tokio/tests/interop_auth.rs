@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use asap_proto::model::{AgentUrn, Envelope, Payload, TaskRequest, Timestamp, UnixTime};
-use asap_tests::interop::{python_or_skip, shared_dir};
+use asap_tests::interop::{kit_python_or_skip, shared_dir};
 use asap_tokio::client::{Client, ClientOptions};
 
 /// A child process, killed on drop.
@@ -86,7 +86,7 @@ fn start_asap(jwks: &Path, state: &Path) -> (Proc, String) {
 
 #[test]
 fn reference_checker_auth_group_passes_against_asap_serve() {
-    let Some(python) = python_or_skip("auth interop (check_server.py)") else {
+    let Some(python) = kit_python_or_skip("auth interop (check_server.py)") else {
         return;
     };
     let keys = keys(&python);
@@ -163,7 +163,7 @@ fn envelope(recipient: &AgentUrn) -> Envelope {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asap_rs_client_sends_with_a_token_to_the_reference_server() {
-    let Some(python) = python_or_skip("auth interop (ref_server.py --jwks-file)") else {
+    let Some(python) = kit_python_or_skip("auth interop (ref_server.py --jwks-file)") else {
         return;
     };
     let keys = keys(&python);

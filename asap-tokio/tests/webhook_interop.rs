@@ -6,7 +6,7 @@
 //! * the `standardwebhooks` package (PyPI) accepts our Standard Webhooks
 //!   headers, also during key rotation, and rejects tampered ones.
 //!
-//! Python comes from the interop venv (`python_or_skip`) and the
+//! Python comes from the interop venv (`kit_python_or_skip`) and the
 //! `standardwebhooks` venv (`.ci/standardwebhooks.sh`).
 
 use std::path::PathBuf;
@@ -20,7 +20,7 @@ use asap_proto::webhook::{
     DeadReason, OutboxConfig, OutboxOutput, SigningKeys, UrlPolicy, WebhookEvent, WebhookOutbox,
     WebhookSecret,
 };
-use asap_tests::interop::{python_or_skip, required_or_skip, shared_dir};
+use asap_tests::interop::{kit_python_or_skip, required_or_skip, shared_dir};
 use asap_tokio::webhook::receive::{Received, Receiver};
 use asap_tokio::webhook::{SystemResolver, Webhooks};
 use base64::Engine as _;
@@ -46,7 +46,7 @@ fn wait_listening(port: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reference_receiver_verifies_our_signature_through_retries() {
-    let Some(python) = python_or_skip("reference webhook receiver interop") else {
+    let Some(python) = kit_python_or_skip("reference webhook receiver interop") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -173,7 +173,7 @@ fn run_sender(python: &PathBuf, url: &str, secret: &str) -> std::process::Output
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reference_sender_is_accepted_by_our_receiver_and_a_wrong_secret_refused() {
-    let Some(python) = python_or_skip("reference webhook sender interop") else {
+    let Some(python) = kit_python_or_skip("reference webhook sender interop") else {
         return;
     };
     let log: Arc<Mutex<Vec<Received>>> = Arc::default();

@@ -1,9 +1,10 @@
-//! Access to the reference implementation's golden vectors (`shared/vectors`)
-//! and the register of which test consumes each vector file.
+//! Access to the reference implementation's golden vectors and the register of
+//! which test consumes each vector file.
 //!
-//! The vectors directory is `$ASAP_VECTORS_DIR` when set, otherwise
-//! `../../shared/vectors` relative to this crate (the shared kit beside the
-//! repository).
+//! The vectors directory is `$ASAP_VECTORS_DIR` when set, otherwise the
+//! repository's copy, `tests/vectors` (synced from the shared kit with
+//! `scripts/sync-shared.sh`; see CONTRIBUTING.md). Every test crate finds them
+//! through [`dir`].
 
 use std::path::{Path, PathBuf};
 
@@ -321,13 +322,13 @@ pub fn owner_of(rel: &str) -> Option<(&'static str, Owner)> {
         .copied()
 }
 
-/// The vectors directory.
+/// The vectors directory: `$ASAP_VECTORS_DIR`, else the in-repo copy `tests/vectors`.
 #[must_use]
 pub fn dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("ASAP_VECTORS_DIR") {
-        return PathBuf::from(d);
+    match std::env::var_os("ASAP_VECTORS_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("vectors"),
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors")
 }
 
 /// Reads and parses one vector file (path relative to [`dir`], `/`-separated).

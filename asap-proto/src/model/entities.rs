@@ -159,6 +159,20 @@ impl Skill {
             output_schema: None,
         }
     }
+
+    /// With a JSON Schema of the input (`input_schema`).
+    #[must_use]
+    pub fn with_input_schema(mut self, schema: JsonObject) -> Self {
+        self.input_schema = Some(schema);
+        self
+    }
+
+    /// With a JSON Schema of the output (`output_schema`).
+    #[must_use]
+    pub fn with_output_schema(mut self, schema: JsonObject) -> Self {
+        self.output_schema = Some(schema);
+        self
+    }
 }
 
 /// Where to reach an agent.

@@ -1,5 +1,14 @@
 //! What handlers get and give back: [`Invocation`], [`SkillResult`],
 //! [`HandlerReply`], [`HandlerOutcome`], [`HandlerError`].
+//!
+//! How a skill reports what went wrong (the rule is also in the docs of
+//! [`SkillResult`] and of the `asap_proto::server` module):
+//!
+//! | what happened | return | the caller gets |
+//! |---|---|---|
+//! | bad input, or the work failed (a task that ended badly) | `Ok(SkillResult::failed(msg))` | a `task.response` with status `failed` and `{"error": msg}`, recorded with the task state |
+//! | a request the skill cannot take at all (bad params) | `Err(HandlerError::invalid_params(reason, details))` | JSON-RPC `-32602` naming the problem; no task |
+//! | a bug or a dependency down | `Err(HandlerError::failed(msg))`, or a panic | JSON-RPC `-32603 Internal error` (`msg` only with `debug`) |
 
 use serde_json::Value;
 
@@ -196,10 +205,28 @@ pub struct Invocation {
 
 /// What a skill produced.
 ///
-/// A skill reports bad input or a failed attempt as a result with status
+/// The rule: invalid input or a failed attempt is a result with status
 /// `failed` ([`SkillResult::failed`]): the task exists, ended badly, and is
-/// recorded. A crash (`Err(HandlerError)` or a panic) means the task did not
-/// run to an end; the caller gets -32603.
+/// recorded. A request the skill refuses outright may instead be
+/// [`HandlerError::invalid_params`] (JSON-RPC -32602). A bug
+/// ([`HandlerError::failed`] or a panic) means the task did not run to an
+/// end; the caller gets -32603.
+///
+/// ```
+/// use asap_proto::server::{HandlerError, SkillResult};
+/// use asap_proto::model::JsonObject;
+/// fn upper(input: &JsonObject) -> Result<SkillResult, HandlerError> {
+///     let Some(text) = input.get("text").and_then(|v| v.as_str()) else {
+///         return Ok(SkillResult::failed("input.text must be a string")); // bad input: failed task
+///     };
+///     let mut out = JsonObject::new();
+///     out.insert("text".into(), text.to_uppercase().into());
+///     Ok(SkillResult::completed(out))
+/// }
+/// let failed = upper(&JsonObject::new()).unwrap();
+/// assert_eq!(failed.status, asap_proto::task::TaskStatus::Failed);
+/// assert_eq!(failed.result.unwrap()["error"], "input.text must be a string");
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct SkillResult {
     /// Final (or current) task status.
@@ -273,12 +300,30 @@ pub enum HandlerError {
 }
 
 impl HandlerError {
-    /// A plain failure.
+    /// A plain failure (a bug, a dependency down): the caller gets -32603, the
+    /// message only in debug mode.
     pub fn failed(message: impl Into<String>) -> Self {
         Self::Failed {
             message: message.into(),
             kind: "HandlerError".into(),
         }
+    }
+
+    /// A request the handler refuses as malformed: the caller gets -32602 with
+    /// `data = {"error", "code": "asap:protocol/malformed_envelope", "message",
+    /// "details"}` (the reference's `MalformedEnvelopeError`; `message` is
+    /// `Malformed envelope: <reason>`). For input a skill merely cannot work
+    /// with, prefer a failed task ([`SkillResult::failed`]).
+    ///
+    /// ```
+    /// use asap_proto::server::HandlerError;
+    /// let e = HandlerError::invalid_params("input.text is missing", serde_json::json!({"member": "input.text"}));
+    /// let HandlerError::Asap(asap) = &e else { unreachable!() };
+    /// assert_eq!(asap.code, "asap:protocol/malformed_envelope");
+    /// assert_eq!(asap.message, "Malformed envelope: input.text is missing");
+    /// ```
+    pub fn invalid_params(reason: &str, details: Value) -> Self {
+        Self::Asap(AsapError::malformed_envelope(reason, details))
     }
 }
 

@@ -86,6 +86,8 @@
 //!         // Auth configured (`Server::set_auth`) and keys not cached: fetch them.
 //!         Step::Fetch(_request) => server.handle_fetched(&mut ex, Err("offline".into()), now),
 //!         Step::AwaitFetch => server.handle_fetch_waited(&mut ex, now),
+//!         // Only for replicas sharing replay state (`ServerConfig::shared_replay`).
+//!         Step::Claim(_) | Step::AwaitClaim { .. } => unreachable!("no shared replay here"),
 //!         Step::Respond(reply) => break reply,
 //!     }
 //! };
@@ -102,6 +104,14 @@
 //! assert_eq!(answer["result"]["envelope"]["payload"]["result"]["echoed"]["m"], 1);
 //! assert_eq!(snapshots.list_versions(answer["result"]["envelope"]["payload"]["task_id"].as_str().unwrap()).unwrap(), [1]);
 //! ```
+//!
+//! ## How a skill reports failure
+//!
+//! | what happened | the skill returns | the caller gets |
+//! |---|---|---|
+//! | invalid input, or the work failed | `Ok(`[`SkillResult::failed`]`(msg))` | a `task.response` with status `failed`, `{"error": msg}`, recorded |
+//! | a request it refuses outright (bad params) | `Err(`[`HandlerError::invalid_params`]`(reason, details))` | JSON-RPC `-32602` naming the problem |
+//! | a bug, a dependency down | `Err(`[`HandlerError::failed`]`(msg))` or a panic | JSON-RPC `-32603` (`msg` only with [`ServerConfig::debug`]) |
 
 mod admission;
 mod answer;

@@ -169,6 +169,17 @@ impl<S, P, H, T> AgentParts<S, P, H, T> {
         }
     }
 
+    /// Declares `skill` in the served manifest: it replaces the manifest's entry
+    /// with the same id, or is appended. What adapters' `skill_with` calls, so
+    /// one call declares a skill and registers its handler.
+    pub fn declare_skill(&mut self, skill: crate::model::Skill) {
+        let skills = &mut self.manifest.capabilities.skills;
+        match skills.iter_mut().find(|s| s.id == skill.id) {
+            Some(entry) => *entry = skill,
+            None => skills.push(skill),
+        }
+    }
+
     /// The core [`Server`](super::Server) (routes registered, task state attached
     /// when stores are, [`restored_nonces`](Self::restored_nonces) remembered)
     /// and the code it routes to.
@@ -275,6 +286,37 @@ mod tests {
         assert_eq!(
             skills,
             [("echo", "Echo back the input"), ("upper", "upper")]
+        );
+    }
+
+    #[test]
+    fn a_declared_skill_replaces_the_manifest_entry_or_is_added() {
+        let mut m = Manifest::new(
+            AgentUrn::new("urn:asap:agent:x").unwrap(),
+            "x",
+            "1.0.0",
+            "x",
+            "http://127.0.0.1/asap",
+        );
+        m.capabilities.skills.push(Skill::new("echo", "old words"));
+        m.capabilities.skills.push(Skill::new("sum", "Add numbers"));
+        let mut parts: AgentParts<(), (), (), ()> = AgentParts::new(m);
+        parts.declare_skill(Skill::new("echo", "Echo back the input"));
+        parts.declare_skill(Skill::new("upper", "Upper-case the text"));
+        let skills: Vec<(&str, &str)> = parts
+            .manifest
+            .capabilities
+            .skills
+            .iter()
+            .map(|s| (s.id.as_str(), s.description.as_str()))
+            .collect();
+        assert_eq!(
+            skills,
+            [
+                ("echo", "Echo back the input"),
+                ("sum", "Add numbers"),
+                ("upper", "Upper-case the text")
+            ]
         );
     }
 }
