@@ -5,7 +5,6 @@ use asap_proto::store::{
     AggregatePeriod, MeteringStore, StoreError, UsageAggregate, UsageEvent, UsageMetrics,
 };
 use deadpool_postgres::GenericClient;
-use futures_util::future::try_join_all;
 use tokio_postgres::types::ToSql;
 
 use super::{corrupt, get, pg_err, text, PgBackend};
@@ -14,6 +13,13 @@ const TABLE: &str = "asap_usage_events";
 const INSERT: &str = "INSERT INTO asap_usage_events \
      (agent_id, task_id, consumer_id, at_us, tokens_in, tokens_out, duration_ms, api_calls) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+/// A group's events in one statement, in recording order (the identity is
+/// assigned in the order of the ordinality).
+const INSERT_MANY: &str = "INSERT INTO asap_usage_events \
+     (agent_id, task_id, consumer_id, at_us, tokens_in, tokens_out, duration_ms, api_calls) \
+     SELECT a, t, c, at, ti, tout, d, ac FROM UNNEST($1::bytea[], $2::bytea[], $3::bytea[], \
+     $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::int8[]) WITH ORDINALITY \
+     AS u(a, t, c, at, ti, tout, d, ac, ord) ORDER BY ord";
 // `seq` (the identity) breaks timestamp ties in recording order; the index
 // (agent_id, at_us, seq) serves the range and the order.
 const QUERY: &str = "SELECT task_id, agent_id, consumer_id, at_us, \
@@ -63,25 +69,42 @@ pub(crate) async fn insert(
     client: &impl GenericClient,
     rows: &[EventRow],
 ) -> Result<(), StoreError> {
-    if rows.is_empty() {
-        return Ok(());
+    match rows {
+        [] => return Ok(()),
+        [r] => {
+            let stmt = client.prepare_cached(INSERT).await.map_err(pg_err)?;
+            let params: [&(dyn ToSql + Sync); 8] = [
+                &r.agent_id,
+                &r.task_id,
+                &r.consumer_id,
+                &r.at_us,
+                &r.metrics[0],
+                &r.metrics[1],
+                &r.metrics[2],
+                &r.metrics[3],
+            ];
+            client.execute(&stmt, &params).await.map_err(pg_err)?;
+            return Ok(());
+        }
+        _ => {}
     }
-    let stmt = client.prepare_cached(INSERT).await.map_err(pg_err)?;
-    try_join_all(rows.iter().map(|r| {
-        let params: [&(dyn ToSql + Sync); 8] = [
-            &r.agent_id,
-            &r.task_id,
-            &r.consumer_id,
-            &r.at_us,
-            &r.metrics[0],
-            &r.metrics[1],
-            &r.metrics[2],
-            &r.metrics[3],
-        ];
-        client.execute_raw(&stmt, params)
-    }))
-    .await
-    .map_err(pg_err)?;
+    let stmt = client.prepare_cached(INSERT_MANY).await.map_err(pg_err)?;
+    let bytes = |f: fn(&EventRow) -> &[u8]| rows.iter().map(f).collect::<Vec<&[u8]>>();
+    let (agents, tasks, consumers) = (
+        bytes(|r| &r.agent_id),
+        bytes(|r| &r.task_id),
+        bytes(|r| &r.consumer_id),
+    );
+    let at: Vec<i64> = rows.iter().map(|r| r.at_us).collect();
+    let metric = |i: usize| rows.iter().map(|r| r.metrics[i]).collect::<Vec<i64>>();
+    let (m0, m1, m2, m3) = (metric(0), metric(1), metric(2), metric(3));
+    client
+        .execute(
+            &stmt,
+            &[&agents, &tasks, &consumers, &at, &m0, &m1, &m2, &m3],
+        )
+        .await
+        .map_err(pg_err)?;
     Ok(())
 }
 

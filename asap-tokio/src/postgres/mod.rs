@@ -687,6 +687,19 @@ pub fn open_webhook_store(
     Ok(Box::new(backend.webhook_store()))
 }
 
+/// The rows of `rows` with distinct keys, each the last written for its key,
+/// in first-seen order of the survivors (one multi-row `ON CONFLICT`
+/// statement may not touch a key twice).
+pub(crate) fn last_per_key<'a, T, K: Ord + 'a>(
+    rows: &'a [T],
+    key: impl Fn(&'a T) -> K,
+) -> Vec<&'a T> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out: Vec<&T> = rows.iter().rev().filter(|r| seen.insert(key(r))).collect();
+    out.reverse();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

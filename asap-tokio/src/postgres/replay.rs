@@ -14,7 +14,6 @@ use asap_proto::store::{
     NonceRecord, ReplayClaim, ReplayStore, StoreError,
 };
 use deadpool_postgres::GenericClient;
-use futures_util::future::try_join_all;
 use tokio_postgres::types::ToSql;
 
 use super::{get, pg_err, text, PgBackend, Shared};
@@ -22,13 +21,14 @@ use super::{get, pg_err, text, PgBackend, Shared};
 const NONCES: &str = "asap_replay_nonces";
 const DEDUP: &str = "asap_replay_dedup";
 
-/// A nonce recorded twice keeps its later expiry.
-const UPSERT_NONCE: &str = "INSERT INTO asap_replay_nonces (sender, nonce, expires_at_ms) \
-     VALUES ($1, $2, $3) ON CONFLICT (sender, nonce) DO UPDATE SET \
-     expires_at_ms = GREATEST(asap_replay_nonces.expires_at_ms, EXCLUDED.expires_at_ms)";
-/// An answer replaces whatever the key held (an earlier answer, or the claim it answers).
-const UPSERT_ANSWER: &str = "INSERT INTO asap_replay_dedup \
-     (sender, envelope_id, response, lease_until_ms, expires_at_ms) VALUES ($1, $2, $3, NULL, $4) \
+/// Several nonces in one statement (distinct keys, each with its latest expiry).
+const UPSERT_NONCES: &str = "INSERT INTO asap_replay_nonces (sender, nonce, expires_at_ms) \
+     SELECT * FROM UNNEST($1::bytea[], $2::bytea[], $3::int8[]) ON CONFLICT (sender, nonce) \
+     DO UPDATE SET expires_at_ms = GREATEST(asap_replay_nonces.expires_at_ms, EXCLUDED.expires_at_ms)";
+/// Several answers in one statement (distinct keys: the caller keeps the last).
+const UPSERT_ANSWERS: &str = "INSERT INTO asap_replay_dedup \
+     (sender, envelope_id, response, lease_until_ms, expires_at_ms) \
+     SELECT s, e, r, NULL, x FROM UNNEST($1::bytea[], $2::bytea[], $3::bytea[], $4::int8[]) AS u(s, e, r, x) \
      ON CONFLICT (sender, envelope_id) DO UPDATE SET response = EXCLUDED.response, \
      lease_until_ms = NULL, expires_at_ms = EXCLUDED.expires_at_ms";
 const SELECT_NONCES: &str = "SELECT sender, nonce, expires_at_ms FROM asap_replay_nonces \
@@ -114,17 +114,24 @@ pub(crate) async fn upsert_nonces(
     if rows.is_empty() {
         return Ok(());
     }
-    let stmt = client.prepare_cached(UPSERT_NONCE).await.map_err(pg_err)?;
-    try_join_all(rows.iter().map(|r| {
-        let params: [&(dyn ToSql + Sync); 3] = [&r.sender, &r.nonce, &r.expires_at_ms];
-        client.execute_raw(&stmt, params)
-    }))
-    .await
-    .map_err(pg_err)?;
+    // One row per key, with the latest expiry among the batch's copies.
+    let mut latest: std::collections::BTreeMap<(&[u8], &[u8]), i64> = Default::default();
+    for r in rows {
+        let at = latest.entry(r.key()).or_insert(r.expires_at_ms);
+        *at = (*at).max(r.expires_at_ms);
+    }
+    let senders: Vec<&[u8]> = latest.keys().map(|k| k.0).collect();
+    let nonces: Vec<&[u8]> = latest.keys().map(|k| k.1).collect();
+    let expiries: Vec<i64> = latest.values().copied().collect();
+    let stmt = client.prepare_cached(UPSERT_NONCES).await.map_err(pg_err)?;
+    client
+        .execute(&stmt, &[&senders, &nonces, &expiries])
+        .await
+        .map_err(pg_err)?;
     Ok(())
 }
 
-/// Upserts answers (replacing claims and older answers), pipelined.
+/// Upserts answers (replacing claims and older answers) in one statement.
 pub(crate) async fn upsert_answers(
     client: &impl GenericClient,
     rows: &[AnswerRow],
@@ -132,14 +139,19 @@ pub(crate) async fn upsert_answers(
     if rows.is_empty() {
         return Ok(());
     }
-    let stmt = client.prepare_cached(UPSERT_ANSWER).await.map_err(pg_err)?;
-    try_join_all(rows.iter().map(|r| {
-        let params: [&(dyn ToSql + Sync); 4] =
-            [&r.sender, &r.envelope_id, &r.response, &r.expires_at_ms];
-        client.execute_raw(&stmt, params)
-    }))
-    .await
-    .map_err(pg_err)?;
+    let rows = super::last_per_key(rows, AnswerRow::key);
+    let senders: Vec<&[u8]> = rows.iter().map(|r| r.sender.as_slice()).collect();
+    let ids: Vec<&[u8]> = rows.iter().map(|r| r.envelope_id.as_slice()).collect();
+    let responses: Vec<&[u8]> = rows.iter().map(|r| r.response.as_slice()).collect();
+    let expiries: Vec<i64> = rows.iter().map(|r| r.expires_at_ms).collect();
+    let stmt = client
+        .prepare_cached(UPSERT_ANSWERS)
+        .await
+        .map_err(pg_err)?;
+    client
+        .execute(&stmt, &[&senders, &ids, &responses, &expiries])
+        .await
+        .map_err(pg_err)?;
     Ok(())
 }
 
@@ -166,6 +178,35 @@ pub(crate) async fn claim(
     }
     let now = c.now.as_millis();
     let mut client = shared.conn().await?;
+    if let (None, Some(d)) = (&c.nonce, &c.dedup) {
+        // One statement is atomic alone: one round trip instead of three.
+        let key: [&(dyn ToSql + Sync); 2] = [&d.sender.as_bytes(), &d.envelope_id.as_bytes()];
+        let stmt = client.prepare_cached(CLAIM_DEDUP).await.map_err(pg_err)?;
+        let won = client
+            .query_opt(
+                &stmt,
+                &[
+                    key[0],
+                    key[1],
+                    &d.lease_until_unix_ms,
+                    &d.expires_at_unix_ms,
+                    &now,
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        if won.is_some() {
+            return Ok(ClaimOutcome::Won);
+        }
+        let stmt = client.prepare_cached(HELD_BY).await.map_err(pg_err)?;
+        let row = client.query_opt(&stmt, &key).await.map_err(pg_err)?;
+        // Gone between the two statements (purged): ask again at the next poll.
+        let Some(row) = row else {
+            return Ok(ClaimOutcome::Running);
+        };
+        let response: Option<Vec<u8>> = get(&row, DEDUP, 0)?;
+        return Ok(response.map_or(ClaimOutcome::Running, ClaimOutcome::Answered));
+    }
     let tx = client.transaction().await.map_err(pg_err)?;
     if let Some(n) = &c.nonce {
         let stmt = tx.prepare_cached(CLAIM_NONCE).await.map_err(pg_err)?;

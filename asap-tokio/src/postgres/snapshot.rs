@@ -3,7 +3,6 @@
 use asap_proto::model::{JsonObject, StateSnapshot, Timestamp};
 use asap_proto::store::{check_snapshot, SnapshotStore, StoreError};
 use deadpool_postgres::GenericClient;
-use futures_util::future::try_join_all;
 use tokio_postgres::types::ToSql;
 
 use super::{corrupt, get, pg_err, text, PgBackend};
@@ -12,6 +11,14 @@ const TABLE: &str = "asap_snapshots";
 const UPSERT: &str =
     "INSERT INTO asap_snapshots (task_id, version, id, data, checkpoint, created_at) \
      VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (task_id, version) DO UPDATE SET \
+     id = EXCLUDED.id, data = EXCLUDED.data, checkpoint = EXCLUDED.checkpoint, \
+     created_at = EXCLUDED.created_at";
+/// A group's rows in one statement (arrays unnested: one parse, one plan, one
+/// round trip, however many rows); keys are distinct (the caller keeps the last).
+const UPSERT_MANY: &str =
+    "INSERT INTO asap_snapshots (task_id, version, id, data, checkpoint, created_at) \
+     SELECT * FROM UNNEST($1::bytea[], $2::int8[], $3::bytea[], $4::text[], $5::bool[], $6::text[]) \
+     ON CONFLICT (task_id, version) DO UPDATE SET \
      id = EXCLUDED.id, data = EXCLUDED.data, checkpoint = EXCLUDED.checkpoint, \
      created_at = EXCLUDED.created_at";
 const SELECT_VERSION: &str = "SELECT task_id, version, id, data, checkpoint, created_at \
@@ -63,23 +70,38 @@ pub(crate) async fn upsert(
     client: &impl GenericClient,
     rows: &[SnapshotRow],
 ) -> Result<(), StoreError> {
-    if rows.is_empty() {
-        return Ok(());
+    match rows {
+        [] => return Ok(()),
+        [r] => {
+            let stmt = client.prepare_cached(UPSERT).await.map_err(pg_err)?;
+            let params: [&(dyn ToSql + Sync); 6] = [
+                &r.task_id,
+                &r.version,
+                &r.id,
+                &r.data,
+                &r.checkpoint,
+                &r.created_at,
+            ];
+            client.execute(&stmt, &params).await.map_err(pg_err)?;
+            return Ok(());
+        }
+        _ => {}
     }
-    let stmt = client.prepare_cached(UPSERT).await.map_err(pg_err)?;
-    try_join_all(rows.iter().map(|r| {
-        let params: [&(dyn ToSql + Sync); 6] = [
-            &r.task_id,
-            &r.version,
-            &r.id,
-            &r.data,
-            &r.checkpoint,
-            &r.created_at,
-        ];
-        client.execute_raw(&stmt, params)
-    }))
-    .await
-    .map_err(pg_err)?;
+    let rows = super::last_per_key(rows, SnapshotRow::key);
+    let stmt = client.prepare_cached(UPSERT_MANY).await.map_err(pg_err)?;
+    let task_ids: Vec<&[u8]> = rows.iter().map(|r| r.task_id.as_slice()).collect();
+    let versions: Vec<i64> = rows.iter().map(|r| r.version).collect();
+    let ids: Vec<&[u8]> = rows.iter().map(|r| r.id.as_slice()).collect();
+    let data: Vec<&str> = rows.iter().map(|r| r.data.as_str()).collect();
+    let checkpoints: Vec<bool> = rows.iter().map(|r| r.checkpoint).collect();
+    let created: Vec<&str> = rows.iter().map(|r| r.created_at.as_str()).collect();
+    client
+        .execute(
+            &stmt,
+            &[&task_ids, &versions, &ids, &data, &checkpoints, &created],
+        )
+        .await
+        .map_err(pg_err)?;
     Ok(())
 }
 
