@@ -326,3 +326,98 @@ impl ReplayStore for MemoryReplayStore {
         Ok(ClaimOutcome::Won)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A replica claims envelope `key` at time step `dt` later.
+        Claim { key: u8, dt: u16 },
+        /// The current winner of `key` answers it (or fails: releases it).
+        Finish { key: u8, dt: u16, fail: bool },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..4, 0u16..400).prop_map(|(key, dt)| Op::Claim { key, dt }),
+            (0u8..4, 0u16..400, any::<bool>()).prop_map(|(key, dt, fail)| Op::Finish {
+                key,
+                dt,
+                fail
+            }),
+        ]
+    }
+
+    const LEASE: i64 = 1_000;
+    const AGE: i64 = 5_000;
+
+    proptest! {
+        /// However claims and answers interleave, an envelope is won again only
+        /// when nobody can still be running it (its lease ended, its run
+        /// failed, or it expired), and once answered every claim gets that answer.
+        #[test]
+        fn a_key_has_one_live_winner_and_then_its_answer(ops in prop::collection::vec(op(), 1..120)) {
+            let mut store = MemoryReplayStore::new();
+            let mut now = 0i64;
+            // key -> (winner's lease end, claimed at) while running; answered bodies.
+            let mut running: BTreeMap<u8, (i64, i64)> = BTreeMap::new();
+            let mut answered: BTreeMap<u8, (Vec<u8>, i64)> = BTreeMap::new();
+            for op in ops {
+                match op {
+                    Op::Claim { key, dt } => {
+                        now += i64::from(dt);
+                        let claim = ReplayClaim {
+                            nonce: None,
+                            dedup: Some(DedupClaim {
+                                sender: "s".into(),
+                                envelope_id: format!("e{key}"),
+                                lease_until_unix_ms: now + LEASE,
+                                expires_at_unix_ms: now + AGE,
+                            }),
+                            now: UnixTime::from_millis(now),
+                        };
+                        let got = store.claim(&claim).unwrap();
+                        let live_answer = answered.get(&key).filter(|(_, exp)| *exp >= now);
+                        let live_run = running
+                            .get(&key)
+                            .filter(|(lease, at)| *lease >= now && at + AGE >= now);
+                        match (live_answer, live_run) {
+                            (Some((body, _)), _) => prop_assert_eq!(got, ClaimOutcome::Answered(body.clone())),
+                            (None, Some(_)) => prop_assert_eq!(got, ClaimOutcome::Running),
+                            (None, None) => {
+                                prop_assert_eq!(got, ClaimOutcome::Won);
+                                answered.remove(&key);
+                                running.insert(key, (now + LEASE, now));
+                            }
+                        }
+                    }
+                    Op::Finish { key, dt, fail } => {
+                        now += i64::from(dt);
+                        if running.remove(&key).is_none() {
+                            continue;
+                        }
+                        let (body, expires) = if fail {
+                            (Vec::new(), now - 1)
+                        } else {
+                            (format!("answer {key} at {now}").into_bytes(), now + AGE)
+                        };
+                        store
+                            .record_dedup(&DedupRecord {
+                                sender: "s".into(),
+                                envelope_id: format!("e{key}"),
+                                response: body.clone(),
+                                expires_at_unix_ms: expires,
+                            })
+                            .unwrap();
+                        if !fail {
+                            answered.insert(key, (body, expires));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
