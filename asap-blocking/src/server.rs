@@ -242,6 +242,16 @@ impl Agent {
                 Step::Respond(reply) => break reply,
             }
         };
+        // A won claim that no answer replaced (an error answer): release it.
+        if let (Some(records), Some(stores)) =
+            (ex.abandon_claim(wall_now()), inner.code.stores.as_ref())
+        {
+            if let Err(e) = lock(stores).record(records) {
+                eprintln!(
+                    "asap: an unanswered claim was not released (it ends with its lease): {e}"
+                );
+            }
+        }
         let mut reply = reply;
         // The answer's webhook events are on disk before the answer goes out.
         let events = std::mem::take(&mut reply.publish);

@@ -330,3 +330,25 @@ fn an_unreachable_store_fails_closed_and_runs_nothing() {
     assert_eq!((status, runs), (503, 0), "{busy}");
     assert!(busy.to_string().contains("connection refused"), "{busy}");
 }
+
+#[test]
+fn an_envelope_answered_with_an_error_releases_its_claim() {
+    let base = Instant::now();
+    let (mut a, mut b) = (
+        replica(NonceMode::Off, base, 1),
+        replica(NonceMode::Off, base, 2),
+    );
+    let mut store = Shared::new();
+    let env = "01KDXZ0000SHAREDNOSKILL001";
+    let body = String::from_utf8(body(env, "x-1", None))
+        .unwrap()
+        .replace(r#""skill_id":"echo""#, r#""skill_id":"nope""#);
+    let mut runs = 0;
+    let (_, first) = store.send(&mut a, body.as_bytes(), at(base, 0), counting(&mut runs));
+    assert_eq!(first["error"]["code"], -32601, "{first}");
+    // The error is not kept as the answer, and the claim does not hold the
+    // envelope for its lease: the copy is decided again at once, the same way.
+    let (status, copy) = store.send(&mut b, body.as_bytes(), at(base, 10), counting(&mut runs));
+    assert_eq!((status, runs), (200, 0));
+    assert_eq!(copy["error"]["code"], -32601, "{copy}");
+}

@@ -648,8 +648,21 @@ impl Unanswered<'_> {
 
 impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
-        if let Some(answered) = self.ex.as_mut().and_then(Exchange::abandon) {
+        let Some(ex) = self.ex.as_mut() else { return };
+        if let Some(answered) = ex.abandon() {
             settle(self.agent, answered);
+        }
+        // A won claim that no answer replaced: release it in the shared store.
+        if let (Some(records), Some(recorder), Ok(rt)) = (
+            ex.abandon_claim(wall_now()),
+            self.agent.inner.code.stores.clone(),
+            tokio::runtime::Handle::try_current(),
+        ) {
+            rt.spawn(async move {
+                if let Err(e) = recorder.record(records).await {
+                    tracing::warn!(error = %e, "an unanswered claim was not released; it ends with its lease");
+                }
+            });
         }
     }
 }

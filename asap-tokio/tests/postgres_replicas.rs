@@ -344,3 +344,79 @@ fn an_unreachable_database_is_a_startup_error_naming_the_host_and_the_cause() {
         "asap: ASAP_STORAGE_BACKEND=postgres needs the database URL: set ASAP_STORAGE_URL=postgres://USER@HOST:5432/DB (or give --db postgres://…)"
     );
 }
+
+/// A replica whose first run of each envelope takes `slow` (the client gives up before).
+async fn slow_replica(db: &str, slow: Duration) -> String {
+    use asap_proto::model::{AgentUrn, Manifest, Skill, TaskRequest};
+    use asap_proto::server::{ServerConfig, SharedReplay, SkillResult};
+    let storage = asap_proto::store::StorageConfig::postgres(db).unwrap();
+    let (recorder, shared) = asap_tokio::store::open_task_state(
+        &storage,
+        &asap_tokio::store::TaskStateOptions::default(),
+    )
+    .unwrap();
+    assert!(shared);
+    let mut m = Manifest::new(
+        AgentUrn::new("urn:asap:agent:asap-rs-echo").unwrap(),
+        "slow",
+        "1.0.0",
+        "slow",
+        "http://127.0.0.1/asap",
+    );
+    m.capabilities.skills.push(Skill::new("echo", "echo"));
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let agent = asap_tokio::Agent::builder(m)
+        .config(ServerConfig {
+            rate_limit: None,
+            shared_replay: Some(SharedReplay::default()),
+            ..ServerConfig::default()
+        })
+        .stores(recorder)
+        .skill("echo", move |_ctx, req: TaskRequest| {
+            let first = first.swap(false, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if first {
+                    tokio::time::sleep(slow).await;
+                }
+                Ok(SkillResult::echo_input(req.input))
+            }
+        })
+        .build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(asap_tokio::serve(listener, agent, std::future::pending()));
+    format!("http://{addr}/asap")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_gives_up_mid_run_releases_the_claim_for_its_retry() {
+    let Some(admin) = admin_url() else { return };
+    let db = fresh_database(&admin, "gaveup").await;
+    let url = slow_replica(&db, Duration::from_secs(30)).await;
+    let env = envelope(
+        Some("01KDXZ00REPL1CAGAVEUP0000001"),
+        "task.request",
+        task(1),
+    );
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    assert!(
+        post(&impatient, &url, &env, "first").await.is_err(),
+        "the first run is slow"
+    );
+    // The dropped exchange released its claim: the retry runs now (the
+    // skill is fast the second time) instead of waiting out the 300 s lease.
+    let client = reqwest::Client::new();
+    let mut answer = Value::Null;
+    for _ in 0..50 {
+        answer = post(&client, &url, &env, "retry").await.unwrap();
+        if answer.get("result").is_some() {
+            break;
+        }
+        // The release is written just after the drop: a retry racing it gets 503.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(task_id(&answer).is_some(), "{answer}");
+}

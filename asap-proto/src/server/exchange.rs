@@ -392,6 +392,9 @@ pub struct Exchange {
     frame_refusal: Option<AuthRejection>,
     /// Shared replay state: when the first claim was made, and the next pause.
     claiming: Option<(Instant, std::time::Duration)>,
+    /// Shared replay state: the claim this exchange won and has not yet
+    /// handed to the store as an answer (released if it ends without one).
+    claimed: Option<(String, String)>,
 }
 
 impl Exchange {
@@ -421,6 +424,7 @@ impl Exchange {
             bind_sender: false,
             frame_refusal: None,
             claiming: None,
+            claimed: None,
         }
     }
 
@@ -504,6 +508,26 @@ impl Exchange {
             .map(|ticket| Answered { ticket, body: None })
     }
 
+    /// Shared replay state: call when the exchange ends (answered or
+    /// dropped). If it won a claim whose answer never went to the store (the
+    /// client went away mid-run, or the envelope was answered with an error
+    /// that is not kept), these records release it, so a copy runs at once
+    /// instead of waiting for the lease; persist them like [`Step::Persist`]'s.
+    pub fn abandon_claim(&mut self, now: UnixTime) -> Option<Records> {
+        let (sender, envelope_id) = self.claimed.take()?;
+        Some(Records {
+            task: None,
+            nonce: None,
+            dedup: Some(crate::store::DedupRecord {
+                sender,
+                envelope_id,
+                response: Vec::new(),
+                expires_at_unix_ms: now.as_millis().saturating_sub(1),
+            }),
+            now,
+        })
+    }
+
     /// This exchange's token (the one [`Step::AwaitFirst`] names).
     #[must_use]
     pub fn token(&self) -> u64 {
@@ -550,6 +574,10 @@ impl Exchange {
                 Step::Invoke(*inv)
             }
             Stage::Persist(run, records) => {
+                if records.dedup.is_some() {
+                    // The store gets the answer (or the release) with these records.
+                    self.claimed = None;
+                }
                 self.stage = Stage::Waiting(Waiting::Persisted(run));
                 Step::Persist(*records)
             }
@@ -969,7 +997,13 @@ impl Exchange {
             return;
         };
         match result {
-            Ok(ClaimOutcome::Won) => self.proceed(pending, now.wall),
+            Ok(ClaimOutcome::Won) => {
+                self.claimed = claim
+                    .dedup
+                    .as_ref()
+                    .map(|d| (d.sender.clone(), d.envelope_id.clone()));
+                self.proceed(pending, now.wall);
+            }
             Ok(ClaimOutcome::Answered(first)) => self.answer_copy(pending, Some(&first), now.wall),
             Ok(ClaimOutcome::NonceReplayed) => {
                 let nonce = claim.nonce.as_ref().map_or("", |n| n.nonce.as_str());

@@ -173,6 +173,10 @@ fn run(
         }
     };
     let mut reply = reply;
+    if let (Some(records), Some(s)) = (ex.abandon_claim(now.wall), state.as_mut()) {
+        // Best effort, as an adapter's: an unreleased claim ends with its lease.
+        let _ = s.persist(records);
+    }
     if let Some(answered) = reply.answered.take() {
         let _woken = server.handle_answered(answered, now.wall);
     }
