@@ -11,7 +11,7 @@ use asap_proto::server::{
     drive_inline, BodyError, HandlerOutcome, Invocation, Metrics, Now, RequestHead, Server,
     ServerConfig, SkillResult, Step, Transport,
 };
-use asap_proto::store::{MemoryMeteringStore, MemorySnapshotStore};
+use asap_proto::store::{ClaimOutcome, MemoryMeteringStore, MemoryReplayStore, MemorySnapshotStore, StoreError};
 use libfuzzer_sys::fuzz_target;
 
 const NOW_SECS: i64 = 1_767_225_600;
@@ -22,16 +22,18 @@ struct Fixture {
     metrics: Metrics,
     snapshots: MemorySnapshotStore,
     metering: MemoryMeteringStore,
+    /// Replay state shared "with other replicas" (claims decided here).
+    replay: MemoryReplayStore,
 }
 
-fn fixture() -> Fixture {
+fn fixture(shared: bool) -> Fixture {
     let mut m = Manifest::new(AgentUrn::new("urn:asap:agent:fuzz").unwrap(), "f", "1.0.0", "f", "http://127.0.0.1/asap");
     m.capabilities.skills.push(Skill::new("echo", "echo"));
-    let config = ServerConfig { rate_limit: None, nonce: asap_proto::server::NonceMode::WhenPresent, max_nonces: 64, max_request_size: 64 * 1024, ..ServerConfig::default() };
+    let config = ServerConfig { rate_limit: None, nonce: asap_proto::server::NonceMode::WhenPresent, max_nonces: 64, max_request_size: 64 * 1024, shared_replay: shared.then(Default::default), ..ServerConfig::default() };
     let mut server = Server::new(m, config, Instant::now(), 7);
     server.routes_mut().add_skill("echo");
     server.routes_mut().attach_task_state();
-    Fixture { server, metrics: Metrics::default(), snapshots: MemorySnapshotStore::new(), metering: MemoryMeteringStore::new() }
+    Fixture { server, metrics: Metrics::default(), snapshots: MemorySnapshotStore::new(), metering: MemoryMeteringStore::new(), replay: MemoryReplayStore::new() }
 }
 
 fn now() -> Now {
@@ -45,7 +47,7 @@ fn run(f: &mut Fixture, encoding: Option<&str>, body: &[u8]) -> http::Response<V
     }
     let head = RequestHead { method: &http::Method::POST, path: "/asap", headers: &h, peer: None, transport: Transport::Http };
     let echo = |inv: &Invocation| HandlerOutcome::Skill(SkillResult::echo(inv));
-    let state = asap_proto::server::TaskState { snapshots: &mut f.snapshots, metering: &mut f.metering, replay: None };
+    let state = asap_proto::server::TaskState { snapshots: &mut f.snapshots, metering: &mut f.metering, replay: Some(&mut f.replay) };
     drive_inline(&mut f.server, &head, body, now(), echo, Some(state), &mut f.metrics)
 }
 
@@ -55,7 +57,22 @@ fn out_of_order(f: &mut Fixture, ops: &[u8]) {
     let head = RequestHead { method: &http::Method::POST, path: "/asap", headers: &h, peer: None, transport: Transport::Http };
     let mut ex = f.server.handle_request(&head, now());
     for op in ops.iter().take(16) {
-        match op % 6 {
+        match op % 9 {
+            6 => {
+                // Whatever a (buggy) store answers, including bytes that are not JSON.
+                let outcome = match op / 9 % 5 {
+                    0 => Ok(ClaimOutcome::Won),
+                    1 => Ok(ClaimOutcome::Running),
+                    2 => Ok(ClaimOutcome::NonceReplayed),
+                    3 => Ok(ClaimOutcome::Answered(ops.to_vec())),
+                    _ => Err(StoreError::Backend("down".into())),
+                };
+                ex.handle_claim(outcome, now());
+            }
+            7 => ex.handle_claim_waited(now()),
+            8 => {
+                let _ = ex.abandon_claim(now().wall);
+            }
             0 => ex.handle_body(VALID, now().wall),
             1 => ex.handle_body_error(BodyError::Unreadable("reset".into())),
             2 => f.server.handle_admission(&mut ex, now()),
@@ -91,11 +108,11 @@ fn out_of_order(f: &mut Fixture, ops: &[u8]) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let f = &mut fixture();
     let (selector, body) = match data.split_first() {
         Some((b, rest)) => (*b, rest),
         None => (0, data),
     };
+    let f = &mut fixture(selector & 0x40 != 0);
     if selector >= 0xF0 {
         return out_of_order(f, body);
     }
