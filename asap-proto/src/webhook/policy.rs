@@ -132,9 +132,16 @@ impl UrlPolicy {
             });
         }
         check_authority_text(input)?;
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(UrlRejection::Userinfo);
-        }
+        // No userinfo gets here: `check_authority_text` refuses any '@' before the
+        // first '/', '?', '#' or '\\', which is where the WHATWG parser ends the
+        // authority of an http(s) URL, so it also covers `https://:@h/` (whose empty
+        // userinfo the parser drops). A runtime `if` here could never fire (its
+        // `||` -> `&&` mutant was equivalent); the assertion keeps the claim checked
+        // by every test that parses a URL.
+        debug_assert!(
+            url.username().is_empty() && url.password().is_none(),
+            "userinfo passed check_authority_text: {input:?}"
+        );
         let host = match url.host() {
             None => return Err(UrlRejection::MissingHost),
             Some(Host::Domain("")) => return Err(UrlRejection::MissingHost),
@@ -1101,6 +1108,24 @@ mod tests {
         let over = format!("{at_limit}a");
         assert_eq!(
             p.parse(&over).unwrap_err(),
+            UrlRejection::TooLong {
+                len: MAX_URL_LEN + 1
+            }
+        );
+        // The limit applies to the text given even when the stored form is shorter
+        // ("/./" segments are dropped): checking only the stored length would let
+        // this through.
+        let dots = format!(
+            "{prefix}{}a",
+            "./".repeat((MAX_URL_LEN + 1 - prefix.len() - 1) / 2)
+        );
+        assert_eq!(dots.len(), MAX_URL_LEN + 1);
+        assert_eq!(
+            p.parse(&dots[..dots.len() - 2]).unwrap().as_str(),
+            "https://example.com/"
+        );
+        assert_eq!(
+            p.parse(&dots).unwrap_err(),
             UrlRejection::TooLong {
                 len: MAX_URL_LEN + 1
             }
