@@ -291,4 +291,51 @@ mod tests {
         .unwrap();
         assert!(c.scopes.is_empty());
     }
+
+    #[test]
+    fn the_leeway_bound_is_inclusive_for_iat_and_claims_are_kept() {
+        let p = ClaimsPolicy::default();
+        // `iat` exactly `leeway` ahead is still accepted; one second more is not.
+        let c = check(
+            json!({"sub":"a","exp": NOW + 10, "iat": NOW + 60, "nbf": NOW - 5,
+                   "agent": "urn:asap:agent:x"}),
+            &p,
+        )
+        .unwrap();
+        assert_eq!(c.issued_at, Some(UnixTime::from_secs(NOW + 60)));
+        assert_eq!(c.not_before, Some(UnixTime::from_secs(NOW - 5)));
+        assert_eq!(c.get("agent"), Some(&json!("urn:asap:agent:x")));
+        assert_eq!(c.get("sub"), Some(&json!("a")));
+        assert_eq!(c.get("missing"), None);
+        assert_eq!(
+            check(json!({"sub":"a","exp": NOW + 10, "iat": NOW + 61}), &p),
+            Err(TokenRejection::IssuedInFuture {
+                iat: UnixTime::from_secs(NOW + 61)
+            })
+        );
+        // A policy issuer with no `iss` in the token: found nothing.
+        let with_iss = ClaimsPolicy {
+            issuer: Some("https://idp".into()),
+            ..ClaimsPolicy::default()
+        };
+        assert_eq!(
+            check(json!({"sub":"a","exp": NOW + 10}), &with_iss),
+            Err(TokenRejection::WrongIssuer { found: None })
+        );
+        assert_eq!(
+            check(json!({"sub":"a","exp": NOW + 10, "iss": 5}), &p),
+            Err(TokenRejection::InvalidClaim("iss"))
+        );
+        assert_eq!(
+            check(json!({"sub":"a","exp": NOW + 10, "aud": ["x", 1]}), &p),
+            Err(TokenRejection::InvalidClaim("aud"))
+        );
+        let c = check(
+            json!({"sub":"a","exp": NOW + 10, "iss": "https://idp", "aud": "x"}),
+            &p,
+        )
+        .unwrap();
+        assert_eq!(c.issuer.as_deref(), Some("https://idp"));
+        assert_eq!(c.audience, ["x"]);
+    }
 }

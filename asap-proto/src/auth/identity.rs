@@ -328,4 +328,57 @@ mod tests {
             })
         );
     }
+
+    #[test]
+    fn subject_lists_must_be_non_empty_and_scopes_match_exactly() {
+        for text in [
+            r#"{"urn:asap:agent:a":[]}"#,
+            r#"{"urn:asap:agent:a":[""]}"#,
+            r#"{"urn:asap:agent:a":["s",""]}"#,
+            r#"{"urn:asap:agent:a":7}"#,
+        ] {
+            assert_eq!(
+                SubjectMap::parse(text),
+                Err(SubjectMapError::InvalidSubjects("urn:asap:agent:a".into())),
+                "{text}"
+            );
+        }
+        // The same subject twice for the same agent is no conflict.
+        let m = SubjectMap::parse(r#"{"urn:asap:agent:a":["s","s","t"]}"#).unwrap();
+        assert!(!m.is_empty());
+        assert_eq!(
+            m.agent_for("s").map(AgentUrn::as_str),
+            Some("urn:asap:agent:a")
+        );
+        assert_eq!(
+            m.agent_for("t").map(AgentUrn::as_str),
+            Some("urn:asap:agent:a")
+        );
+        assert_eq!(m.agent_for("u"), None);
+
+        let id = Identity::new(
+            "client-app",
+            vec!["asap:read".into(), "asap:execute".into()],
+            None,
+        );
+        assert!(id.has_scope("asap:execute"));
+        assert!(id.has_scope("asap:read"));
+        assert!(!id.has_scope("asap:admin"));
+        assert!(!id.has_scope("asap:exec"));
+        assert_eq!((id.binding, id.kind), (Binding::Unbound, TokenKind::Custom));
+        // An unbound identity lets any sender through.
+        assert_eq!(id.check_sender("urn:asap:agent:anyone"), Ok(()));
+        let at = UnixTime::from_secs(1_800_000_000);
+        let bound = Identity::new(
+            "s",
+            vec![],
+            Some(AgentUrn::new("urn:asap:agent:a").unwrap()),
+        )
+        .expiring(at);
+        assert_eq!(
+            (bound.binding, bound.expires_at),
+            (Binding::Claim, Some(at))
+        );
+        assert_eq!(bound.subject, "s");
+    }
 }

@@ -99,4 +99,27 @@ mod tests {
             assert_eq!(Scope::from_name(s.as_str()), Some(s));
         }
     }
+
+    #[test]
+    fn names_and_display_are_the_wire_spellings() {
+        for (s, name) in [
+            (Scope::Read, "asap:read"),
+            (Scope::Execute, "asap:execute"),
+            (Scope::Admin, "asap:admin"),
+        ] {
+            assert_eq!(s.as_str(), name);
+            assert_eq!(s.to_string(), name);
+            assert_eq!(Scope::from_name(name), Some(s));
+        }
+        assert_eq!(Scope::from_name("asap:write"), None);
+        assert_eq!(Scope::from_name("ASAP:READ"), None);
+        assert_eq!(
+            required_scope(&Method::POST, "/asap/ws"),
+            Some(Scope::Execute)
+        );
+        assert_eq!(
+            required_scope(&Method::DELETE, "/asap/tasks"),
+            Some(Scope::Read)
+        );
+    }
 }

@@ -489,4 +489,45 @@ mod tests {
             Verdict::Rejected(TokenRejection::CriticalHeader(vec!["exp".into()]))
         );
     }
+
+    #[test]
+    fn hmac_switch_config_and_key_algorithm() {
+        let keys = TestKeys::new();
+        let c = claims();
+        let plain = TokenValidator::new(ValidatorConfig::default());
+        let hs = with_secret();
+        assert!(!plain.accepts_hmac());
+        assert!(hs.accepts_hmac());
+        assert!(hs.config().shared_secret.is_some());
+        assert!(plain.config().shared_secret.is_none());
+        assert!(hs.clone().accepts_hmac());
+        let es_only = TokenValidator::new(ValidatorConfig {
+            algorithms: vec![Algorithm::Es256],
+            ..Default::default()
+        });
+        assert_eq!(es_only.config().algorithms, [Algorithm::Es256]);
+
+        let rs = keys.sign("RS256", Some("rsa-1"), &c);
+        let es = keys.sign("ES256", Some(kid_for("ES256")), &c);
+        let hmac_token = keys.sign("HS256", Some(kid_for("HS256")), &c);
+        assert_eq!(plain.key_algorithm(&rs), Some(Algorithm::Rs256));
+        assert_eq!(es_only.key_algorithm(&es), Some(Algorithm::Es256));
+        // Not in the allow-list, HS256 (never a key-set key) and malformed: no key set needed.
+        assert_eq!(es_only.key_algorithm(&rs), None);
+        assert_eq!(hs.key_algorithm(&hmac_token), None);
+        let hs_listed = TokenValidator::new(ValidatorConfig {
+            algorithms: vec![Algorithm::Hs256, Algorithm::Rs256],
+            ..Default::default()
+        });
+        assert_eq!(hs_listed.key_algorithm(&hmac_token), None);
+        assert_eq!(hs_listed.key_algorithm(&rs), Some(Algorithm::Rs256));
+        assert_eq!(plain.key_algorithm("not.a.token"), None);
+        let crit = keys.sign_raw(
+            "RS256",
+            Some("rsa-1"),
+            r#"{"alg":"RS256","kid":"rsa-1","crit":["exp"]}"#,
+            &c.to_string(),
+        );
+        assert_eq!(plain.key_algorithm(&crit), None);
+    }
 }

@@ -132,9 +132,16 @@ impl UrlPolicy {
             });
         }
         check_authority_text(input)?;
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(UrlRejection::Userinfo);
-        }
+        // No userinfo gets here: `check_authority_text` refuses any '@' before the
+        // first '/', '?', '#' or '\\', which is where the WHATWG parser ends the
+        // authority of an http(s) URL, so it also covers `https://:@h/` (whose empty
+        // userinfo the parser drops). A runtime `if` here could never fire (its
+        // `||` -> `&&` mutant was equivalent); the assertion keeps the claim checked
+        // by every test that parses a URL.
+        debug_assert!(
+            url.username().is_empty() && url.password().is_none(),
+            "userinfo passed check_authority_text: {input:?}"
+        );
         let host = match url.host() {
             None => return Err(UrlRejection::MissingHost),
             Some(Host::Domain("")) => return Err(UrlRejection::MissingHost),
@@ -939,6 +946,280 @@ mod tests {
         }
         .approve(&cb, &[])
         .is_err());
+    }
+
+    /// Every range by its exact variant, with the addresses just outside each
+    /// prefix (so a widened or narrowed mask, a swapped `&&`/`||` or a dropped
+    /// match arm changes at least one row).
+    #[test]
+    fn every_address_gets_its_exact_range() {
+        use BlockedRange as R;
+        let cases: &[(&str, Option<BlockedRange>)] = &[
+            ("0.0.0.0", Some(R::Unspecified)),
+            ("0.1.2.3", Some(R::Unspecified)),
+            ("1.0.0.1", None),
+            ("10.1.2.3", Some(R::Private)),
+            ("11.0.0.1", None),
+            ("100.64.0.1", Some(R::SharedAddressSpace)),
+            ("100.127.255.254", Some(R::SharedAddressSpace)),
+            ("100.63.255.255", None),
+            ("100.128.0.1", None),
+            ("127.0.0.1", Some(R::Loopback)),
+            ("127.255.255.254", Some(R::Loopback)),
+            ("169.254.169.254", Some(R::LinkLocal)),
+            ("169.253.0.1", None),
+            ("169.255.0.1", None),
+            ("172.16.0.1", Some(R::Private)),
+            ("172.31.255.255", Some(R::Private)),
+            ("172.15.255.255", None),
+            ("172.32.0.1", None),
+            ("192.0.0.1", Some(R::ProtocolAssignments)),
+            ("192.0.1.1", None),
+            ("192.0.2.1", Some(R::Documentation)),
+            ("192.0.3.1", None),
+            ("192.88.99.1", Some(R::SixToFourRelay)),
+            ("192.88.98.1", None),
+            ("192.168.1.1", Some(R::Private)),
+            ("192.169.0.1", None),
+            ("198.18.0.1", Some(R::Benchmarking)),
+            ("198.19.255.255", Some(R::Benchmarking)),
+            ("198.17.255.255", None),
+            ("198.20.0.1", None),
+            ("198.51.100.7", Some(R::Documentation)),
+            ("198.51.101.1", None),
+            ("203.0.113.9", Some(R::Documentation)),
+            ("203.0.114.1", None),
+            ("223.255.255.255", None),
+            ("224.0.0.1", Some(R::Multicast)),
+            ("239.255.255.250", Some(R::Multicast)),
+            ("240.0.0.1", Some(R::Reserved)),
+            ("255.255.255.254", Some(R::Reserved)),
+            ("255.255.255.255", Some(R::Broadcast)),
+            ("::", Some(R::Unspecified)),
+            ("::1", Some(R::Loopback)),
+            ("::2", Some(R::Ipv4Compatible)),
+            ("::8.8.8.8", Some(R::Ipv4Compatible)),
+            ("::ffff:8.8.8.8", Some(R::Ipv4Mapped)),
+            ("::ffff:127.0.0.1", Some(R::Ipv4Mapped)),
+            ("::1:ffff:0:0", Some(R::Reserved)),
+            ("1::ffff:0:0", Some(R::Reserved)),
+            ("64:ff9b::808:808", Some(R::Nat64)),
+            ("64:ff9b:1::1", Some(R::Nat64)),
+            ("64:ff9b:2::1", Some(R::Reserved)),
+            ("64:ff9b:0:0:1::1", Some(R::Reserved)),
+            ("64:ff9a::1", Some(R::Reserved)),
+            ("65:ff9b::1", Some(R::Reserved)),
+            ("ff00::1", Some(R::Multicast)),
+            ("ff02::1", Some(R::Multicast)),
+            ("fe80::1", Some(R::LinkLocal)),
+            ("febf::1", Some(R::LinkLocal)),
+            ("fec0::1", Some(R::SiteLocal)),
+            ("feff::1", Some(R::SiteLocal)),
+            ("fe00::1", Some(R::Reserved)),
+            ("fc00::1", Some(R::UniqueLocal)),
+            ("fdff::1", Some(R::UniqueLocal)),
+            ("fb00::1", Some(R::Reserved)),
+            ("100::1", Some(R::Reserved)),
+            ("1fff::1", Some(R::Reserved)),
+            ("4000::1", Some(R::Reserved)),
+            ("e000::1", Some(R::Reserved)),
+            ("2001::1", Some(R::ProtocolAssignments)),
+            ("2001:10::1", Some(R::ProtocolAssignments)),
+            ("2001:1ff::1", Some(R::ProtocolAssignments)),
+            ("2001:200::1", None),
+            ("2001:db8::1", Some(R::Documentation)),
+            ("2001:db9::1", None),
+            ("3fff::1", Some(R::Documentation)),
+            ("3fff:fff::1", Some(R::Documentation)),
+            ("3fff:1000::1", None),
+            ("2400:100::1", None),
+            ("2400:db8::1", None),
+            ("2002:7f00:1::1", Some(R::SixToFourEmbedsBlocked)),
+            ("2002:808:808::1", None),
+            ("2606:4700:4700::1111", None),
+            ("2a00:1450::1", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(blocked_range(ip(text)), *want, "{text}");
+        }
+    }
+
+    #[test]
+    fn each_switch_alone_is_development_and_loopback_alone_keeps_https() {
+        let http_only = UrlPolicy {
+            development_allow_http: true,
+            ..UrlPolicy::PRODUCTION
+        };
+        let loopback_only = UrlPolicy {
+            development_allow_loopback: true,
+            ..UrlPolicy::PRODUCTION
+        };
+        assert!(http_only.is_development());
+        assert!(loopback_only.is_development());
+        assert_eq!(loopback_only.refuses(ip("127.0.0.1")), None);
+        assert_eq!(loopback_only.refuses(ip("::1")), None);
+        assert_eq!(
+            loopback_only.refuses(ip("10.0.0.1")),
+            Some(BlockedRange::Private)
+        );
+        assert_eq!(
+            UrlPolicy::PRODUCTION.refuses(ip("127.0.0.1")),
+            Some(BlockedRange::Loopback)
+        );
+        assert_eq!(
+            loopback_only.parse("http://127.0.0.1/").unwrap_err(),
+            UrlRejection::SchemeNotAllowed {
+                scheme: "http".into(),
+                allowed: "https"
+            }
+        );
+        assert_eq!(
+            loopback_only
+                .check("https://127.0.0.1:8443/h", &[])
+                .unwrap()
+                .addresses(),
+            [ip("127.0.0.1")]
+        );
+        // A literal approved under a lenient policy is refused by a strict one, by range.
+        let cb = loopback_only.parse("https://127.0.0.1/").unwrap();
+        assert_eq!(
+            UrlPolicy::PRODUCTION.approve(&cb, &[]).unwrap_err(),
+            UrlRejection::BlockedAddress {
+                host: "127.0.0.1".into(),
+                range: BlockedRange::Loopback
+            }
+        );
+        assert_eq!(
+            UrlPolicy::PRODUCTION.parse("https://[::1]/").unwrap_err(),
+            UrlRejection::BlockedAddress {
+                host: "::1".into(),
+                range: BlockedRange::Loopback
+            }
+        );
+    }
+
+    #[test]
+    fn the_length_limit_is_exact_before_and_after_percent_encoding() {
+        let p = UrlPolicy::default();
+        let prefix = "https://example.com/";
+        let at_limit = format!("{prefix}{}", "a".repeat(MAX_URL_LEN - prefix.len()));
+        assert_eq!(at_limit.len(), MAX_URL_LEN);
+        assert_eq!(p.parse(&at_limit).unwrap().as_str(), at_limit);
+        let over = format!("{at_limit}a");
+        assert_eq!(
+            p.parse(&over).unwrap_err(),
+            UrlRejection::TooLong {
+                len: MAX_URL_LEN + 1
+            }
+        );
+        // The limit applies to the text given even when the stored form is shorter
+        // ("/./" segments are dropped): checking only the stored length would let
+        // this through.
+        let dots = format!(
+            "{prefix}{}a",
+            "./".repeat((MAX_URL_LEN + 1 - prefix.len() - 1) / 2)
+        );
+        assert_eq!(dots.len(), MAX_URL_LEN + 1);
+        assert_eq!(
+            p.parse(&dots[..dots.len() - 2]).unwrap().as_str(),
+            "https://example.com/"
+        );
+        assert_eq!(
+            p.parse(&dots).unwrap_err(),
+            UrlRejection::TooLong {
+                len: MAX_URL_LEN + 1
+            }
+        );
+        // Each 'é' is 2 bytes given and 6 stored (%C3%A9).
+        let encoded = |pad: usize| format!("{prefix}{}{}", "\u{e9}".repeat(300), "a".repeat(pad));
+        let fits = encoded(MAX_URL_LEN - prefix.len() - 1800);
+        assert!(fits.len() < MAX_URL_LEN);
+        assert_eq!(p.parse(&fits).unwrap().as_str().len(), MAX_URL_LEN);
+        assert_eq!(
+            p.parse(&encoded(MAX_URL_LEN - prefix.len() - 1800 + 1))
+                .unwrap_err(),
+            UrlRejection::TooLong {
+                len: MAX_URL_LEN + 1
+            }
+        );
+    }
+
+    #[test]
+    fn dns_name_limits_are_exact_and_reasons_named() {
+        let p = UrlPolicy::default();
+        let reason = |url: &str| match p.parse(url) {
+            Err(UrlRejection::Malformed { reason }) => reason,
+            other => panic!("{url}: {other:?}"),
+        };
+        let l63 = "a".repeat(63);
+        // 63 + 1 + 63 + 1 + 63 + 1 + 61 = 253 bytes.
+        let name253 = format!("{l63}.{l63}.{l63}.{}", "b".repeat(61));
+        assert_eq!(name253.len(), 253);
+        for host in [name253.clone(), format!("{name253}."), l63.clone()] {
+            let cb = p.parse(&format!("https://{host}/")).unwrap();
+            assert_eq!(cb.host_to_resolve(), Some(host.as_str()));
+        }
+        let name254 = format!("{name253}b");
+        assert_eq!(
+            reason(&format!("https://{name254}/")),
+            format!("host {name254:?} is not a DNS name: empty or longer than 253 bytes")
+        );
+        let l64 = "a".repeat(64);
+        assert_eq!(
+            reason(&format!("https://x.{l64}/")),
+            format!("host \"x.{l64}\" is not a DNS name: a label is empty or longer than 63 bytes")
+        );
+        assert_eq!(
+            reason("https://a..b/"),
+            "host \"a..b\" is not a DNS name: a label is empty or longer than 63 bytes"
+        );
+        assert_eq!(
+            reason("https://a!b.example/"),
+            "host \"a!b.example\" is not a DNS name: only letters, digits, '-' and '_' are allowed"
+        );
+        let cb = p.parse("https://my-hook_1.example/").unwrap();
+        assert_eq!(cb.host_to_resolve(), Some("my-hook_1.example"));
+        assert_eq!(
+            reason("https:example.com/"),
+            "expected '//' after the scheme"
+        );
+        assert_eq!(
+            reason("https://example.com\\@127.0.0.1/"),
+            "a backslash ends the host (parsers disagree where the host ends)"
+        );
+    }
+
+    #[test]
+    fn accessors_report_the_parsed_url() {
+        let p = UrlPolicy::default();
+        let cb = p.parse("https://Hooks.Example.com:8443/a").unwrap();
+        assert_eq!(cb.as_str(), "https://hooks.example.com:8443/a");
+        assert_eq!(cb.to_string(), "https://hooks.example.com:8443/a");
+        assert_eq!(cb.url().as_str(), "https://hooks.example.com:8443/a");
+        assert_eq!(cb.host(), &CallbackHost::Name("hooks.example.com".into()));
+        assert_eq!(cb.port(), 8443);
+        let t = p.approve(&cb, &[ip("93.184.216.34")]).unwrap();
+        assert_eq!(t.url().as_str(), "https://hooks.example.com:8443/a");
+        assert_eq!(t.host(), &CallbackHost::Name("hooks.example.com".into()));
+        assert_eq!(t.port(), 8443);
+        let default_port = p.parse("https://93.184.216.34/").unwrap();
+        assert_eq!(default_port.port(), 443);
+        assert_eq!(default_port.host(), &CallbackHost::Ip(ip("93.184.216.34")));
+        assert_eq!(
+            UrlPolicy::local_development()
+                .parse("http://93.184.216.34/")
+                .unwrap()
+                .port(),
+            80
+        );
+        assert_eq!(
+            BlockedRange::Loopback.to_string(),
+            "loopback (127.0.0.0/8, ::1)"
+        );
+        let err = p.parse("https://10.0.0.1/").unwrap_err();
+        assert_eq!(err.blocked_range(), Some(BlockedRange::Private));
+        assert_eq!(err.code(), asap_codes::WEBHOOK_URL_REJECTED);
+        assert_eq!(UrlRejection::Userinfo.blocked_range(), None);
     }
 
     proptest! {
