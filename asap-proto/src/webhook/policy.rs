@@ -132,16 +132,14 @@ impl UrlPolicy {
             });
         }
         check_authority_text(input)?;
-        // No userinfo gets here: `check_authority_text` refuses any '@' before the
-        // first '/', '?', '#' or '\\', which is where the WHATWG parser ends the
-        // authority of an http(s) URL, so it also covers `https://:@h/` (whose empty
-        // userinfo the parser drops). A runtime `if` here could never fire (its
-        // `||` -> `&&` mutant was equivalent); the assertion keeps the claim checked
-        // by every test that parses a URL.
-        debug_assert!(
-            url.username().is_empty() && url.password().is_none(),
-            "userinfo passed check_authority_text: {input:?}"
-        );
+        // Defence in depth: `check_authority_text` already refuses any '@' before
+        // the first '/', '?', '#' or '\\' (where the WHATWG parser ends an http(s)
+        // authority), so this never fires today; it stays so that a change in the
+        // parser or in that check cannot let userinfo through. (Its `||` -> `&&`
+        // mutant is equivalent for that reason: docs/testing.md.)
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(UrlRejection::Userinfo);
+        }
         let host = match url.host() {
             None => return Err(UrlRejection::MissingHost),
             Some(Host::Domain("")) => return Err(UrlRejection::MissingHost),
