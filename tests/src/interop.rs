@@ -98,13 +98,33 @@ impl Drop for RefServer {
     }
 }
 
+/// A free loopback port never handed out before in this process. Tests run in
+/// parallel: two of them asking the OS for a free port at once may be given the
+/// same one (it is released before the server binds it); the second server
+/// then fails to bind while the first one's answers make it look ready, and
+/// its test loses the server when the other test ends.
+fn unused_port() -> Result<u16, String> {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for _ in 0..100 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    Err("no unused loopback port after 100 tries".into())
+}
+
 /// Starts `ref_server.py` on a free loopback port; `Err` says why it could not.
 pub fn start_reference() -> Result<(RefServer, String), String> {
     let python = kit_and_python()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
+    let port = unused_port()?;
     let script = kit_dir()?.join("interop/ref_server.py");
     let child = Command::new(&python)
         .arg(&script)
