@@ -176,10 +176,9 @@ impl MeteringStore for PgMeteringStore {
             return Ok(());
         }
         self.backend.run(move |shared| async move {
-            let mut client = shared.conn().await?;
-            let tx = client.transaction().await.map_err(pg_err)?;
-            insert(&tx, &rows).await?;
-            tx.commit().await.map_err(pg_err)
+            // One statement (UNNEST): atomic without a transaction around it.
+            let client = shared.conn().await?;
+            insert(&client, &rows).await
         })
     }
 

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use asap_proto::model::UnixTime;
 use asap_proto::store::{
-    check_dedup_record, check_nonce_record, check_replay_claim, ClaimOutcome, DedupRecord,
-    NonceRecord, ReplayClaim, ReplayStore, StoreError,
+    check_dedup_record, check_nonce_record, check_replay_claim, ClaimOutcome, DedupClaim,
+    DedupRecord, NonceRecord, ReplayClaim, ReplayStore, StoreError,
 };
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
@@ -168,6 +168,40 @@ pub(crate) async fn purge(client: &impl GenericClient, now_ms: i64) -> Result<u6
     Ok(a + b)
 }
 
+/// The dedup half of a claim, on `client` (a connection, or the claim's
+/// transaction): stores the claim, or says what holds the key.
+async fn claim_dedup(
+    client: &impl GenericClient,
+    d: &DedupClaim,
+    now: i64,
+) -> Result<ClaimOutcome, StoreError> {
+    let key: [&(dyn ToSql + Sync); 2] = [&d.sender.as_bytes(), &d.envelope_id.as_bytes()];
+    let stmt = client.prepare_cached(CLAIM_DEDUP).await.map_err(pg_err)?;
+    let params = [
+        key[0],
+        key[1],
+        &d.lease_until_unix_ms,
+        &d.expires_at_unix_ms,
+        &now,
+    ];
+    if client
+        .query_opt(&stmt, &params)
+        .await
+        .map_err(pg_err)?
+        .is_some()
+    {
+        return Ok(ClaimOutcome::Won);
+    }
+    let stmt = client.prepare_cached(HELD_BY).await.map_err(pg_err)?;
+    // Gone between the two statements (purged outside a transaction): ask
+    // again at the next poll.
+    let Some(row) = client.query_opt(&stmt, &key).await.map_err(pg_err)? else {
+        return Ok(ClaimOutcome::Running);
+    };
+    let response: Option<Vec<u8>> = get(&row, DEDUP, 0)?;
+    Ok(response.map_or(ClaimOutcome::Running, ClaimOutcome::Answered))
+}
+
 /// [`ReplayStore::claim`], on the backend's runtime (the claim is checked).
 pub(crate) async fn claim(
     shared: &Arc<Shared>,
@@ -180,32 +214,7 @@ pub(crate) async fn claim(
     let mut client = shared.conn().await?;
     if let (None, Some(d)) = (&c.nonce, &c.dedup) {
         // One statement is atomic alone: one round trip instead of three.
-        let key: [&(dyn ToSql + Sync); 2] = [&d.sender.as_bytes(), &d.envelope_id.as_bytes()];
-        let stmt = client.prepare_cached(CLAIM_DEDUP).await.map_err(pg_err)?;
-        let won = client
-            .query_opt(
-                &stmt,
-                &[
-                    key[0],
-                    key[1],
-                    &d.lease_until_unix_ms,
-                    &d.expires_at_unix_ms,
-                    &now,
-                ],
-            )
-            .await
-            .map_err(pg_err)?;
-        if won.is_some() {
-            return Ok(ClaimOutcome::Won);
-        }
-        let stmt = client.prepare_cached(HELD_BY).await.map_err(pg_err)?;
-        let row = client.query_opt(&stmt, &key).await.map_err(pg_err)?;
-        // Gone between the two statements (purged): ask again at the next poll.
-        let Some(row) = row else {
-            return Ok(ClaimOutcome::Running);
-        };
-        let response: Option<Vec<u8>> = get(&row, DEDUP, 0)?;
-        return Ok(response.map_or(ClaimOutcome::Running, ClaimOutcome::Answered));
+        return claim_dedup(&client, d, now).await;
     }
     let tx = client.transaction().await.map_err(pg_err)?;
     if let Some(n) = &c.nonce {
@@ -228,33 +237,10 @@ pub(crate) async fn claim(
             return Ok(ClaimOutcome::NonceReplayed);
         }
     }
-    let mut outcome = ClaimOutcome::Won;
-    if let Some(d) = &c.dedup {
-        let key: [&(dyn ToSql + Sync); 2] = [&d.sender.as_bytes(), &d.envelope_id.as_bytes()];
-        let stmt = tx.prepare_cached(CLAIM_DEDUP).await.map_err(pg_err)?;
-        let stored = tx
-            .query_opt(
-                &stmt,
-                &[
-                    key[0],
-                    key[1],
-                    &d.lease_until_unix_ms,
-                    &d.expires_at_unix_ms,
-                    &now,
-                ],
-            )
-            .await
-            .map_err(pg_err)?;
-        if stored.is_none() {
-            let stmt = tx.prepare_cached(HELD_BY).await.map_err(pg_err)?;
-            let row = tx.query_one(&stmt, &key).await.map_err(pg_err)?;
-            let response: Option<Vec<u8>> = get(&row, DEDUP, 0)?;
-            outcome = match response {
-                Some(answer) => ClaimOutcome::Answered(answer),
-                None => ClaimOutcome::Running,
-            };
-        }
-    }
+    let outcome = match &c.dedup {
+        Some(d) => claim_dedup(&tx, d, now).await?,
+        None => ClaimOutcome::Won,
+    };
     // The nonce is kept whatever the dedup key said, as every backend does.
     tx.commit().await.map_err(pg_err)?;
     Ok(outcome)
@@ -290,13 +276,9 @@ impl ReplayStore for PgReplayStore {
         // One lock order (GREATEST makes the order of duplicates irrelevant).
         rows.sort_by(|a, b| a.key().cmp(&b.key()));
         self.backend.run(move |shared| async move {
-            let mut client = shared.conn().await?;
-            if rows.len() == 1 {
-                return upsert_nonces(&client, &rows).await;
-            }
-            let tx = client.transaction().await.map_err(pg_err)?;
-            upsert_nonces(&tx, &rows).await?;
-            tx.commit().await.map_err(pg_err)
+            // One statement (UNNEST): atomic without a transaction around it.
+            let client = shared.conn().await?;
+            upsert_nonces(&client, &rows).await
         })
     }
 

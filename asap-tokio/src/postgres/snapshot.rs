@@ -228,10 +228,9 @@ impl SnapshotStore for PgSnapshotStore {
         // Stable: of two saves of one version, the later still wins.
         rows.sort_by(|a, b| a.key().cmp(&b.key()));
         self.backend.run(move |shared| async move {
-            let mut client = shared.conn().await?;
-            let tx = client.transaction().await.map_err(pg_err)?;
-            upsert(&tx, &rows).await?;
-            tx.commit().await.map_err(pg_err)
+            // One statement (UNNEST): atomic without a transaction around it.
+            let client = shared.conn().await?;
+            upsert(&client, &rows).await
         })
     }
 }
