@@ -1,5 +1,6 @@
 //! Counts heap allocations per echo `POST /asap` through the whole exchange
-//! (`drive_inline`, memory task state, dedup on): the number the adapters
+//! (`drive_inline`, memory task state without a replay store, dedup on: what
+//! `asap serve` does with `ASAP_STORAGE_BACKEND=memory`): the number the adapters
 //! multiply by their request rate. `cargo run --release -p asap-tests --example alloc_count`
 #![allow(clippy::disallowed_methods)]
 // GlobalAlloc is an unsafe trait; this counter only forwards to the system allocator.
@@ -14,7 +15,7 @@ use asap_proto::server::{
     drive_inline, HandlerOutcome, Invocation, Metrics, Now, RequestHead, Server, ServerConfig,
     SkillResult, TaskState, Transport,
 };
-use asap_proto::store::{MemoryMeteringStore, MemoryReplayStore, MemorySnapshotStore};
+use asap_proto::store::{MemoryMeteringStore, MemorySnapshotStore};
 
 struct Counting;
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);
@@ -56,11 +57,7 @@ fn main() {
     let mut s = Server::new(m, config, base, 1);
     s.routes_mut().add_skill("echo");
     s.routes_mut().attach_task_state();
-    let (mut snaps, mut meter, mut replay) = (
-        MemorySnapshotStore::new(),
-        MemoryMeteringStore::new(),
-        MemoryReplayStore::new(),
-    );
+    let (mut snaps, mut meter) = (MemorySnapshotStore::new(), MemoryMeteringStore::new());
     let mut headers = http::HeaderMap::new();
     headers.insert("content-type", "application/json".parse().unwrap());
     let mut metrics = Metrics::default();
@@ -93,7 +90,7 @@ fn main() {
         let state = TaskState {
             snapshots: &mut snaps,
             metering: &mut meter,
-            replay: Some(&mut replay),
+            replay: None,
         };
         let r = drive_inline(
             &mut s,

@@ -478,6 +478,15 @@ macro_rules! payload_dispatch {
                 }
             }
 
+            /// Writes the payload object [`to_object`](Self::to_object) would
+            /// build, straight to `s` (no intermediate JSON tree).
+            pub(crate) fn serialize_object<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                match self {
+                    $(Self::$v(p) => serde::Serialize::serialize(p, s),)*
+                    Self::Unknown { payload, .. } => serde::Serialize::serialize(payload, s),
+                }
+            }
+
             /// The payload as a JSON object (every optional member present, as the reference emits).
             #[must_use]
             pub fn to_object(&self) -> JsonObject {

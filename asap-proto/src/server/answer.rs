@@ -188,20 +188,62 @@ pub(super) fn reply(
         }
     };
     let id = ids.next_string(now);
-    let mut reply = request.reply(id, Timestamp::from_unix(now), agent.clone(), payload);
+    let mut trace_id = request.trace_id.as_deref().map(std::borrow::Cow::Borrowed);
+    let mut extensions = None;
     if config.trace_extensions && !has_remote_trace_context(request) {
         let trace = format!("{:016x}{:016x}", ids.next_u64(), ids.next_u64());
         let span = format!("{:016x}", ids.next_u64());
         let mut ext = JsonObject::new();
         ext.insert("trace_id".into(), trace.clone().into());
         ext.insert("span_id".into(), span.into());
-        reply.extensions = Some(ext);
-        reply.trace_id.get_or_insert(trace);
+        extensions = Some(ext);
+        trace_id.get_or_insert(std::borrow::Cow::Owned(trace));
     }
+    // What `request.reply(..)` would build, written without building it.
+    let reply = ReplyView {
+        id: &id,
+        asap_version: &request.asap_version,
+        timestamp: Timestamp::from_unix(now),
+        sender: agent,
+        recipient: &request.sender,
+        payload_type: payload.payload_type(),
+        payload: PayloadObject(&payload),
+        correlation_id: Some(&request.id),
+        trace_id: trace_id.as_deref(),
+        requires_ack: false,
+        extensions: extensions.as_ref(),
+    };
     json_response(
         StatusCode::OK,
         SuccessResponse::new(reply, request_id).to_vec(),
     )
+}
+
+/// A reply [`Envelope`] borrowed from its parts: the same members in the same
+/// order, so the same bytes, without copying the request's strings or turning
+/// the payload into a JSON object first.
+#[derive(serde::Serialize)]
+struct ReplyView<'a> {
+    id: &'a str,
+    asap_version: &'a str,
+    timestamp: Timestamp,
+    sender: &'a AgentUrn,
+    recipient: &'a AgentUrn,
+    payload_type: &'a str,
+    payload: PayloadObject<'a>,
+    correlation_id: Option<&'a str>,
+    trace_id: Option<&'a str>,
+    requires_ack: bool,
+    extensions: Option<&'a JsonObject>,
+}
+
+/// A typed payload written as the object [`Payload::to_object`] would build.
+struct PayloadObject<'a>(&'a Payload);
+
+impl serde::Serialize for PayloadObject<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize_object(s)
+    }
 }
 
 fn is_lower_hex(s: &str, len: usize) -> bool {
@@ -269,4 +311,62 @@ pub(super) fn readdress(body: &[u8], id: &RequestId) -> Response<Vec<u8>> {
         obj.insert("id".into(), serde_json::to_value(id).unwrap_or(Value::Null));
     }
     json_response(StatusCode::OK, serde_json::to_vec(&v).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The borrowed reply writes the bytes the built `Envelope` writes, for
+    /// every payload shape and with or without trace members.
+    #[test]
+    fn reply_view_writes_the_envelope_bytes() {
+        let request: Envelope = serde_json::from_value(json!({
+            "id": "req-1", "asap_version": "0.1", "timestamp": "2026-01-01T00:00:00Z",
+            "sender": "urn:asap:agent:a", "recipient": "urn:asap:agent:b",
+            "payload_type": "task.request", "trace_id": "t-1",
+            "payload": {"conversation_id": "c", "skill_id": "echo", "input": {}},
+        }))
+        .unwrap();
+        let agent = AgentUrn::new("urn:asap:agent:b").unwrap();
+        let payloads = [
+            ("task.response", json!({"task_id": "task_1", "status": "completed",
+                "result": {"x": [1, 2.5, "é"], "big": 1e300}, "metrics": {"ms": 3}})),
+            ("task.response", json!({"task_id": "task_2", "status": "failed"})),
+            ("task.update", json!({"task_id": "t", "update_type": "progress", "status": "working",
+                "progress": {"percent": 50.5}})),
+            ("MessageAck", json!({"original_envelope_id": "e", "status": "received"})),
+            ("custom.kind", json!({"z": 1, "a": {"nested": null}})),
+        ];
+        for (kind, object) in payloads {
+            let payload = Payload::decode(kind, object.as_object().unwrap().clone()).unwrap();
+            for (trace_id, extensions) in [
+                (Some("t-1"), None),
+                (None, Some(json!({"trace_id": "x", "span_id": "y"}).as_object().unwrap().clone())),
+            ] {
+                let ts = Timestamp::from_unix(UnixTime::from_secs(1_767_225_600));
+                let mut built = request.reply("r-1".into(), ts, agent.clone(), payload.clone());
+                built.trace_id = trace_id.map(str::to_owned);
+                built.extensions.clone_from(&extensions);
+                let view = ReplyView {
+                    id: "r-1",
+                    asap_version: &request.asap_version,
+                    timestamp: ts,
+                    sender: &agent,
+                    recipient: &request.sender,
+                    payload_type: payload.payload_type(),
+                    payload: PayloadObject(&payload),
+                    correlation_id: Some(&request.id),
+                    trace_id,
+                    requires_ack: false,
+                    extensions: extensions.as_ref(),
+                };
+                assert_eq!(
+                    SuccessResponse::new(view, RequestId::Int(1)).to_vec(),
+                    SuccessResponse::new(built, RequestId::Int(1)).to_vec(),
+                    "{kind}"
+                );
+            }
+        }
+    }
 }
