@@ -361,3 +361,73 @@ pub fn bearer_token(header: &[u8]) -> Option<&str> {
     }
     Some(token)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn opaque_and_keys() -> Authenticator {
+        Authenticator::new(AuthenticatorConfig {
+            keys: KeySource::Static(JwkSet::default()),
+            introspection: Some(IntrospectionConfig {
+                url: "https://idp.example.com/introspect".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn now(s: u64) -> Now {
+        Now {
+            monotonic: crate::test_clock::base() + Duration::from_secs(s),
+            wall: UnixTime::from_secs(1_800_000_000 + s as i64),
+        }
+    }
+
+    #[test]
+    fn opaque_tokens_go_to_introspection_even_with_keys() {
+        let mut a = opaque_and_keys();
+        assert!(a.jwks().is_none());
+        assert!(a.jwks_mut().is_none());
+        assert!(a.introspection().is_some());
+        let AuthStep::NeedIntrospection(f) = a.authenticate(Some(b"Bearer opaque-1"), None, now(0))
+        else {
+            panic!()
+        };
+        // An empty `sub` and an empty `client_id` are no subject.
+        let body = br#"{"active":true,"sub":"","client_id":""}"#.to_vec();
+        a.handle_introspection_response(f.id, &http::Response::new(body), now(0))
+            .unwrap();
+        assert!(matches!(
+            a.authenticate(Some(b"Bearer opaque-1"), None, now(0)),
+            AuthStep::Rejected(AuthRejection::InvalidToken(TokenRejection::MissingSubject))
+        ));
+        // A transport failure is reported to the cache: no waiting on a lost fetch.
+        let AuthStep::NeedIntrospection(f) = a.authenticate(Some(b"Bearer opaque-2"), None, now(0))
+        else {
+            panic!()
+        };
+        a.handle_introspection_failure(f.id, now(0).monotonic);
+        assert!(matches!(
+            a.authenticate(Some(b"Bearer opaque-2"), None, now(1)),
+            AuthStep::Rejected(AuthRejection::IntrospectionUnavailable)
+        ));
+    }
+
+    #[test]
+    fn the_jwks_cache_is_reachable_mutably() {
+        let mut a = Authenticator::new(AuthenticatorConfig {
+            keys: KeySource::Jwks(JwksCacheConfig {
+                jwks_uri: "https://idp.example.com/jwks".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(a.jwks().is_some());
+        assert!(a.jwks_mut().is_some());
+        assert!(a.introspection().is_none());
+    }
+}

@@ -294,4 +294,48 @@ mod tests {
         let mut s = BearerSource::token("t");
         assert!(matches!(s.authorization(now(t0, 0)), BearerLookup::Ready(v) if v == "Bearer t"));
     }
+
+    #[test]
+    fn oauth2_and_oidc_requests_carry_the_configured_client() {
+        use crate::auth::fetch::basic_authorization;
+        let t0 = crate::test_clock::base();
+        let mut s = BearerSource::oauth2("https://idp.example.com/token", "c", "s", &["asap:read"])
+            .unwrap();
+        let BearerLookup::Fetch(f) = s.authorization(now(t0, 0)) else {
+            panic!()
+        };
+        assert_eq!(f.request.uri(), "https://idp.example.com/token");
+        assert_eq!(
+            f.request.headers()["authorization"],
+            basic_authorization("c", "s").as_str()
+        );
+        assert_eq!(
+            f.request.body(),
+            b"grant_type=client_credentials&scope=asap%3Aread"
+        );
+
+        let mut s =
+            BearerSource::oidc("https://idp.example.com", "c2", "s2", vec!["x".into()]).unwrap();
+        let BearerLookup::Fetch(f) = s.authorization(now(t0, 0)) else {
+            panic!()
+        };
+        let doc = br#"{"issuer":"https://idp.example.com","token_endpoint":"https://idp.example.com/t2","jwks_uri":"https://idp.example.com/jwks"}"#;
+        s.handle_response(f.id, &http::Response::new(doc.to_vec()), now(t0, 0))
+            .unwrap();
+        let BearerLookup::Fetch(f) = s.authorization(now(t0, 0)) else {
+            panic!()
+        };
+        assert_eq!(f.request.uri(), "https://idp.example.com/t2");
+        assert_eq!(
+            f.request.headers()["authorization"],
+            basic_authorization("c2", "s2").as_str()
+        );
+        assert_eq!(f.request.body(), b"grant_type=client_credentials&scope=x");
+        // A failed token request (after discovery) is the token fetch's, not discovery's.
+        s.handle_failure(f.id, "reset", now(t0, 0));
+        let BearerLookup::Unavailable(why) = s.authorization(now(t0, 1)) else {
+            panic!()
+        };
+        assert_eq!(why, "token request failed: reset");
+    }
 }

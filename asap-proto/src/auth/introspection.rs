@@ -445,4 +445,53 @@ mod tests {
             IntrospectionLookup::Fetch(_)
         ));
     }
+
+    #[test]
+    fn counts_ids_and_transport_failures_are_exact() {
+        let t0 = crate::test_clock::base();
+        let s = Duration::from_secs;
+        let now = |d: u64| Now {
+            monotonic: t0 + s(d),
+            wall: UnixTime::from_secs(1_800_000_000).saturating_add(s(d)),
+        };
+        let mut c = cache();
+        assert!(c.is_empty());
+        assert_eq!((c.len(), c.fetches_started()), (0, 0));
+        let IntrospectionLookup::Fetch(a) = c.lookup("a", t0) else {
+            panic!()
+        };
+        let IntrospectionLookup::Fetch(b) = c.lookup("b", t0) else {
+            panic!()
+        };
+        let IntrospectionLookup::Fetch(d) = c.lookup("d", t0) else {
+            panic!()
+        };
+        assert_eq!((a.id, b.id, d.id), (FetchId(0), FetchId(1), FetchId(2)));
+        assert_eq!(c.fetches_started(), 3);
+        // Nothing is cached until an answer (or a failure) is reported.
+        assert!(c.is_empty());
+        c.handle_response(a.id, &ok(r#"{"active":false}"#), now(0))
+            .unwrap();
+        assert_eq!(c.len(), 1);
+        assert!(!c.is_empty());
+        // A transport failure is remembered for the back-off, then retried.
+        c.handle_failure(b.id, t0);
+        assert_eq!(c.len(), 2);
+        assert!(matches!(
+            c.lookup("b", t0 + Duration::from_millis(4999)),
+            IntrospectionLookup::Unavailable
+        ));
+        let IntrospectionLookup::Fetch(again) = c.lookup("b", t0 + s(5)) else {
+            panic!()
+        };
+        assert_eq!(again.id, FetchId(3));
+        assert_eq!(c.fetches_started(), 4);
+        // Reporting a failure twice, or for an unknown id, changes nothing.
+        c.handle_failure(b.id, t0);
+        c.handle_failure(FetchId(77), t0);
+        assert_eq!(c.len(), 1, "the expired failure of b was dropped at lookup");
+        // Each token has its own entry: a's answer is not d's.
+        assert!(matches!(c.lookup("a", t0 + s(1)), IntrospectionLookup::Known(i) if !i.active));
+        assert!(matches!(c.lookup("d", t0 + s(1)), IntrospectionLookup::Wait(id) if id == d.id));
+    }
 }

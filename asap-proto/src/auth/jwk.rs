@@ -410,4 +410,233 @@ mod tests {
             Err(JwksError::TooLarge(MAX_JWKS_BODY + 1))
         );
     }
+
+    use crate::auth::auth_support::{b64, kid_for, TestKeys};
+
+    fn parse(v: &Value) -> Result<Jwk, KeyProblem> {
+        Jwk::from_object(v.as_object().unwrap())
+    }
+
+    /// An RSA JWK with this modulus and exponent.
+    fn rsa(n: &[u8], e: &[u8]) -> Value {
+        serde_json::json!({"kty":"RSA","n":b64(n),"e":b64(e)})
+    }
+
+    #[test]
+    fn each_algorithm_verifies_with_its_own_key_only() {
+        let keys = TestKeys::new();
+        let set = JwkSet::from_slice(&keys.jwks_json()).unwrap();
+        assert_eq!(set.skipped(), &[]);
+        assert_eq!(set.keys().len(), 4);
+        let msg = b"header.payload";
+        for alg in Algorithm::ASYMMETRIC {
+            let sig = keys.signature(alg.as_str(), None, msg);
+            for key in set.keys() {
+                let own = key.kid.as_deref() == Some(kid_for(alg.as_str()));
+                assert_eq!(key.accepts(alg), own, "{alg} {:?}", key.kid);
+                assert_eq!(key.verify(alg, msg, &sig), own, "{alg} {:?}", key.kid);
+                assert!(!key.verify(alg, b"header.payloaD", &sig), "{alg}");
+                assert!(!key.accepts(Algorithm::Hs256));
+                assert!(!key.verify(Algorithm::Hs256, msg, &sig));
+            }
+        }
+        // A declared `alg` pins the key to exactly that algorithm.
+        let mut rsa = keys.jwks_value()["keys"][0].clone();
+        rsa["alg"] = "PS256".into();
+        let pinned = parse(&rsa).unwrap();
+        assert_eq!(pinned.alg, Some(Algorithm::Ps256));
+        assert!(pinned.accepts(Algorithm::Ps256));
+        assert!(!pinned.accepts(Algorithm::Rs256));
+        let ps = keys.signature("PS256", None, msg);
+        assert!(pinned.verify(Algorithm::Ps256, msg, &ps));
+        let rs = keys.signature("RS256", None, msg);
+        assert!(!pinned.verify(Algorithm::Rs256, msg, &rs));
+    }
+
+    #[test]
+    fn ec_and_okp_keys_are_exact_points() {
+        let keys = TestKeys::new();
+        let doc = keys.jwks_value();
+        for (i, curve, len) in [(1, EcCurve::P256, 32), (2, EcCurve::P384, 48)] {
+            let v = &doc["keys"][i];
+            let k = parse(v).unwrap();
+            let PublicKey::Ec { curve: c, point } = &k.key else {
+                panic!("{k:?}")
+            };
+            assert_eq!(*c, curve);
+            assert_eq!(point.len(), 1 + 2 * len);
+            assert_eq!(point[0], 0x04);
+            assert_eq!(b64(&point[1..=len]), v["x"].as_str().unwrap());
+            assert_eq!(b64(&point[1 + len..]), v["y"].as_str().unwrap());
+            for coordinate in ["x", "y"] {
+                for wrong in [len - 1, len + 1] {
+                    let mut bad = v.clone();
+                    bad[coordinate] = b64(vec![1u8; wrong]).into();
+                    assert_eq!(
+                        parse(&bad),
+                        Err(KeyProblem::Member(if coordinate == "x" {
+                            "x"
+                        } else {
+                            "y"
+                        }))
+                    );
+                }
+            }
+        }
+        let mut ec = doc["keys"][1].clone();
+        ec["crv"] = "P-521".into();
+        assert_eq!(
+            parse(&ec),
+            Err(KeyProblem::UnsupportedCurve("P-521".into()))
+        );
+        ec.as_object_mut().unwrap().remove("crv");
+        assert_eq!(parse(&ec), Err(KeyProblem::UnsupportedCurve(String::new())));
+
+        let ed = &doc["keys"][3];
+        assert!(matches!(parse(ed).unwrap().key, PublicKey::Ed25519(x) if x.len() == 32));
+        for wrong in [31, 33] {
+            let mut bad = ed.clone();
+            bad["x"] = b64(vec![1u8; wrong]).into();
+            assert_eq!(parse(&bad), Err(KeyProblem::Member("x")));
+        }
+        let mut bad = ed.clone();
+        bad.as_object_mut().unwrap().remove("crv");
+        assert_eq!(
+            parse(&bad),
+            Err(KeyProblem::UnsupportedCurve(String::new()))
+        );
+    }
+
+    #[test]
+    fn rsa_modulus_bits_are_exact_and_leading_zeros_stripped() {
+        let modulus = |top: u8, bytes: usize| {
+            let mut n = vec![0xff; bytes];
+            n[0] = top;
+            n
+        };
+        // 2047 and 8193 bits are refused, 2048 and 8192 accepted.
+        assert_eq!(
+            parse(&rsa(&modulus(0x7f, 256), b"\x01\x00\x01")),
+            Err(KeyProblem::RsaSize(2047))
+        );
+        assert_eq!(
+            parse(&rsa(&modulus(0x01, 1025), b"\x01\x00\x01")),
+            Err(KeyProblem::RsaSize(8193))
+        );
+        for n in [modulus(0x80, 256), modulus(0xff, 1024)] {
+            let k = parse(&rsa(&n, b"\x01\x00\x01")).unwrap();
+            assert_eq!(
+                k.key,
+                PublicKey::Rsa {
+                    n,
+                    e: vec![1, 0, 1]
+                }
+            );
+        }
+        // Leading zero bytes of `n` and `e` do not count and are not kept.
+        let mut padded = vec![0, 0];
+        padded.extend(modulus(0x80, 256));
+        let k = parse(&rsa(&padded, b"\x00\x01\x00\x01")).unwrap();
+        assert_eq!(
+            k.key,
+            PublicKey::Rsa {
+                n: modulus(0x80, 256),
+                e: vec![1, 0, 1]
+            }
+        );
+        // An exponent that is all zeros is no exponent.
+        assert_eq!(
+            parse(&rsa(&modulus(0x80, 256), b"\x00")),
+            Err(KeyProblem::RsaSize(2048))
+        );
+        let mut no_n = rsa(&modulus(0x80, 256), b"\x01");
+        no_n.as_object_mut().unwrap().remove("n");
+        assert_eq!(parse(&no_n), Err(KeyProblem::Member("n")));
+        let mut bad_e = rsa(&modulus(0x80, 256), b"\x01");
+        bad_e["e"] = "AQAB=".into();
+        assert_eq!(parse(&bad_e), Err(KeyProblem::Member("e")));
+    }
+
+    #[test]
+    fn members_use_key_ops_and_alg_are_checked_exactly() {
+        let keys = TestKeys::new();
+        let base = keys.jwks_value()["keys"][3].clone(); // Ed25519, kid "ed-1"
+        let with = |name: &str, value: Value| {
+            let mut v = base.clone();
+            v[name] = value;
+            parse(&v)
+        };
+        assert_eq!(parse(&base).unwrap().kid.as_deref(), Some("ed-1"));
+        assert_eq!(with("kid", 5.into()), Err(KeyProblem::Member("kid")));
+        assert!(with("use", "sig".into()).is_ok());
+        assert_eq!(with("use", "enc".into()), Err(KeyProblem::NotForSignatures));
+        assert_eq!(with("use", 1.into()), Err(KeyProblem::NotForSignatures));
+        assert!(with("key_ops", serde_json::json!(["sign", "verify"])).is_ok());
+        assert_eq!(
+            with("key_ops", serde_json::json!(["sign"])),
+            Err(KeyProblem::NotForSignatures)
+        );
+        assert_eq!(
+            with("key_ops", "verify".into()),
+            Err(KeyProblem::NotForSignatures)
+        );
+        assert_eq!(
+            with("alg", "EdDSA".into()).unwrap().alg,
+            Some(Algorithm::EdDsa)
+        );
+        assert_eq!(parse(&base).unwrap().alg, None);
+        for alg in ["HS256", "none", "eddsa"] {
+            assert_eq!(
+                with("alg", alg.into()),
+                Err(KeyProblem::UnsupportedAlgorithm(alg.into()))
+            );
+        }
+        assert_eq!(with("alg", 1.into()), Err(KeyProblem::Member("alg")));
+        assert_eq!(
+            with("kty", "DSA".into()),
+            Err(KeyProblem::UnsupportedKeyType("DSA".into()))
+        );
+        let mut no_kty = base.clone();
+        no_kty.as_object_mut().unwrap().remove("kty");
+        assert_eq!(
+            parse(&no_kty),
+            Err(KeyProblem::UnsupportedKeyType(String::new()))
+        );
+        assert_eq!(with("kty", "oct".into()), Err(KeyProblem::SymmetricKey));
+    }
+
+    #[test]
+    fn document_limits_are_exact_and_skipped_keys_named() {
+        assert_eq!((MAX_JWKS_BODY, MAX_JWKS_KEYS), (262_144, 64));
+        // Exactly MAX_JWKS_KEYS keys and exactly MAX_JWKS_BODY bytes are accepted.
+        let keys = vec![r#"{"kty":"oct","kid":"s"}"#; MAX_JWKS_KEYS];
+        let mut body = format!(r#"{{"keys":[{},5]}}"#, keys[1..].join(",")).into_bytes();
+        body.resize(MAX_JWKS_BODY, b' ');
+        let set = JwkSet::from_slice(&body).unwrap();
+        assert_eq!(set.keys(), &[]);
+        assert_eq!(set.skipped().len(), MAX_JWKS_KEYS);
+        assert_eq!(
+            set.skipped()[0],
+            (Some("s".to_owned()), KeyProblem::SymmetricKey)
+        );
+        // A key that is not an object is skipped without a kid.
+        assert_eq!(
+            set.skipped()[MAX_JWKS_KEYS - 1],
+            (None, KeyProblem::Member("kty"))
+        );
+        assert!(!set.has_kid("s"));
+        assert!(matches!(
+            JwkSet::from_slice(br#"{"keys":{}}"#),
+            Err(JwksError::Shape(m)) if m == "no \"keys\" array"
+        ));
+
+        let k = TestKeys::new();
+        let set = JwkSet::from_slice(&k.jwks_json()).unwrap();
+        assert!(set.has_kid("rsa-1"));
+        assert!(!set.has_kid("rsa-2"));
+        let own = JwkSet::new(set.keys().to_vec());
+        assert_eq!(own.keys(), set.keys());
+        assert_eq!(own.skipped(), &[]);
+        assert!(own.has_kid("ed-1"));
+    }
 }

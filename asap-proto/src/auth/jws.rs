@@ -549,4 +549,201 @@ mod tests {
             }
         );
     }
+
+    #[test]
+    fn every_algorithm_name_round_trips_and_names_are_case_sensitive() {
+        let names = [
+            (Algorithm::Rs256, "RS256"),
+            (Algorithm::Rs384, "RS384"),
+            (Algorithm::Rs512, "RS512"),
+            (Algorithm::Ps256, "PS256"),
+            (Algorithm::Ps384, "PS384"),
+            (Algorithm::Ps512, "PS512"),
+            (Algorithm::Es256, "ES256"),
+            (Algorithm::Es384, "ES384"),
+            (Algorithm::EdDsa, "EdDSA"),
+            (Algorithm::Hs256, "HS256"),
+        ];
+        for (alg, name) in names {
+            assert_eq!(alg.as_str(), name);
+            assert_eq!(alg.to_string(), name);
+            assert_eq!(Algorithm::from_name(name), Some(alg), "{name}");
+            assert_eq!(Algorithm::from_name(&name.to_lowercase()), None, "{name}");
+        }
+        assert_eq!(Algorithm::from_name("none"), None);
+        assert_eq!(Algorithm::from_name(""), None);
+        assert!(!Algorithm::ASYMMETRIC.contains(&Algorithm::Hs256));
+    }
+
+    /// A header of exactly `n` bytes with `alg` RS256.
+    fn header_of_len(n: usize) -> String {
+        let pad = n - r#"{"alg":"RS256","x":""}"#.len();
+        let h = format!(r#"{{"alg":"RS256","x":"{}"}}"#, "a".repeat(pad));
+        assert_eq!(h.len(), n);
+        h
+    }
+
+    #[test]
+    fn size_caps_are_exact_for_each_part_and_the_whole_token() {
+        assert_eq!(
+            JwsLimits::default(),
+            JwsLimits {
+                max_header: 512,
+                max_payload: 128_000,
+                max_signature: 1024
+            }
+        );
+        // Unpadded base64 lengths: 683 + 170 667 + 1 366, plus the two dots.
+        assert_eq!(JwsLimits::default().max_token_len(), 172_718);
+        let l = JwsLimits {
+            max_header: 30,
+            max_payload: 6,
+            max_signature: 4,
+        };
+        // 40 + 8 + 6 encoded bytes and two dots.
+        assert_eq!(l.max_token_len(), 56);
+
+        // Every part at its cap: the longest token the limits admit is accepted.
+        let header = b64(&header_of_len(30));
+        let payload = b64(r#"{"":0}"#);
+        let full = format!("{header}.{payload}.{}", b64("sig!"));
+        assert_eq!((header.len(), payload.len(), full.len()), (40, 8, 56));
+        let jws = CompactJws::parse(full.as_bytes(), &l).unwrap();
+        assert_eq!(jws.header.alg, "RS256");
+        assert_eq!(jws.signature, b"sig!");
+        assert_eq!(jws.signing_input, format!("{header}.{payload}").as_bytes());
+        assert_eq!(jws.payload_b64, payload.as_bytes());
+        assert_eq!(jws.payload().unwrap()[""], 0);
+
+        // One byte more is refused as a whole before any part is looked at.
+        let long = format!("{full}A");
+        assert_eq!(
+            CompactJws::parse(long.as_bytes(), &l).unwrap_err(),
+            JwsError::TokenTooLong { len: 57, max: 56 }
+        );
+
+        // Each part one encoded byte over its own cap (the token as a whole fits).
+        let small = b64(r#"{"alg":"RS256"}"#);
+        let over = [
+            (
+                format!("{}A.e30.c2ln", b64(&header_of_len(30))),
+                JwsPart::Header,
+                30,
+            ),
+            (
+                format!("{small}.{}.c2ln", "A".repeat(9)),
+                JwsPart::Payload,
+                6,
+            ),
+            (
+                format!("{small}.e30.{}", "A".repeat(7)),
+                JwsPart::Signature,
+                4,
+            ),
+        ];
+        for (t, part, max) in over {
+            assert!(t.len() <= 56, "{t}");
+            assert_eq!(
+                CompactJws::parse(t.as_bytes(), &l).unwrap_err(),
+                JwsError::TooLarge { part, max },
+                "{t}"
+            );
+        }
+        // At the cap each part passes the size check (payload and signature
+        // then decode: 8 and 6 encoded bytes).
+        let at = format!("{small}.{}.{}", "A".repeat(8), "A".repeat(6));
+        let jws = CompactJws::parse(at.as_bytes(), &l).unwrap();
+        assert_eq!(jws.signature, [0; 4]);
+    }
+
+    #[test]
+    fn typ_and_crit_are_read_and_wrong_types_named() {
+        let l = JwsLimits::default();
+        let t = token(r#"{"alg":"RS256","typ":"at+jwt","crit":["b64"]}"#, "{}");
+        let h = CompactJws::parse(t.as_bytes(), &l).unwrap().header;
+        assert_eq!(
+            h,
+            JoseHeader {
+                alg: "RS256".into(),
+                kid: None,
+                typ: Some("at+jwt".into()),
+                crit: Some(vec!["b64".into()]),
+            }
+        );
+        for (header, member) in [
+            (r#"{"alg":"RS256","crit":[1]}"#, "crit"),
+            (r#"{"alg":"RS256","crit":["b64",null]}"#, "crit"),
+            (r#"{"alg":"RS256","crit":"b64"}"#, "crit"),
+            (r#"{"alg":"RS256","kid":7}"#, "kid"),
+            (r#"{"alg":"RS256","typ":null}"#, "typ"),
+            // The first wrong member is the one named.
+            (r#"{"kid":1,"typ":2,"alg":3}"#, "kid"),
+        ] {
+            let t = token(header, "{}");
+            assert_eq!(
+                CompactJws::parse(t.as_bytes(), &l).unwrap_err(),
+                JwsError::HeaderType(member),
+                "{header}"
+            );
+        }
+    }
+
+    #[test]
+    fn non_objects_and_duplicates_are_named_exactly() {
+        let l = JwsLimits::default();
+        let t = token(r#"{"alg":"RS256","a\u006cg":"HS256"}"#, "{}");
+        assert_eq!(
+            CompactJws::parse(t.as_bytes(), &l).unwrap_err(),
+            JwsError::DuplicateMember {
+                part: JwsPart::Header,
+                name: "alg".into()
+            }
+        );
+        let t = token("[1]", "{}");
+        let JwsError::Json { part, message } = CompactJws::parse(t.as_bytes(), &l).unwrap_err()
+        else {
+            panic!()
+        };
+        assert_eq!(part, JwsPart::Header);
+        assert!(message.contains("expected a JSON object"), "{message}");
+        let t = token(r#"{"alg":"RS256"}"#, "[1]");
+        let JwsError::Json { part, message } = CompactJws::parse(t.as_bytes(), &l)
+            .unwrap()
+            .payload()
+            .unwrap_err()
+        else {
+            panic!()
+        };
+        assert_eq!(part, JwsPart::Payload);
+        assert!(message.contains("expected a JSON object"), "{message}");
+        // The payload's base64 is checked when it is decoded.
+        let t = format!("{}.e30=.c2ln", b64(r#"{"alg":"RS256"}"#));
+        assert_eq!(
+            CompactJws::parse(t.as_bytes(), &l)
+                .unwrap()
+                .payload()
+                .unwrap_err(),
+            JwsError::Base64(JwsPart::Payload)
+        );
+    }
+
+    #[test]
+    fn error_messages_name_the_part() {
+        assert_eq!(
+            JwsError::TooLarge {
+                part: JwsPart::Payload,
+                max: 6
+            }
+            .to_string(),
+            "token payload exceeds its 6-byte limit"
+        );
+        assert_eq!(
+            JwsError::Base64(JwsPart::Header).to_string(),
+            "token header is not valid unpadded base64url"
+        );
+        assert_eq!(
+            JwsError::Base64(JwsPart::Signature).to_string(),
+            "token signature is not valid unpadded base64url"
+        );
+    }
 }

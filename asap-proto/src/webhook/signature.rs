@@ -615,4 +615,178 @@ mod tests {
         h.insert(WEBHOOK_SIGNATURE_HEADER, STD_SIG.parse().unwrap());
         v.verify_headers(&h, STD_BODY, now).unwrap();
     }
+
+    #[test]
+    fn rotation_keys_current_first_and_faults() {
+        let new = WebhookSecret::from_bytes(b"new-key");
+        let old = WebhookSecret::from_bytes(b"old-key");
+        let one = SigningKeys::new(new.clone());
+        assert_eq!(one.keys().len(), 1);
+        assert_eq!(
+            one.standard_signatures(STD_ID, STD_TS, STD_BODY),
+            new.standard_signature(STD_ID, STD_TS, STD_BODY)
+        );
+        let keys = one.with_previous(old.clone());
+        assert_eq!(keys.keys().len(), 2);
+        assert_eq!(
+            keys.current().asap_signature(b"x"),
+            new.asap_signature(b"x")
+        );
+        assert_eq!(
+            keys.keys()[1].asap_signature(b"x"),
+            old.asap_signature(b"x")
+        );
+        assert_ne!(new.asap_signature(b"x"), old.asap_signature(b"x"));
+        // Only a future timestamp may be the receiver's clock's fault.
+        let too_old = SignatureError::TimestampTooOld {
+            timestamp: 0,
+            age_secs: 301,
+            tolerance_secs: 300,
+        };
+        assert_eq!(too_old.fault(), Fault::Peer);
+        assert_eq!(SignatureError::NoMatchingSignature.fault(), Fault::Peer);
+        assert_eq!(
+            SignatureError::MissingHeader {
+                name: WEBHOOK_ID_HEADER
+            }
+            .fault(),
+            Fault::Peer
+        );
+    }
+
+    #[test]
+    fn hex_digits_of_every_kind_decode_exactly() {
+        let s = WebhookSecret::from_bytes(b"test-secret");
+        let hex = &ASAP_SIG[ASAP_PREFIX.len()..];
+        let tag = decode_hex_32(hex).unwrap();
+        assert_eq!(tag[0], 0x79);
+        assert_eq!(tag[1], 0xb0);
+        assert_eq!(tag[31], 0x43);
+        // Mixed case, and surrounding whitespace, verify the same tag.
+        let mixed: String = hex
+            .chars()
+            .enumerate()
+            .map(|(i, c)| {
+                if i % 2 == 0 {
+                    c.to_ascii_uppercase()
+                } else {
+                    c
+                }
+            })
+            .collect();
+        assert_eq!(decode_hex_32(&mixed), Some(tag));
+        s.verify_asap_signature(ASAP_BODY.as_bytes(), &format!("  sha256={mixed} "))
+            .unwrap();
+        assert_eq!(
+            decode_hex_32(&format!("0123456789abcdefABCDEF{}", "0".repeat(42)))
+                .map(|t| t[..11].to_vec()),
+            Some(vec![
+                0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0xab, 0xcd, 0xef
+            ])
+        );
+        for bad in ["g", "G", ":", "/", "@", "`"] {
+            let h = format!("{bad}{}", &hex[1..]);
+            assert_eq!(decode_hex_32(&h), None, "{h}");
+        }
+        assert_eq!(decode_hex_32(&hex[..62]), None);
+        assert_eq!(
+            s.verify_asap_signature(ASAP_BODY.as_bytes(), "sha256=zz"),
+            Err(SignatureError::MalformedHeader {
+                name: ASAP_SIGNATURE_HEADER,
+                reason: "expected 64 hex digits".into()
+            })
+        );
+        assert_eq!(
+            s.verify_asap_signature(ASAP_BODY.as_bytes(), "md5=00"),
+            Err(SignatureError::MalformedHeader {
+                name: ASAP_SIGNATURE_HEADER,
+                reason: "expected 'sha256=<hex>'".into()
+            })
+        );
+    }
+
+    #[test]
+    fn short_ids_long_bodies_and_unreadable_headers() {
+        let secret = WebhookSecret::from_bytes(b"k");
+        let body = vec![b'x'; 300];
+        let sig = secret.standard_signature("m", STD_TS, &body);
+        let v = StandardVerifier::new(vec![WebhookSecret::from_bytes(b"other"), secret]);
+        let now = UnixTime::from_secs(STD_TS);
+        v.verify("m", &STD_TS.to_string(), &sig, &body, now)
+            .unwrap();
+        // Entries are separated by one or more spaces.
+        v.verify(
+            "m",
+            " 1614265330 ",
+            &format!("  v1,AAAA  {sig}  "),
+            &body,
+            now,
+        )
+        .unwrap();
+        let mut h = http::HeaderMap::new();
+        h.insert(WEBHOOK_ID_HEADER, "m".parse().unwrap());
+        assert_eq!(
+            v.verify_headers(&h, &body, now),
+            Err(SignatureError::MissingHeader {
+                name: WEBHOOK_TIMESTAMP_HEADER
+            })
+        );
+        h.insert(
+            WEBHOOK_TIMESTAMP_HEADER,
+            http::HeaderValue::from_bytes(b"16142\xff").unwrap(),
+        );
+        h.insert(WEBHOOK_SIGNATURE_HEADER, sig.parse().unwrap());
+        assert_eq!(
+            v.verify_headers(&h, &body, now),
+            Err(SignatureError::MalformedHeader {
+                name: WEBHOOK_TIMESTAMP_HEADER,
+                reason: "not visible ASCII".into()
+            })
+        );
+        h.insert(WEBHOOK_TIMESTAMP_HEADER, "1614265330".parse().unwrap());
+        v.verify_headers(&h, &body, now).unwrap();
+        h.remove(WEBHOOK_ID_HEADER);
+        assert_eq!(
+            v.verify_headers(&h, &body, now),
+            Err(SignatureError::MissingHeader {
+                name: WEBHOOK_ID_HEADER
+            })
+        );
+    }
+
+    #[test]
+    fn the_window_reports_exact_ages_both_ways() {
+        let v = StandardVerifier::new(vec![WebhookSecret::from_whsec(STD_SECRET).unwrap()])
+            .with_tolerance(Duration::from_secs(10));
+        assert_eq!(v.tolerance(), Duration::from_secs(10));
+        let at = |now: i64| {
+            v.verify(
+                STD_ID,
+                "1614265330",
+                STD_SIG,
+                STD_BODY,
+                UnixTime::from_secs(now),
+            )
+        };
+        at(STD_TS + 10).unwrap();
+        at(STD_TS - 10).unwrap();
+        at(STD_TS + 1).unwrap();
+        at(STD_TS - 1).unwrap();
+        assert_eq!(
+            at(STD_TS + 11),
+            Err(SignatureError::TimestampTooOld {
+                timestamp: STD_TS,
+                age_secs: 11,
+                tolerance_secs: 10
+            })
+        );
+        assert_eq!(
+            at(STD_TS - 11),
+            Err(SignatureError::TimestampTooNew {
+                timestamp: STD_TS,
+                ahead_secs: 11,
+                tolerance_secs: 10
+            })
+        );
+    }
 }
