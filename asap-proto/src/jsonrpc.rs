@@ -723,7 +723,10 @@ pub(crate) fn decode_send(bytes: &[u8]) -> Option<(RequestId, EnvelopeInput)> {
         text.starts_with('{').then_some(text)
     }
     let text = std::str::from_utf8(bytes).ok()?;
-    if !text.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{') {
+    if !text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
+    {
         return None;
     }
     let send: Send<'_> = serde_json::from_str(text).ok()?;
@@ -847,8 +850,10 @@ mod one_pass {
         match decode_send(bytes) {
             Some(fast) => {
                 let slow = checked(bytes).unwrap_or_else(|e| {
-                    panic!("one pass accepted what the checked path refuses ({e:?}): {}",
-                        String::from_utf8_lossy(bytes))
+                    panic!(
+                        "one pass accepted what the checked path refuses ({e:?}): {}",
+                        String::from_utf8_lossy(bytes)
+                    )
                 });
                 assert_eq!(fast, slow, "{}", String::from_utf8_lossy(bytes));
                 true
@@ -860,15 +865,25 @@ mod one_pass {
     const ENVELOPE: &str = r#"{"id":"e1","asap_version":"0.1","timestamp":"2026-01-01T00:00:00Z","sender":"urn:asap:agent:a","recipient":"urn:asap:agent:b","payload_type":"task.request","payload":{"conversation_id":"c","skill_id":"echo","input":{"n":1.5,"big":123456789012345678901234567890,"s":"\u00e9"}}}"#;
 
     fn request(id: &str, extra: &str) -> String {
-        format!(r#"{{"jsonrpc":"2.0","method":"asap.send","params":{{"envelope":{ENVELOPE}}},"id":{id}{extra}}}"#)
+        format!(
+            r#"{{"jsonrpc":"2.0","method":"asap.send","params":{{"envelope":{ENVELOPE}}},"id":{id}{extra}}}"#
+        )
     }
 
     #[test]
     fn well_formed_requests_take_one_pass_and_agree() {
-        for id in ["1", "-0", "\"a\\u0041\"", "55555555555555555555555555555555555555555", "-9223372036854775808"] {
+        for id in [
+            "1",
+            "-0",
+            "\"a\\u0041\"",
+            "55555555555555555555555555555555555555555",
+            "-9223372036854775808",
+        ] {
             assert!(agrees(request(id, "").as_bytes()), "id {id}");
         }
-        let no_version = format!(r#"{{"method":"asap.send","params":{{"envelope":{ENVELOPE},"other":[1]}},"id":7}}"#);
+        let no_version = format!(
+            r#"{{"method":"asap.send","params":{{"envelope":{ENVELOPE},"other":[1]}},"id":7}}"#
+        );
         assert!(agrees(no_version.as_bytes()));
     }
 
@@ -897,7 +912,7 @@ mod one_pass {
             // Derived structs read arrays by position: never here.
             format!(r#"["2.0","asap.send",{{"envelope":{ENVELOPE}}},1]"#),
             format!(r#"{{"jsonrpc":"2.0","method":"asap.send","params":[{ENVELOPE}],"id":1}}"#),
-            format!(r#"{{"jsonrpc":"2.0","method":"asap.send","params":{{"envelope":["e1","0.1","2026-01-01T00:00:00Z","urn:asap:agent:a","urn:asap:agent:b","x",{{}}]}},"id":1}}"#),
+            r#"{"jsonrpc":"2.0","method":"asap.send","params":{"envelope":["e1","0.1","2026-01-01T00:00:00Z","urn:asap:agent:a","urn:asap:agent:b","x",{}]},"id":1}"#.to_owned(),
         ];
         for body in refused {
             assert!(!agrees(body.as_bytes()), "{body}");
@@ -908,12 +923,21 @@ mod one_pass {
     #[test]
     fn lax_members_agree() {
         for (from, to) in [
-            (r#""timestamp":"2026-01-01T00:00:00Z""#, r#""timestamp":1767225600"#),
-            (r#""timestamp":"2026-01-01T00:00:00Z""#, r#""timestamp":null"#),
+            (
+                r#""timestamp":"2026-01-01T00:00:00Z""#,
+                r#""timestamp":1767225600"#,
+            ),
+            (
+                r#""timestamp":"2026-01-01T00:00:00Z""#,
+                r#""timestamp":null"#,
+            ),
             (r#""id":"e1","#, r#""id":null,"#),
             (r#""id":"e1","#, ""),
             (r#""id":"e1","#, r#""requires_ack":"yes","#),
-            (r#""id":"e1","#, r#""requires_ack":1,"extensions":{"nonce":"n"},"#),
+            (
+                r#""id":"e1","#,
+                r#""requires_ack":1,"extensions":{"nonce":"n"},"#,
+            ),
         ] {
             let body = request("1", "").replace(from, to);
             agrees(body.as_bytes());
@@ -922,14 +946,40 @@ mod one_pass {
 
     fn member() -> impl Strategy<Value = String> {
         let key = prop::sample::select(vec![
-            "jsonrpc", "method", "params", "id", "envelope", "asap_version", "timestamp",
-            "sender", "recipient", "payload_type", "payload", "correlation_id", "trace_id",
-            "requires_ack", "extensions", "x",
+            "jsonrpc",
+            "method",
+            "params",
+            "id",
+            "envelope",
+            "asap_version",
+            "timestamp",
+            "sender",
+            "recipient",
+            "payload_type",
+            "payload",
+            "correlation_id",
+            "trace_id",
+            "requires_ack",
+            "extensions",
+            "x",
         ]);
         let value = prop::sample::select(vec![
-            "null", "true", "0", "1", "1.5", "-0", "1e2", "\"2.0\"", "\"asap.send\"",
-            "\"urn:asap:agent:b\"", "\"task.request\"", "\"2026-01-01T00:00:00Z\"", "\"yes\"",
-            "{}", "[]", "{\"skill_id\":\"echo\",\"conversation_id\":\"c\",\"input\":{}}",
+            "null",
+            "true",
+            "0",
+            "1",
+            "1.5",
+            "-0",
+            "1e2",
+            "\"2.0\"",
+            "\"asap.send\"",
+            "\"urn:asap:agent:b\"",
+            "\"task.request\"",
+            "\"2026-01-01T00:00:00Z\"",
+            "\"yes\"",
+            "{}",
+            "[]",
+            "{\"skill_id\":\"echo\",\"conversation_id\":\"c\",\"input\":{}}",
             "99999999999999999999",
         ]);
         (key, value).prop_map(|(k, v)| format!("\"{k}\":{v}"))

@@ -208,7 +208,13 @@ impl Timestamp {
             }
         }
         let sod = u32::try_from(sod).unwrap_or(0);
-        for (sep, v) in [('-', mo), ('-', d), ('T', sod / 3600), (':', (sod / 60) % 60), (':', sod % 60)] {
+        for (sep, v) in [
+            ('-', mo),
+            ('-', d),
+            ('T', sod / 3600),
+            (':', (sod / 60) % 60),
+            (':', sod % 60),
+        ] {
             out.push(sep);
             push_digits(out, v, 2);
         }

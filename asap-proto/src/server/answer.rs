@@ -330,19 +330,39 @@ mod tests {
         .unwrap();
         let agent = AgentUrn::new("urn:asap:agent:b").unwrap();
         let payloads = [
-            ("task.response", json!({"task_id": "task_1", "status": "completed",
-                "result": {"x": [1, 2.5, "é"], "big": 1e300}, "metrics": {"ms": 3}})),
-            ("task.response", json!({"task_id": "task_2", "status": "failed"})),
-            ("task.update", json!({"task_id": "t", "update_type": "progress", "status": "working",
-                "progress": {"percent": 50.5}})),
-            ("MessageAck", json!({"original_envelope_id": "e", "status": "received"})),
+            (
+                "task.response",
+                json!({"task_id": "task_1", "status": "completed",
+                "result": {"x": [1, 2.5, "é"], "big": 1e300}, "metrics": {"ms": 3}}),
+            ),
+            (
+                "task.response",
+                json!({"task_id": "task_2", "status": "failed"}),
+            ),
+            (
+                "task.update",
+                json!({"task_id": "t", "update_type": "progress", "status": "working",
+                "progress": {"percent": 50.5}}),
+            ),
+            (
+                "MessageAck",
+                json!({"original_envelope_id": "e", "status": "received"}),
+            ),
             ("custom.kind", json!({"z": 1, "a": {"nested": null}})),
         ];
         for (kind, object) in payloads {
             let payload = Payload::decode(kind, object.as_object().unwrap().clone()).unwrap();
             for (trace_id, extensions) in [
                 (Some("t-1"), None),
-                (None, Some(json!({"trace_id": "x", "span_id": "y"}).as_object().unwrap().clone())),
+                (
+                    None,
+                    Some(
+                        json!({"trace_id": "x", "span_id": "y"})
+                            .as_object()
+                            .unwrap()
+                            .clone(),
+                    ),
+                ),
             ] {
                 let ts = Timestamp::from_unix(UnixTime::from_secs(1_767_225_600));
                 let mut built = request.reply("r-1".into(), ts, agent.clone(), payload.clone());
