@@ -77,6 +77,23 @@ impl Ulid {
         }
         out
     }
+
+    /// `prefix` followed by the 26 characters, in one allocation and without
+    /// `fmt` (ids such as `task_…` are made on every request).
+    ///
+    /// ```
+    /// use asap_proto::model::{Ulid, UnixTime};
+    /// let id = Ulid::new(UnixTime::from_millis(1_767_225_600_000), 42);
+    /// assert_eq!(id.prefixed("task_"), format!("task_{id}"));
+    /// ```
+    #[must_use]
+    pub fn prefixed(self, prefix: &str) -> String {
+        let mut out = String::with_capacity(prefix.len() + 26);
+        out.push_str(prefix);
+        // Crockford base32 is ASCII, so the check cannot fail.
+        out.push_str(std::str::from_utf8(&self.encode()).unwrap_or_default());
+        out
+    }
 }
 
 impl fmt::Display for Ulid {
@@ -84,6 +101,15 @@ impl fmt::Display for Ulid {
         let b = self.encode();
         // Crockford alphabet is ASCII.
         f.write_str(std::str::from_utf8(&b).map_err(|_| fmt::Error)?)
+    }
+}
+
+/// Appends `bytes` as lower-case hex (trace ids, signatures), without `fmt`.
+pub(crate) fn push_lower_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
     }
 }
 

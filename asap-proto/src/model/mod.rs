@@ -23,6 +23,7 @@ pub use entities::{
 pub use envelope::{
     needs_correlation_id, Envelope, EnvelopeInput, ASAP_PROTOCOL_VERSION, CORRELATED_PAYLOAD_KINDS,
 };
+pub(crate) use ids::push_lower_hex;
 pub use ids::{AgentUrn, Ulid, UlidError, UrnError, MAX_URN_LENGTH};
 pub use part::{
     check_file_uri, check_mime_type, DataPart, FilePart, Part, ResourcePart, TemplatePart, TextPart,

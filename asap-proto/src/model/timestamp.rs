@@ -270,8 +270,10 @@ impl Timestamp {
     }
 }
 
-impl fmt::Display for Timestamp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Timestamp {
+    /// The RFC 3339 text `Display` writes, built without `fmt` (every
+    /// envelope and task record serializes timestamps).
+    fn text(&self) -> String {
         let mut s = String::with_capacity(32);
         self.write_local(&mut s);
         match self.offset {
@@ -279,7 +281,13 @@ impl fmt::Display for Timestamp {
             TzOffset::Fixed(off) => write_offset(&mut s, off),
             TzOffset::Naive => {}
         }
-        f.write_str(&s)
+        s
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text())
     }
 }
 
@@ -524,7 +532,7 @@ pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        s.serialize_str(&self.text())
     }
 }
 

@@ -56,6 +56,6 @@ impl UlidGenerator {
 
     /// The next id as text.
     pub fn next_string(&mut self, now: UnixTime) -> String {
-        self.next(now).to_string()
+        self.next(now).prefixed("")
     }
 }

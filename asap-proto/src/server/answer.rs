@@ -170,7 +170,7 @@ pub(super) fn reply(
 ) -> Response<Vec<u8>> {
     let payload = match outcome {
         HandlerOutcome::Skill(r) => Payload::TaskResponse(TaskResponse {
-            task_id: task_id.unwrap_or_else(|| format!("task_{}", ids.next(now))),
+            task_id: task_id.unwrap_or_else(|| ids.next(now).prefixed("task_")),
             status: r.status,
             result: r.result,
             final_state: r.final_state,
@@ -191,8 +191,15 @@ pub(super) fn reply(
     let mut trace_id = request.trace_id.as_deref().map(std::borrow::Cow::Borrowed);
     let mut extensions = None;
     if config.trace_extensions && !has_remote_trace_context(request) {
-        let trace = format!("{:016x}{:016x}", ids.next_u64(), ids.next_u64());
-        let span = format!("{:016x}", ids.next_u64());
+        let hex = |words: &[u64]| {
+            let mut out = String::with_capacity(16 * words.len());
+            for w in words {
+                crate::model::push_lower_hex(&mut out, &w.to_be_bytes());
+            }
+            out
+        };
+        let trace = hex(&[ids.next_u64(), ids.next_u64()]);
+        let span = hex(&[ids.next_u64()]);
         let mut ext = JsonObject::new();
         ext.insert("trace_id".into(), trace.clone().into());
         ext.insert("span_id".into(), span.into());

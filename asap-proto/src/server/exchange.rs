@@ -722,7 +722,7 @@ impl Exchange {
             Err(resp) => return self.finish_with(resp, Outcome::RpcError, None),
         };
         let task_id = matches!(route, admission::Target::Handler(super::Route::Skill(_)))
-            .then(|| format!("task_{}", self.ids.next(now)));
+            .then(|| self.ids.next(now).prefixed("task_"));
         // A callback is checked before the skill runs (a refused URL is -32602).
         let webhooks = match (&task_id, &payload) {
             (Some(task_id), Payload::TaskRequest(r)) => {
@@ -748,7 +748,7 @@ impl Exchange {
             (admission::Target::TaskState, Payload::StateRestore(r)) => {
                 Some(StateRequest::Restore {
                     restore: r.clone(),
-                    snapshot_id: format!("snap_{}", self.ids.next(now)),
+                    snapshot_id: self.ids.next(now).prefixed("snap_"),
                     now,
                 })
             }
@@ -787,7 +787,7 @@ impl Exchange {
             answering.task_id.as_deref(),
         ) {
             (HandlerOutcome::Skill(result), Some(request), Some(task_id)) => {
-                let snapshot_id = format!("snap_{}", self.ids.next(now));
+                let snapshot_id = self.ids.next(now).prefixed("snap_");
                 Some(task_records(
                     task_id,
                     snapshot_id,

@@ -23,7 +23,8 @@ impl TaskState<'_> {
     /// Saves one [`Step::Persist`]'s records (not atomically: these are separate stores).
     pub fn persist(&mut self, records: Records) -> Result<(), StoreError> {
         if let Some(task) = records.task {
-            self.snapshots.save(&task.snapshot)?;
+            // Moved, not cloned: the snapshot is as large as the task.
+            self.snapshots.save_owned(task.snapshot)?;
             self.metering.record(&task.usage)?;
         }
         let Some(replay) = self.replay.as_mut() else {

@@ -26,7 +26,6 @@ pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(5 * 60);
 pub const WHSEC_PREFIX: &str = "whsec_";
 
 const ASAP_PREFIX: &str = "sha256=";
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Secrets are often copied without their `=` padding; Standard Webhooks
 /// libraries accept both.
@@ -109,10 +108,7 @@ impl WebhookSecret {
         let tag = hmac::sign(&self.key, body);
         let mut out = String::with_capacity(ASAP_PREFIX.len() + 64);
         out.push_str(ASAP_PREFIX);
-        for b in tag.as_ref() {
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0x0f)]));
-        }
+        crate::model::push_lower_hex(&mut out, tag.as_ref());
         out
     }
 
