@@ -213,13 +213,80 @@ pub fn check_dedup_record(r: &DedupRecord) -> Result<(), StoreError> {
 
 /// Replay state in memory: for tests and embedders (it does not survive the
 /// process, which is the point of the trait; an agent on the memory backend
-/// keeps its nonces in the server's `NonceStore` alone). Purging scans every record.
+/// keeps its nonces in the server's `NonceStore` alone). Every table keeps an
+/// expiry index, so a purge costs what it removes, not what is held.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryReplayStore {
-    nonces: BTreeMap<(String, String), i64>,
-    dedup: BTreeMap<(String, String), (Vec<u8>, i64)>,
-    /// Unanswered dedup claims: (lease end, expiry).
-    claims: BTreeMap<(String, String), (i64, i64)>,
+    nonces: Expiring<()>,
+    dedup: Expiring<Vec<u8>>,
+    /// Unanswered dedup claims, valued by their lease end.
+    claims: Expiring<i64>,
+}
+
+/// A (sender, id) key: a nonce, or an envelope id.
+type ReplayKey = (String, String);
+
+/// Records keyed per sender with an expiry (the last live millisecond),
+/// indexed by that expiry too.
+#[derive(Debug, Clone)]
+struct Expiring<V> {
+    records: BTreeMap<ReplayKey, (V, i64)>,
+    by_expiry: std::collections::BTreeSet<(i64, ReplayKey)>,
+}
+
+impl<V> Default for Expiring<V> {
+    fn default() -> Self {
+        Self {
+            records: BTreeMap::new(),
+            by_expiry: std::collections::BTreeSet::new(),
+        }
+    }
+}
+
+impl<V> Expiring<V> {
+    fn get(&self, key: &ReplayKey) -> Option<&(V, i64)> {
+        self.records.get(key)
+    }
+
+    fn insert(&mut self, key: ReplayKey, value: V, expires_at_ms: i64) {
+        if let Some((_, old)) = self.records.get(&key) {
+            self.by_expiry.remove(&(*old, key.clone()));
+        }
+        self.by_expiry.insert((expires_at_ms, key.clone()));
+        self.records.insert(key, (value, expires_at_ms));
+    }
+
+    fn remove(&mut self, key: &ReplayKey) {
+        if let Some((_, at)) = self.records.remove(key) {
+            self.by_expiry.remove(&(at, key.clone()));
+        }
+    }
+
+    /// Drops every record that expired before `now_ms`; how many went.
+    fn purge(&mut self, now_ms: i64) -> usize {
+        let mut purged = 0;
+        while let Some(first) = self.by_expiry.first() {
+            if first.0 >= now_ms {
+                break;
+            }
+            if let Some((_, key)) = self.by_expiry.pop_first() {
+                self.records.remove(&key);
+                purged += 1;
+            }
+        }
+        purged
+    }
+
+    fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Live records in (expiry, key) order.
+    fn live(&self, now_ms: i64) -> impl Iterator<Item = (&ReplayKey, &V, i64)> {
+        self.by_expiry
+            .range((now_ms, (String::new(), String::new()))..)
+            .filter_map(|(at, key)| self.records.get(key).map(|(v, _)| (key, v, *at)))
+    }
 }
 
 impl MemoryReplayStore {
@@ -228,70 +295,73 @@ impl MemoryReplayStore {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Records held, over nonces, answers and claims (expired ones until purged).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.nonces.len() + self.dedup.len() + self.claims.len()
+    }
+
+    /// Whether the store holds nothing.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl ReplayStore for MemoryReplayStore {
     fn record_nonce(&mut self, r: &NonceRecord) -> Result<(), StoreError> {
         check_nonce_record(r)?;
+        let key = (r.sender.clone(), r.nonce.clone());
         let at = self
             .nonces
-            .entry((r.sender.clone(), r.nonce.clone()))
-            .or_insert(r.expires_at_unix_ms);
-        *at = (*at).max(r.expires_at_unix_ms);
+            .get(&key)
+            .map_or(r.expires_at_unix_ms, |(_, at)| {
+                (*at).max(r.expires_at_unix_ms)
+            });
+        self.nonces.insert(key, (), at);
         Ok(())
     }
 
     fn load_nonces(&self, now: UnixTime) -> Result<Vec<NonceRecord>, StoreError> {
-        let mut out: Vec<NonceRecord> = self
+        Ok(self
             .nonces
-            .iter()
-            .map(|((sender, nonce), at)| NonceRecord {
+            .live(now.as_millis())
+            .map(|((sender, nonce), (), at)| NonceRecord {
                 sender: sender.clone(),
                 nonce: nonce.clone(),
-                expires_at_unix_ms: *at,
+                expires_at_unix_ms: at,
             })
-            .filter(|r| r.is_live(now))
-            .collect();
-        // The map is in key order; a stable sort by expiry gives (expiry, key).
-        out.sort_by_key(|r| r.expires_at_unix_ms);
-        Ok(out)
+            .collect())
     }
 
     fn record_dedup(&mut self, r: &DedupRecord) -> Result<(), StoreError> {
         check_dedup_record(r)?;
-        self.claims
-            .remove(&(r.sender.clone(), r.envelope_id.clone()));
-        self.dedup.insert(
-            (r.sender.clone(), r.envelope_id.clone()),
-            (r.response.clone(), r.expires_at_unix_ms),
-        );
+        let key = (r.sender.clone(), r.envelope_id.clone());
+        self.claims.remove(&key);
+        self.dedup
+            .insert(key, r.response.clone(), r.expires_at_unix_ms);
         Ok(())
     }
 
     fn load_dedup(&self, now: UnixTime) -> Result<Vec<DedupRecord>, StoreError> {
-        let mut out: Vec<DedupRecord> = self
+        Ok(self
             .dedup
-            .iter()
-            .map(|((sender, id), (response, at))| DedupRecord {
+            .live(now.as_millis())
+            .map(|((sender, id), response, at)| DedupRecord {
                 sender: sender.clone(),
                 envelope_id: id.clone(),
                 response: response.clone(),
-                expires_at_unix_ms: *at,
+                expires_at_unix_ms: at,
             })
-            .filter(|r| r.is_live(now))
-            .collect();
-        out.sort_by_key(|r| r.expires_at_unix_ms);
-        Ok(out)
+            .collect())
     }
 
     fn purge_expired(&mut self, now: UnixTime) -> Result<u64, StoreError> {
         let now_ms = now.as_millis();
-        let count = |s: &Self| s.nonces.len() + s.dedup.len() + s.claims.len();
-        let before = count(self);
-        self.nonces.retain(|_, at| *at >= now_ms);
-        self.dedup.retain(|_, (_, at)| *at >= now_ms);
-        self.claims.retain(|_, (_, at)| *at >= now_ms);
-        Ok((before - count(self)) as u64)
+        let purged =
+            self.nonces.purge(now_ms) + self.dedup.purge(now_ms) + self.claims.purge(now_ms);
+        Ok(purged as u64)
     }
 
     fn claim(&mut self, c: &ReplayClaim) -> Result<ClaimOutcome, StoreError> {
@@ -299,10 +369,10 @@ impl ReplayStore for MemoryReplayStore {
         let now_ms = c.now.as_millis();
         if let Some(n) = &c.nonce {
             let key = (n.sender.clone(), n.nonce.clone());
-            if self.nonces.get(&key).is_some_and(|at| *at >= now_ms) {
+            if self.nonces.get(&key).is_some_and(|(_, at)| *at >= now_ms) {
                 return Ok(ClaimOutcome::NonceReplayed);
             }
-            self.nonces.insert(key, n.expires_at_unix_ms);
+            self.nonces.insert(key, (), n.expires_at_unix_ms);
         }
         if let Some(d) = &c.dedup {
             let key = (d.sender.clone(), d.envelope_id.clone());
@@ -321,7 +391,7 @@ impl ReplayStore for MemoryReplayStore {
             }
             self.dedup.remove(&key);
             self.claims
-                .insert(key, (d.lease_until_unix_ms, d.expires_at_unix_ms));
+                .insert(key, d.lease_until_unix_ms, d.expires_at_unix_ms);
         }
         Ok(ClaimOutcome::Won)
     }
@@ -419,5 +489,115 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Write {
+        Nonce { key: u8, at: i64 },
+        Dedup { key: u8, at: i64 },
+        Claim { key: u8, lease: i64, at: i64 },
+        Purge,
+        Step { dt: i64 },
+    }
+
+    fn write() -> impl Strategy<Value = Write> {
+        prop_oneof![
+            (0u8..6, 0i64..60).prop_map(|(key, at)| Write::Nonce { key, at }),
+            (0u8..6, 0i64..60).prop_map(|(key, at)| Write::Dedup { key, at }),
+            (0u8..6, 0i64..30, 0i64..60).prop_map(|(key, lease, at)| Write::Claim {
+                key,
+                lease,
+                at
+            }),
+            Just(Write::Purge),
+            (0i64..20).prop_map(|dt| Write::Step { dt }),
+        ]
+    }
+
+    proptest! {
+        /// The expiry index never disagrees with a store that scans everything:
+        /// the same live records in the same order, the same purge counts,
+        /// whatever the writes, updates (a nonce keeps its later expiry) and purges.
+        #[test]
+        fn the_expiry_index_agrees_with_a_full_scan(writes in prop::collection::vec(write(), 1..150)) {
+            let mut store = MemoryReplayStore::new();
+            // The model: key -> expiry (and response / lease), purged by `retain`.
+            let mut nonces: BTreeMap<String, i64> = BTreeMap::new();
+            let mut dedup: BTreeMap<String, (Vec<u8>, i64)> = BTreeMap::new();
+            let mut claims: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+            let mut now = 0i64;
+            for w in writes {
+                match w {
+                    Write::Nonce { key, at } => {
+                        let (id, at) = (format!("n{key}"), now + at);
+                        store.record_nonce(&NonceRecord { sender: "s".into(), nonce: id.clone(), expires_at_unix_ms: at }).unwrap();
+                        let e = nonces.entry(id).or_insert(at);
+                        *e = (*e).max(at);
+                    }
+                    Write::Dedup { key, at } => {
+                        let (id, at) = (format!("e{key}"), now + at);
+                        let response = format!("{id}@{at}").into_bytes();
+                        store.record_dedup(&DedupRecord { sender: "s".into(), envelope_id: id.clone(), response: response.clone(), expires_at_unix_ms: at }).unwrap();
+                        claims.remove(&id);
+                        dedup.insert(id, (response, at));
+                    }
+                    Write::Claim { key, lease, at } => {
+                        let id = format!("e{key}");
+                        let claim = DedupClaim { sender: "s".into(), envelope_id: id.clone(), lease_until_unix_ms: now + lease, expires_at_unix_ms: now + at };
+                        let got = store.claim(&ReplayClaim { nonce: None, dedup: Some(claim), now: UnixTime::from_millis(now) }).unwrap();
+                        let want = match dedup.get(&id) {
+                            Some((r, a)) if *a >= now => ClaimOutcome::Answered(r.clone()),
+                            _ if claims.get(&id).is_some_and(|(l, a)| *l >= now && *a >= now) => ClaimOutcome::Running,
+                            _ => {
+                                dedup.remove(&id);
+                                claims.insert(id, (now + lease, now + at));
+                                ClaimOutcome::Won
+                            }
+                        };
+                        prop_assert_eq!(got, want);
+                    }
+                    Write::Purge => {
+                        let before = nonces.len() + dedup.len() + claims.len();
+                        nonces.retain(|_, a| *a >= now);
+                        dedup.retain(|_, (_, a)| *a >= now);
+                        claims.retain(|_, (_, a)| *a >= now);
+                        let want = before - (nonces.len() + dedup.len() + claims.len());
+                        prop_assert_eq!(store.purge_expired(UnixTime::from_millis(now)).unwrap(), want as u64);
+                        prop_assert_eq!(store.len(), nonces.len() + dedup.len() + claims.len());
+                    }
+                    Write::Step { dt } => now += dt,
+                }
+                let at = UnixTime::from_millis(now);
+                let mut want_nonces: Vec<(i64, String)> = nonces.iter().filter(|(_, a)| **a >= now).map(|(k, a)| (*a, k.clone())).collect();
+                want_nonces.sort();
+                let got: Vec<(i64, String)> = store.load_nonces(at).unwrap().into_iter().map(|r| (r.expires_at_unix_ms, r.nonce)).collect();
+                prop_assert_eq!(got, want_nonces);
+                let mut want_dedup: Vec<(i64, String, Vec<u8>)> = dedup.iter().filter(|(_, (_, a))| *a >= now).map(|(k, (r, a))| (*a, k.clone(), r.clone())).collect();
+                want_dedup.sort();
+                let got: Vec<(i64, String, Vec<u8>)> = store.load_dedup(at).unwrap().into_iter().map(|r| (r.expires_at_unix_ms, r.envelope_id, r.response)).collect();
+                prop_assert_eq!(got, want_dedup);
+            }
+        }
+    }
+
+    #[test]
+    fn a_purge_removes_only_what_expired_and_a_later_expiry_survives_its_old_time() {
+        let mut store = MemoryReplayStore::new();
+        let nonce = |n: &str, at: i64| NonceRecord {
+            sender: "s".into(),
+            nonce: n.into(),
+            expires_at_unix_ms: at,
+        };
+        store.record_nonce(&nonce("a", 10)).unwrap();
+        store.record_nonce(&nonce("b", 20)).unwrap();
+        // "a" again, later: the index must forget its old expiry.
+        store.record_nonce(&nonce("a", 30)).unwrap();
+        assert_eq!(store.len(), 2);
+        assert_eq!(store.purge_expired(UnixTime::from_millis(10)).unwrap(), 0);
+        assert_eq!(store.purge_expired(UnixTime::from_millis(21)).unwrap(), 1);
+        let left = store.load_nonces(UnixTime::EPOCH).unwrap();
+        assert_eq!(left, vec![nonce("a", 30)]);
+        assert_eq!(store.purge_expired(UnixTime::from_millis(31)).unwrap(), 1);
+        assert!(store.is_empty());
     }
 }
