@@ -1,7 +1,10 @@
 //! Measures what recording one skill run costs the state writer: snapshot +
 //! usage event, group-committed in batches, on a SQLite file.
 //!
-//! Run: `cargo run --release --example record_cost -- [batch] [tasks]`
+//! Run: `cargo run --release --example record_cost -- [batch] [tasks] [dedup]`
+//! (`dedup`: each task also keeps its answer in the receiver-dedup window, as
+//! `asap serve` does; the window's age is 5 s of a clock that advances 1 ms per
+//! task, so the commits also purge what aged out.)
 
 use std::time::Instant;
 
@@ -11,7 +14,7 @@ use asap_proto::model::{
 };
 use asap_proto::server::state::task_records;
 use asap_proto::server::{Invocation, Route, SkillResult};
-use asap_proto::store::{StorageBackend, StorageConfig, UsageEvent};
+use asap_proto::store::{DedupRecord, StorageBackend, StorageConfig, UsageEvent};
 
 fn main() {
     let args: Vec<usize> = std::env::args()
@@ -20,6 +23,7 @@ fn main() {
         .collect();
     let batch = args.first().copied().unwrap_or(32);
     let tasks = args.get(1).copied().unwrap_or(20_000);
+    let with_dedup = std::env::args().any(|a| a == "dedup");
     let dir = std::env::temp_dir().join(format!("asap-record-cost-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = StorageConfig {
@@ -63,7 +67,17 @@ fn main() {
         while done < tasks {
             let mut snaps: Vec<StateSnapshot> = Vec::with_capacity(batch);
             let mut events: Vec<UsageEvent> = Vec::with_capacity(batch);
+            let mut dedup: Vec<DedupRecord> = Vec::new();
+            let at = now.saturating_add(std::time::Duration::from_millis(done as u64));
             for i in 0..batch {
+                if with_dedup {
+                    dedup.push(DedupRecord {
+                        sender: "urn:asap:agent:bench".into(),
+                        envelope_id: format!("01KDXZ{sync:?}{:020}", done + i),
+                        response: vec![b'x'; 640],
+                        expires_at_unix_ms: at.as_millis() + 5_000,
+                    });
+                }
                 let r = task_records(
                     &format!("task_{sync:?}_{}", done + i),
                     format!("snap_{}", done + i),
@@ -76,12 +90,14 @@ fn main() {
                 snaps.push(r.snapshot);
                 events.push(r.usage);
             }
-            stores.record_tasks(&snaps, &events).unwrap();
+            stores
+                .record_group(&snaps, &events, &[], &dedup, at)
+                .unwrap();
             done += batch;
         }
         let secs = t.elapsed().as_secs_f64();
         println!(
-            "synchronous={sync:?} batch={batch}: {:.0} tasks/s ({:.1} µs per task)",
+            "synchronous={sync:?} batch={batch} dedup={with_dedup}: {:.0} tasks/s ({:.1} µs per task)",
             done as f64 / secs,
             secs * 1e6 / done as f64
         );
