@@ -23,7 +23,7 @@ use asap_proto::server::{
 };
 use asap_proto::ws::{
     ClientEvent, ClientOutput, ClientSession, ClientSessionConfig, FrameVerdict, Incoming, Output,
-    RequestHandle, ServerSession, SessionConfig,
+    RequestHandle, ServerSession, SessionConfig, Violation,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -338,9 +338,12 @@ fuzz_target!(|data: &[u8]| {
                 w.reconnect();
             }
             12 => {
-                let _ = match input.byte() % 3 {
+                let _ = match input.byte() % 4 {
                     0 => w.server.handle_frame(Incoming::Binary(b"\x00"), w.now),
                     1 => w.server.handle_frame(Incoming::Control, w.now),
+                    2 => w
+                        .server
+                        .handle_frame(Incoming::Violation(Violation::Protocol), w.now),
                     _ => w.server.handle_frame(Incoming::Close, w.now),
                 };
             }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use asap_proto::model::{Envelope, Payload};
 use asap_proto::server::{Invocation, PushReplies, PushSink, RequestHead};
-use asap_proto::ws::{FrameVerdict, Incoming, Output, PushError, ServerSession};
+use asap_proto::ws::{FrameVerdict, Incoming, Output, PushError, ServerSession, Violation};
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -364,8 +364,8 @@ impl Connection {
                     self.ws.get_mut().want_more();
                     return;
                 }
-                Err(_) => {
-                    let _ = self.session.handle_frame(Incoming::Close, now);
+                Err(e) => {
+                    let _ = self.session.handle_frame(unreadable(&e), now);
                     return;
                 }
             };
@@ -468,4 +468,16 @@ fn run_frame(
         agent.drive(ex, BodySource::Frame(text.as_bytes()), Some(reports))
     });
     let _ = reports.0.send(Event::Reply(reply.response.into_body()));
+}
+
+/// What a read error means to the session: a violation of the framing rules
+/// (answered with its close code) or a connection that is simply gone.
+fn unreadable(e: &tungstenite::Error) -> Incoming<'static> {
+    use tungstenite::Error;
+    match e {
+        Error::Protocol(_) | Error::AttackAttempt => Incoming::Violation(Violation::Protocol),
+        Error::Utf8(_) => Incoming::Violation(Violation::InvalidUtf8),
+        Error::Capacity(_) => Incoming::Violation(Violation::TooLarge),
+        _ => Incoming::Close,
+    }
 }

@@ -238,7 +238,7 @@ impl ClientSession {
     pub fn handle_frame(&mut self, frame: Incoming<'_>, now: Instant) {
         self.see(now);
         let Incoming::Text(text) = frame else {
-            if frame == Incoming::Close {
+            if matches!(frame, Incoming::Close | Incoming::Violation(_)) {
                 self.handle_disconnect(now);
             }
             return;
@@ -605,6 +605,21 @@ mod tests {
         let late = r#"{"jsonrpc":"2.0","error":{"code":-32601,"message":"x"},"id":"ws-req-1"}"#;
         s.handle_frame(Incoming::Text(late), at);
         assert_eq!(s.poll_output(), None);
+    }
+
+    #[test]
+    fn an_unreadable_frame_from_the_server_is_a_disconnect() {
+        let t0 = crate::test_clock::base();
+        let mut s = ClientSession::new(ClientSessionConfig::default());
+        s.handle_connected(t0);
+        let plain = s.send(env("u1", "update"), t0, wall()).unwrap();
+        let _ = transmitted(&mut s);
+        s.handle_frame(Incoming::Violation(crate::ws::Violation::Protocol), t0);
+        let events: Vec<_> = std::iter::from_fn(|| s.poll_output()).collect();
+        assert!(
+            matches!(&events[..], [ClientOutput::Event(ClientEvent::Response { request, result: Err(_) })] if *request == plain),
+            "{events:?}"
+        );
     }
 
     #[test]

@@ -28,6 +28,46 @@ pub enum Incoming<'a> {
     Control,
     /// The peer's close frame.
     Close,
+    /// The library could not read the peer's frames (RFC 6455 "fail the
+    /// connection"): the session closes with the code the violation calls for.
+    Violation(Violation),
+}
+
+/// Why a peer's frames could not be read, as far as the close code goes
+/// (RFC 6455 section 7.4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Violation {
+    /// A framing error: unmasked client frame, reserved bits or opcode, a
+    /// fragmented or oversized control frame, a continuation out of place (1002).
+    Protocol,
+    /// A text frame (or close reason) that is not UTF-8 (1007).
+    InvalidUtf8,
+    /// A frame or message over the size limit (1009).
+    TooLarge,
+}
+
+impl Violation {
+    /// The close frame that fails the connection for this violation.
+    ///
+    /// ```
+    /// use asap_proto::ws::{CloseFrame, Violation};
+    /// assert_eq!(Violation::InvalidUtf8.close_frame().code, CloseFrame::INVALID_PAYLOAD);
+    /// ```
+    #[must_use]
+    pub fn close_frame(self) -> CloseFrame {
+        match self {
+            Self::Protocol => {
+                CloseFrame::new(CloseFrame::PROTOCOL_ERROR, "WebSocket protocol error")
+            }
+            Self::InvalidUtf8 => {
+                CloseFrame::new(CloseFrame::INVALID_PAYLOAD, "text frame is not valid UTF-8")
+            }
+            Self::TooLarge => {
+                CloseFrame::new(CloseFrame::MESSAGE_TOO_BIG, "frame or message too large")
+            }
+        }
+    }
 }
 
 /// A close frame to send.
@@ -46,6 +86,12 @@ impl CloseFrame {
     pub const POLICY_VIOLATION: u16 = 1008;
     /// 1000 normal closure.
     pub const NORMAL: u16 = 1000;
+    /// 1002: the peer broke the framing rules.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// 1007: a text frame that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// 1009: a frame or message over the size limit.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
 
     /// A close frame with `code` and `reason` (cut to the 123 bytes a close frame holds).
     #[must_use]

@@ -45,7 +45,7 @@ pub use client::{
     decode_ack_frame, ClientEvent, ClientOutput, ClientSession, ClientSessionConfig,
     ClientSessionError, RequestHandle,
 };
-pub use frame::{AckTarget, CloseFrame, Incoming, TextKind};
+pub use frame::{AckTarget, CloseFrame, Incoming, TextKind, Violation};
 pub use pool::{Checkout, Pool, PoolConfig};
 pub use server::{FrameVerdict, Output, PushError, ServerSession, SessionConfig};
 

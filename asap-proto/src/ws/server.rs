@@ -189,6 +189,12 @@ impl ServerSession {
                 self.closed = true;
                 FrameVerdict::Handled
             }
+            Incoming::Violation(v) => {
+                // Nothing more can be read: say why, then close (RFC 6455 7.1.7).
+                let c = v.close_frame();
+                self.close(c.code, &c.reason);
+                FrameVerdict::Handled
+            }
             Incoming::Binary(_) => {
                 if self.take_token(now) {
                     self.out
@@ -357,6 +363,32 @@ mod tests {
     }
 
     const REQ: &str = r#"{"jsonrpc":"2.0","method":"asap.unknown","params":{},"id":"f-0"}"#;
+
+    #[test]
+    fn an_unreadable_frame_closes_with_the_code_its_violation_calls_for() {
+        for (violation, code) in [
+            (super::super::Violation::Protocol, 1002),
+            (super::super::Violation::InvalidUtf8, 1007),
+            (super::super::Violation::TooLarge, 1009),
+        ] {
+            let mut s = ServerSession::new(SessionConfig::default(), t0());
+            assert_eq!(
+                s.handle_frame(Incoming::Violation(violation), t0()),
+                FrameVerdict::Handled
+            );
+            let Some(Output::Close(c)) = s.poll_output() else {
+                panic!("close frame expected for {violation:?}")
+            };
+            assert_eq!(c.code, code);
+            assert!(!c.reason.is_empty());
+            assert!(s.is_closed());
+            assert!(!s.wants_frames());
+            // Closed once: nothing follows, a second violation adds nothing.
+            let _ = s.handle_frame(Incoming::Violation(violation), t0());
+            assert_eq!(s.poll_output(), None);
+            assert_eq!(s.poll_timeout(), None);
+        }
+    }
 
     #[test]
     fn an_expired_token_ends_the_connection_with_1008() {

@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use asap_proto::auth::Identity;
 use asap_proto::model::{Envelope, Payload, UnixTime};
 use asap_proto::server::{Invocation, PushReplies, PushSink, RequestHead, Transport};
-use asap_proto::ws::{FrameVerdict, Incoming, Output, PushError, ServerSession};
+use asap_proto::ws::{FrameVerdict, Incoming, Output, PushError, ServerSession, Violation};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::response::IntoResponse;
+use futures_util::sink::SinkExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::{HeaderMap, Request};
 use tokio::sync::mpsc;
@@ -154,6 +155,9 @@ async fn connection(
             }
         }
         if session.is_closed() {
+            // Flushes the library's answer to the peer's close frame (RFC 6455
+            // 5.5.1: a close is answered with a close), bounded for a peer that stalls.
+            let _ = tokio::time::timeout(CLOSE_FLUSH, socket.close()).await;
             return;
         }
         let deadline = session.poll_timeout();
@@ -172,7 +176,10 @@ async fn connection(
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
                         let _ = session.handle_frame(Incoming::Control, now);
                     }
-                    Some(Ok(Message::Close(_)) | Err(_)) | None => {
+                    Some(Err(e)) => {
+                        let _ = session.handle_frame(unreadable(e), now);
+                    }
+                    Some(Ok(Message::Close(_))) | None => {
                         let _ = session.handle_frame(Incoming::Close, now);
                     }
                 }
@@ -190,6 +197,21 @@ async fn connection(
             () = sleep_until(deadline) => session.handle_timeout(Instant::now()),
             _ = shutdown.changed() => session.handle_shutdown(),
         }
+    }
+}
+
+/// Longest wait for the closing handshake's last frame to leave.
+const CLOSE_FLUSH: Duration = Duration::from_secs(1);
+
+/// What a read error means to the session: a violation of the framing rules
+/// (answered with its close code) or a connection that is simply gone.
+fn unreadable(e: axum::Error) -> Incoming<'static> {
+    use tokio_tungstenite::tungstenite::Error;
+    match e.into_inner().downcast_ref::<Error>() {
+        Some(Error::Protocol(_) | Error::AttackAttempt) => Incoming::Violation(Violation::Protocol),
+        Some(Error::Utf8(_)) => Incoming::Violation(Violation::InvalidUtf8),
+        Some(Error::Capacity(_)) => Incoming::Violation(Violation::TooLarge),
+        _ => Incoming::Close,
     }
 }
 
