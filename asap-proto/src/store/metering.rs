@@ -394,10 +394,16 @@ impl MeteringStore for MemoryMeteringStore {
         let event = event.normalized()?;
         let key = (event.timestamp.unix().as_micros(), self.seq);
         self.seq += 1;
-        self.agents
-            .entry(event.agent_id.clone())
-            .or_default()
-            .insert(key, event);
+        // The agent's key is allocated once, not per event.
+        match self.agents.get_mut(event.agent_id.as_str()) {
+            Some(events) => {
+                events.insert(key, event);
+            }
+            None => {
+                self.agents
+                    .insert(event.agent_id.clone(), BTreeMap::from([(key, event)]));
+            }
+        }
         self.len += 1;
         while self.len > self.retained_events {
             self.forget_oldest();
