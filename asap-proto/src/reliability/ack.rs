@@ -1285,6 +1285,33 @@ mod tests {
     }
 
     #[test]
+    fn counts_and_membership_follow_tracking_acks_and_close() {
+        let t0 = base();
+        let mut t = AckTracker::default();
+        assert!(t.is_empty());
+        assert_eq!(t.len(), 0);
+        assert!(!t.is_pending("a"));
+        t.track(&env("a", WALL0), t0, WALL0).unwrap();
+        assert!(!t.is_empty());
+        assert_eq!(t.len(), 1);
+        assert!(t.is_pending("a"));
+        assert!(!t.is_pending("b"));
+        t.track(&env("b", WALL0), t0, WALL0).unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            t.handle_ack(&ack("a", AckStatus::Received), t0),
+            AckMatch::Cleared
+        );
+        assert!(!t.is_pending("a"));
+        assert!(t.is_pending("b"));
+        assert!(!t.is_empty());
+        assert_eq!(t.len(), 1);
+        t.handle_close(t0);
+        assert!(t.is_empty());
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
     fn close_gives_everything_up_without_blaming_the_peer() {
         let t0 = base();
         let mut t = AckTracker::default();
