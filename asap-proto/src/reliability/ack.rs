@@ -1056,6 +1056,48 @@ mod tests {
     }
 
     #[test]
+    fn a_late_timer_gives_up_at_once_in_deadline_order() {
+        // "x" is accepted until 70 s; its retransmission at 30 s waits until 90 s for an
+        // ack, so its next deadline is pulled in to 70 s. "y", sent at 50 s, is due at 80 s.
+        let t0 = base();
+        let mut t = AckTracker::default();
+        t.track(
+            &env("x", WALL0.saturating_sub(Duration::from_secs(200))),
+            t0,
+            WALL0,
+        )
+        .unwrap();
+        t.handle_timeout(secs(t0, 30));
+        assert!(matches!(drain(&mut t)[..], [AckEvent::Retransmit { .. }]));
+        let wall50 = WALL0.saturating_add(Duration::from_secs(50));
+        t.track(&env("y", wall50), secs(t0, 50), wall50).unwrap();
+        // Woken only at 90 s, exactly when the wait for an ack to "x" ends: "x" gives up
+        // there and then, before "y"'s later deadline is acted on.
+        t.handle_timeout(secs(t0, 90));
+        let events = drain(&mut t);
+        assert!(
+            matches!(
+                &events[..],
+                [
+                    AckEvent::GaveUp {
+                        envelope_id: x,
+                        reason: AckGiveUp::ReplayWindowClosed,
+                        transmissions: 2,
+                    },
+                    AckEvent::Retransmit {
+                        envelope,
+                        transmission: 2,
+                        cause: RetransmitCause::AckTimeout,
+                    },
+                ] if x == "x" && envelope.id == "y"
+            ),
+            "{events:?}"
+        );
+        assert!(!t.is_pending("x"));
+        assert!(t.is_pending("y"));
+    }
+
+    #[test]
     fn any_status_clears_by_default() {
         let t0 = base();
         let mut t = AckTracker::default();
