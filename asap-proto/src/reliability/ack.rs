@@ -783,7 +783,12 @@ mod tests {
     /// `(instant, event)` pairs.
     fn run_out(t: &mut AckTracker) -> Vec<(Instant, AckEvent)> {
         let mut out = Vec::new();
+        let mut steps = 0;
         while let Some(at) = t.poll_timeout() {
+            // Every entry ends after a handful of deadlines: a tracker that keeps
+            // asking to be woken (e.g. just after the latest `now`) is a bug, not a wait.
+            steps += 1;
+            assert!(steps <= 1_000, "no end in sight after {steps} deadlines");
             t.handle_timeout(at);
             assert!(t.poll_timeout().is_none_or(|next| next > at));
             out.extend(drain(t).into_iter().map(|e| (at, e)));
