@@ -783,7 +783,12 @@ mod tests {
     /// `(instant, event)` pairs.
     fn run_out(t: &mut AckTracker) -> Vec<(Instant, AckEvent)> {
         let mut out = Vec::new();
+        let mut steps = 0;
         while let Some(at) = t.poll_timeout() {
+            // Every entry ends after a handful of deadlines: a tracker that keeps
+            // asking to be woken (e.g. just after the latest `now`) is a bug, not a wait.
+            steps += 1;
+            assert!(steps <= 1_000, "no end in sight after {steps} deadlines");
             t.handle_timeout(at);
             assert!(t.poll_timeout().is_none_or(|next| next > at));
             out.extend(drain(t).into_iter().map(|e| (at, e)));
@@ -1056,6 +1061,48 @@ mod tests {
     }
 
     #[test]
+    fn a_late_timer_gives_up_at_once_in_deadline_order() {
+        // "x" is accepted until 70 s; its retransmission at 30 s waits until 90 s for an
+        // ack, so its next deadline is pulled in to 70 s. "y", sent at 50 s, is due at 80 s.
+        let t0 = base();
+        let mut t = AckTracker::default();
+        t.track(
+            &env("x", WALL0.saturating_sub(Duration::from_secs(200))),
+            t0,
+            WALL0,
+        )
+        .unwrap();
+        t.handle_timeout(secs(t0, 30));
+        assert!(matches!(drain(&mut t)[..], [AckEvent::Retransmit { .. }]));
+        let wall50 = WALL0.saturating_add(Duration::from_secs(50));
+        t.track(&env("y", wall50), secs(t0, 50), wall50).unwrap();
+        // Woken only at 90 s, exactly when the wait for an ack to "x" ends: "x" gives up
+        // there and then, before "y"'s later deadline is acted on.
+        t.handle_timeout(secs(t0, 90));
+        let events = drain(&mut t);
+        assert!(
+            matches!(
+                &events[..],
+                [
+                    AckEvent::GaveUp {
+                        envelope_id: x,
+                        reason: AckGiveUp::ReplayWindowClosed,
+                        transmissions: 2,
+                    },
+                    AckEvent::Retransmit {
+                        envelope,
+                        transmission: 2,
+                        cause: RetransmitCause::AckTimeout,
+                    },
+                ] if x == "x" && envelope.id == "y"
+            ),
+            "{events:?}"
+        );
+        assert!(!t.is_pending("x"));
+        assert!(t.is_pending("y"));
+    }
+
+    #[test]
     fn any_status_clears_by_default() {
         let t0 = base();
         let mut t = AckTracker::default();
@@ -1282,6 +1329,33 @@ mod tests {
         assert!(AckError::EmptyEnvelopeId
             .to_string()
             .starts_with("caller bug"));
+    }
+
+    #[test]
+    fn counts_and_membership_follow_tracking_acks_and_close() {
+        let t0 = base();
+        let mut t = AckTracker::default();
+        assert!(t.is_empty());
+        assert_eq!(t.len(), 0);
+        assert!(!t.is_pending("a"));
+        t.track(&env("a", WALL0), t0, WALL0).unwrap();
+        assert!(!t.is_empty());
+        assert_eq!(t.len(), 1);
+        assert!(t.is_pending("a"));
+        assert!(!t.is_pending("b"));
+        t.track(&env("b", WALL0), t0, WALL0).unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            t.handle_ack(&ack("a", AckStatus::Received), t0),
+            AckMatch::Cleared
+        );
+        assert!(!t.is_pending("a"));
+        assert!(t.is_pending("b"));
+        assert!(!t.is_empty());
+        assert_eq!(t.len(), 1);
+        t.handle_close(t0);
+        assert!(t.is_empty());
+        assert_eq!(t.len(), 0);
     }
 
     #[test]

@@ -138,6 +138,38 @@ mod tests {
         assert_eq!(b.delay(40, 1.0), Duration::MAX);
     }
 
+    #[test]
+    fn jitter_source_is_splitmix64() {
+        // SplitMix64's published outputs for seeds 0 and 1; a fraction is the top 53 bits / 2^53.
+        let top53 = |u: f64| (u * (1u64 << 53) as f64) as u64;
+        let mut j = JitterSource::new(0);
+        assert_eq!(top53(j.next_unit()), 0xe220_a839_7b1d_cdaf >> 11);
+        assert_eq!(top53(j.next_unit()), 0x6e78_9e6a_a1b9_65f4 >> 11);
+        assert_eq!(top53(j.next_unit()), 0x06c4_5d18_8009_454f >> 11);
+        let mut j = JitterSource::new(1);
+        assert_eq!(top53(j.next_unit()), 0x910a_2dec_8902_5cc1 >> 11);
+        assert_eq!(
+            j.next_unit(),
+            6_717_404_888_216_029.0 / 9_007_199_254_740_992.0
+        );
+        // The same seed gives the same sequence.
+        assert_eq!(JitterSource::new(7), JitterSource::new(7));
+    }
+
+    #[test]
+    fn jitter_scales_with_ratio_and_unit() {
+        let b = Backoff {
+            base: Duration::from_secs(2),
+            max: Duration::from_secs(100),
+            jitter_ratio: 0.5,
+        };
+        assert_eq!(b.delay(0, 0.5), Duration::from_millis(2_500));
+        assert_eq!(b.delay(1, 0.25), Duration::from_millis(4_500));
+        assert_eq!(b.delay(0, 0.0), Duration::from_secs(2));
+        assert_eq!(b.base_delay(31), Duration::from_secs(100));
+        assert_eq!(b.base_delay(32), Duration::from_secs(100));
+    }
+
     proptest! {
         #[test]
         fn delay_is_monotone_and_bounded(attempt in 0u32..100, unit in 0.0f64..=1.0) {

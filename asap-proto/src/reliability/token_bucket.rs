@@ -101,6 +101,27 @@ mod tests {
         assert!(b.try_take(t0 + Duration::from_secs(1)));
     }
 
+    #[test]
+    fn tokens_reports_what_is_left_and_refills_partially() {
+        let t0 = crate::test_clock::base();
+        let mut b = TokenBucket::new(4.0, 2.0);
+        assert_eq!(b.tokens(), 2.0);
+        assert!(b.try_take(t0));
+        assert_eq!(b.tokens(), 1.0);
+        assert!(b.try_take(t0));
+        assert_eq!(b.tokens(), 0.0);
+        assert!(!b.try_take(t0));
+        assert_eq!(b.tokens(), 0.0);
+        // 125 ms at 4/s is half a token: not enough, but kept.
+        assert!(!b.try_take(t0 + Duration::from_millis(125)));
+        assert_eq!(b.tokens(), 0.5);
+        assert!(b.try_take(t0 + Duration::from_millis(250)));
+        assert_eq!(b.tokens(), 0.0);
+        // Capped at capacity, never above.
+        assert!(b.try_take(t0 + Duration::from_secs(60)));
+        assert_eq!(b.tokens(), 1.0);
+    }
+
     proptest! {
         /// Over any schedule, at most capacity + rate × elapsed messages pass.
         #[test]
