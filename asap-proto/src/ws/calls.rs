@@ -361,6 +361,30 @@ mod tests {
     }
 
     #[test]
+    fn frames_reach_the_session_and_a_disconnect_stops_sending() {
+        let t0 = crate::test_clock::base();
+        let mut c = ClientCalls::new(&WsClientConfig::default(), 1);
+        c.handle_connected(t0);
+        c.send(env("e1"), 1, t0, wall());
+        assert!(matches!(drain(&mut c)[..], [CallOutput::Transmit(_)]));
+        // The server's answer to the first request settles its waiter.
+        c.handle_frame(
+            Incoming::Text(r#"{"jsonrpc":"2.0","error":{"code":-32601,"message":"Method not found"},"id":"ws-req-1"}"#),
+            t0,
+        );
+        assert_eq!(answers(&drain(&mut c)), [(1, false)]);
+        // Once the connection is lost, a send is answered at once, nothing sent.
+        c.handle_disconnect(t0);
+        let _ = drain(&mut c);
+        c.send(env("e2"), 2, t0, wall());
+        let out = drain(&mut c);
+        assert!(
+            matches!(&out[..], [CallOutput::Answer { waiter: 2, result: Err(e) }] if e.to_string().contains("reconnecting")),
+            "{out:?}"
+        );
+    }
+
+    #[test]
     fn reconnect_delays_grow_to_the_cap_and_start_over_when_connected() {
         let t0 = crate::test_clock::base();
         let mut c: ClientCalls<u32> = ClientCalls::new(&WsClientConfig::default(), 9);
