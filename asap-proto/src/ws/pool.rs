@@ -120,6 +120,26 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn an_idle_connection_is_reused_up_to_exactly_the_idle_timeout() {
+        let t0 = crate::test_clock::base();
+        let timeout = Duration::from_secs(60);
+        let mut p: Pool<u32> = Pool::new(PoolConfig {
+            max_size: 1,
+            idle_timeout: timeout,
+        });
+        assert!(matches!(p.checkout(t0), (Checkout::Open, ref s) if s.is_empty()));
+        p.checkin(1, t0);
+        // Idle for exactly the timeout: still fresh.
+        assert!(matches!(p.checkout(t0 + timeout), (Checkout::Reuse(1), ref s) if s.is_empty()));
+        p.checkin(1, t0 + timeout);
+        // A microsecond longer: stale, closed, and its slot opened anew.
+        let later = t0 + timeout + timeout + Duration::from_micros(1);
+        let (got, stale) = p.checkout(later);
+        assert!(matches!(got, Checkout::Open));
+        assert_eq!(stale, vec![1]);
+    }
+
+    #[test]
     fn fifo_reuse_and_lost_slots_come_back() {
         let t0 = crate::test_clock::base();
         let mut p: Pool<u32> = Pool::new(PoolConfig {

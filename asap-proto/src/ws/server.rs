@@ -365,6 +365,17 @@ mod tests {
     const REQ: &str = r#"{"jsonrpc":"2.0","method":"asap.unknown","params":{},"id":"f-0"}"#;
 
     #[test]
+    fn a_notify_is_sent_as_is_until_the_close() {
+        let mut s = ServerSession::new(SessionConfig::default(), t0());
+        s.handle_notify("ack-1".into());
+        assert_eq!(drain(&mut s), vec![Output::Transmit("ack-1".into())]);
+        s.handle_shutdown();
+        let _ = drain(&mut s);
+        s.handle_notify("ack-2".into());
+        assert_eq!(s.poll_output(), None);
+    }
+
+    #[test]
     fn an_unreadable_frame_closes_with_the_code_its_violation_calls_for() {
         for (violation, code) in [
             (super::super::Violation::Protocol, 1002),
