@@ -59,6 +59,16 @@ fn check_update(update: &Envelope, reply: &Envelope) {
     assert_eq!(update.payload["task_id"], reply.payload["task_id"]);
 }
 
+/// Serves `agent` with the tokio adapter on a loopback port of `rt`.
+fn spawn_tokio(rt: &tokio::runtime::Runtime, agent: asap_tokio::Agent) -> std::net::SocketAddr {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(asap_tokio::serve(listener, agent, std::future::pending()));
+    addr
+}
+
 #[test]
 fn blocking_client_against_the_tokio_server() {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -70,11 +80,7 @@ fn blocking_client_against_the_tokio_server() {
             Ok(SkillResult::echo_input(req.input))
         })
         .build();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    rt.spawn(asap_tokio::serve(listener, agent, std::future::pending()));
+    let addr = spawn_tokio(&rt, agent);
 
     let client = asap_blocking::ws::WsClient::connect(
         &format!("ws://{addr}"),
@@ -238,11 +244,7 @@ fn both_servers_answer_a_close_and_name_protocol_violations() {
         .config(open())
         .echo_skill("echo")
         .build();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    rt.spawn(asap_tokio::serve(listener, agent, std::future::pending()));
+    let addr = spawn_tokio(&rt, agent);
     check_closing(addr);
 
     let agent = asap_blocking::server::Agent::builder(manifest())
