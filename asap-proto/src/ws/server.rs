@@ -516,7 +516,11 @@ mod tests {
         let mut s = ServerSession::new(SessionConfig::default(), start);
         let mut pings = 0;
         let mut now = start;
+        let mut deadlines = 0;
         while let Some(at) = s.poll_timeout() {
+            // Bounded, so a session that never closes fails here instead of hanging.
+            deadlines += 1;
+            assert!(deadlines <= 10, "still open after {deadlines} deadlines");
             assert!(at > now);
             now = at;
             s.handle_timeout(now);
