@@ -542,6 +542,28 @@ mod tests {
     }
 
     #[test]
+    fn the_idle_deadline_counts_from_the_last_frame_and_only_while_nothing_runs() {
+        let base = t0();
+        let secs = |n: u64| base + Duration::from_secs(n);
+        // Idle: the last frame at 29 s puts the close at 119 s, before the 120 s ping.
+        let mut s = ServerSession::new(SessionConfig::default(), base);
+        let _ = s.handle_frame(Incoming::Text(frame::PONG_TEXT), secs(29));
+        for n in [30, 60, 90] {
+            assert_eq!(s.poll_timeout(), Some(secs(n)));
+            s.handle_timeout(secs(n));
+        }
+        assert_eq!(s.poll_timeout(), Some(secs(119)));
+        // A request in flight: no idle deadline, the next ping is what comes.
+        let mut s = ServerSession::new(SessionConfig::default(), base);
+        let _ = s.handle_frame(Incoming::Text(REQ), secs(29));
+        assert_eq!(s.in_flight(), 1);
+        for n in [30, 60, 90] {
+            s.handle_timeout(secs(n));
+        }
+        assert_eq!(s.poll_timeout(), Some(secs(120)));
+    }
+
+    #[test]
     fn pongs_keep_the_connection_open() {
         let mut s = ServerSession::new(SessionConfig::default(), t0());
         for k in 1..=10u64 {
