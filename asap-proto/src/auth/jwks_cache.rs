@@ -221,6 +221,23 @@ mod tests {
     }
 
     #[test]
+    fn config_and_keys_report_what_was_given_and_fetched() {
+        let t0 = crate::test_clock::base();
+        let mut config = JwksCacheConfig::new("https://idp.example.com/jwks");
+        config.ttl = Duration::from_secs(60);
+        let mut c = JwksCache::new(config.clone()).unwrap();
+        assert_eq!(c.config(), &config);
+        assert!(c.keys().is_none());
+        let KeySetLookup::Fetch(f) = c.lookup(t0) else {
+            panic!()
+        };
+        let body = r#"{"keys":[{"kty":"OKP","kid":"ed","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+        c.handle_response(f.id, &ok(body), t0).unwrap();
+        let keys = c.keys().expect("the fetched set");
+        assert_eq!(keys.keys().len(), 1);
+    }
+
+    #[test]
     fn ttl_refresh_serves_stale_and_keeps_last_good_set() {
         let t0 = crate::test_clock::base();
         let s = Duration::from_secs;
