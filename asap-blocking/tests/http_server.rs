@@ -78,6 +78,25 @@ fn rpc(payload_type: &str, payload: Value) -> Vec<u8> {
 }
 
 #[test]
+fn a_request_followed_by_a_half_close_is_answered() {
+    let (_h, addr) = start();
+    let body = rpc(
+        "task.request",
+        json!({"conversation_id": "c", "skill_id": "echo", "input": {"m": 1}}),
+    );
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "POST /asap HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len()).unwrap();
+    s.write_all(&body).unwrap();
+    // `nc -N` style: done sending, waiting for the answer.
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains(r#""result""#), "{text}");
+}
+
+#[test]
 fn closures_answer_like_the_async_server() {
     let (handle, addr) = start();
     let (status, body) = request(

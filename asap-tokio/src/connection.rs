@@ -215,7 +215,10 @@ where
     // also runs while a connection idles, and closes without an answer).
     builder
         .max_header_size(config.max_header_bytes)
-        .header_read_timeout(None);
+        .header_read_timeout(None)
+        // A client may shut down its write side once the request is sent
+        // (`nc -N`, some scripts): the request was accepted, so it is answered.
+        .half_close(true);
     let builder = Arc::new(builder);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);

@@ -799,6 +799,55 @@ async fn metrics_count_requests_by_payload_type_and_status() {
 }
 
 #[tokio::test]
+async fn a_request_followed_by_a_half_close_is_answered() {
+    // The skill waits until the client has shut down its write side and the
+    // server has had time to read that end of stream.
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let opened = std::sync::Arc::clone(&gate);
+    let agent = asap_tokio::Agent::builder(manifest())
+        .config(open_config())
+        .skill_with(
+            Skill::new("gated", "answers once let through"),
+            move |_, _| {
+                let opened = std::sync::Arc::clone(&opened);
+                async move {
+                    opened.notified().await;
+                    Ok(asap_proto::server::SkillResult::completed(
+                        asap_proto::model::JsonObject::new(),
+                    ))
+                }
+            },
+        )
+        .build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(asap_tokio::serve(listener, agent, std::future::pending()));
+    let mut env = envelope();
+    env["payload"]["skill_id"] = json!("gated");
+    let body = rpc(env, json!("half-closed"));
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!(
+        "POST /asap HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    stream.write_all(&req).await.unwrap();
+    // `nc -N` style: the client is done sending and waits for the answer.
+    stream.shutdown().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    gate.notify_one();
+    let mut c = Conn {
+        stream,
+        buf: Vec::new(),
+    };
+    let r = c.read_reply().await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["id"], "half-closed");
+    assert!(r.json().get("result").is_some(), "{}", r.json());
+}
+
+#[tokio::test]
 async fn chunked_bodies_are_bounded_while_streaming() {
     let addr = start(ServerConfig {
         max_request_size: 64 * 1024,
