@@ -407,6 +407,34 @@ mod tests {
     }
 
     #[test]
+    fn a_token_stops_serving_at_its_expiry_second_while_a_refresh_is_out() {
+        let t0 = crate::test_clock::base();
+        let s = Duration::from_secs;
+        let w0 = UnixTime::from_secs(1_800_000_000);
+        let at = |d: u64| Now {
+            monotonic: t0 + s(d),
+            wall: w0.saturating_add(s(d)),
+        };
+        // Refreshing 10 s early keeps the refresh within its 15 s fetch timeout.
+        let mut cc = ClientCredentials::new(ClientCredentialsConfig {
+            refresh_early: s(10),
+            ..machine().config
+        })
+        .unwrap();
+        let TokenLookup::Fetch(f) = cc.token(at(0)) else {
+            panic!()
+        };
+        let body = br#"{"access_token":"at-1","expires_in":100}"#.to_vec();
+        cc.handle_response(f.id, &http::Response::new(body), at(0))
+            .unwrap();
+        let TokenLookup::Fetch(_) = cc.token(at(90)) else {
+            panic!("the early refresh starts")
+        };
+        assert!(matches!(cc.token(at(99)), TokenLookup::Ready(_)));
+        assert!(matches!(cc.token(at(100)), TokenLookup::Wait(_)));
+    }
+
+    #[test]
     fn expiry_sources() {
         let now = UnixTime::from_secs(1000);
         let d = Duration::from_secs(3600);

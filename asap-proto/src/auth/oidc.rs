@@ -288,5 +288,7 @@ mod tests {
             d.config(t2 + Duration::from_secs(3602)),
             OidcLookup::Ready(_)
         ));
+        // Four fetches: the evil issuer, the missing member, the good one, the failed refresh.
+        assert_eq!(d.fetches_started(), 4);
     }
 }
