@@ -398,3 +398,112 @@ pub(super) fn upgrade_response(identity: Option<&Identity>) -> http::Response<Ve
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{AuthenticatorConfig, JwksCacheConfig, KeySource};
+
+    fn jwks_auth() -> ServerAuth {
+        ServerAuth::new(
+            Authenticator::new(AuthenticatorConfig {
+                keys: KeySource::Jwks(JwksCacheConfig::new("https://idp.example.com/jwks")),
+                ..Default::default()
+            })
+            .unwrap(),
+        )
+    }
+
+    fn custom_auth() -> ServerAuth {
+        ServerAuth::custom(|_, _, _| Err(AuthRejection::MissingToken))
+    }
+
+    #[test]
+    fn the_startup_fetch_primes_the_key_set_and_reports_what_is_wrong() {
+        let t0 = crate::test_clock::base();
+        let mut auth = jwks_auth();
+        assert!(auth.authenticator_mut().is_some());
+        let f = auth.startup_fetch(t0).expect("no keys yet: fetch them");
+        assert_eq!(f.request.uri(), "https://idp.example.com/jwks");
+        let down = http::Response::builder()
+            .status(500)
+            .body(Vec::new())
+            .unwrap();
+        assert_eq!(
+            auth.handle_startup_keys(f.id, Ok(&down), t0),
+            Err(JwksFetchError::Status(500))
+        );
+        // After the failure's back-off: unreachable is named as such.
+        let t1 = t0 + std::time::Duration::from_secs(60);
+        let f = auth
+            .startup_fetch(t1)
+            .expect("a new fetch after the back-off");
+        assert_eq!(
+            auth.handle_startup_keys(f.id, Err("connection refused".into()), t1),
+            Err(JwksFetchError::Unreachable("connection refused".into()))
+        );
+        let t2 = t1 + std::time::Duration::from_secs(60);
+        let f = auth.startup_fetch(t2).unwrap();
+        let good = http::Response::new(br#"{"keys":[]}"#.to_vec());
+        assert_eq!(auth.handle_startup_keys(f.id, Ok(&good), t2), Ok(()));
+        // Keys cached: nothing to fetch at startup.
+        assert!(auth.startup_fetch(t2).is_none());
+        // A custom validator has no authenticator and nothing to prime.
+        let mut custom = custom_auth();
+        assert!(custom.authenticator_mut().is_none());
+        assert!(custom.startup_fetch(t0).is_none());
+        assert_eq!(
+            custom.handle_startup_keys(f.id, Err("x".into()), t0),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn sending_needs_the_execute_scope_unless_configured_and_other_routes_keep_theirs() {
+        let auth = jwks_auth();
+        assert_eq!(
+            auth.scope_for(&Method::POST, "/asap"),
+            Some(Some(Scope::Execute))
+        );
+        assert_eq!(
+            auth.scope_for(&Method::GET, "/asap/ws"),
+            Some(Some(Scope::Execute))
+        );
+        assert_eq!(
+            auth.scope_for(&Method::GET, "/asap/metrics"),
+            Some(Some(Scope::Read))
+        );
+        assert_eq!(auth.scope_for(&Method::GET, "/health"), None);
+        let any = jwks_auth().execute_scope(None);
+        assert_eq!(any.scope_for(&Method::POST, "/asap"), Some(None));
+        assert_eq!(
+            any.scope_for(&Method::GET, "/asap/metrics"),
+            Some(Some(Scope::Read))
+        );
+    }
+
+    #[test]
+    fn a_server_with_auth_set_reports_it() {
+        let manifest = crate::model::Manifest::new(
+            crate::model::AgentUrn::new("urn:asap:agent:a").unwrap(),
+            "a",
+            "1.0.0",
+            "a",
+            "http://127.0.0.1/asap",
+        );
+        let mut server = Server::new(
+            manifest,
+            super::super::ServerConfig::default(),
+            crate::test_clock::base(),
+            1,
+        );
+        assert!(!server.auth_enabled());
+        assert!(server.auth_mut().is_none());
+        server.set_auth(jwks_auth());
+        assert!(server.auth_enabled());
+        assert!(server
+            .auth_mut()
+            .and_then(ServerAuth::authenticator_mut)
+            .is_some());
+    }
+}
