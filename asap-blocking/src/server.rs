@@ -44,7 +44,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::store::Stores;
 use asap_proto::model::{Envelope, Manifest, Payload, PayloadKind, TaskRequest, UnixTime};
 use asap_proto::server::{
-    AgentCode, AgentParts, BodyBudget, BodyError, BodyGrant, Exchange, FirstAnswer, HandlerError,
+    AgentCode, AgentParts, BodyBudget, BodyError, BodyShare, Exchange, FirstAnswer, HandlerError,
     HandlerOutcome, HandlerRef, HealthReport, Invocation, Metrics, Now, Parking, PushSink, Reply,
     RequestHead, Server, ServerConfig, SkillResult, Step, Transport,
 };
@@ -163,15 +163,13 @@ impl Agent {
     ) -> Reply {
         let inner = &*self.inner;
         // Held until the answer is built: the decoded request is as large as its body.
-        let mut grant = Grant {
-            budget: &inner.bodies,
-            grant: BodyGrant::default(),
-        };
+        let mut share = None;
         let reply = loop {
             match ex.poll_step() {
                 Step::ReadBody { limit } => match &mut body {
                     BodySource::Http(body, headers) => {
-                        match read_bounded(&mut **body, headers, limit, &mut grant) {
+                        let share = share.insert(BodyShare::new(&inner.bodies, limit));
+                        match read_bounded(&mut **body, headers, share) {
                             Ok(raw) => ex.handle_body(&raw, wall_now()),
                             Err(e) => ex.handle_body_error(e),
                         }
@@ -299,66 +297,36 @@ impl Agent {
     }
 }
 
-/// A request's share of the body budget, given back when the request is answered.
-struct Grant<'a> {
-    budget: &'a Mutex<BodyBudget>,
-    grant: BodyGrant,
-}
-
-impl Grant<'_> {
-    fn reserve(&mut self, total: usize) -> Result<(), BodyError> {
-        lock(self.budget).handle_reserve(&mut self.grant, total)
-    }
-}
-
-impl Drop for Grant<'_> {
-    fn drop(&mut self) {
-        let grant = std::mem::take(&mut self.grant);
-        if grant.bytes() > 0 {
-            lock(self.budget).handle_release(grant);
-        }
-    }
-}
-
 /// Bytes read (and reserved) at a time when the length is not announced.
 const READ_STEP: usize = 64 * 1024;
 
-/// Reads at most `limit + 1` bytes within the body budget: all of an announced
-/// `Content-Length` is reserved before reading, else each 64 KiB as it comes.
+/// Reads the body within its share (the request size limit and the body
+/// budget): past the limit, `TooLarge` is the answer.
 fn read_bounded(
     body: &mut dyn Read,
     headers: &HeaderMap,
-    limit: usize,
-    grant: &mut Grant<'_>,
+    share: &mut BodyShare<'_>,
 ) -> Result<Vec<u8>, BodyError> {
+    let limit = share.limit();
     let announced = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok());
     if let Some(n) = announced {
-        grant.reserve(n.min(limit + 1))?;
+        share.handle_announced(n)?;
     }
     let mut raw = Vec::with_capacity(announced.unwrap_or(0).min(limit + 1));
     let mut chunk = vec![0u8; READ_STEP];
     loop {
+        // One byte past the limit is enough to tell that the body is too large.
         let room = (limit + 1 - raw.len()).min(READ_STEP);
-        if room == 0 {
-            return Ok(raw);
-        }
         let n = match body.read(&mut chunk[..room]) {
             Ok(0) => return Ok(raw),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(BodyError::Unreadable(e.to_string())),
         };
-        let total = raw.len() + n;
-        if total > grant.grant.bytes() {
-            // A step ahead when it fits, else exactly what arrived.
-            let ahead = (raw.len() + READ_STEP).min(limit + 1).max(total);
-            if grant.reserve(ahead).is_err() {
-                grant.reserve(total)?;
-            }
-        }
+        share.handle_received(raw.len() + n)?;
         raw.extend_from_slice(&chunk[..n]);
     }
 }

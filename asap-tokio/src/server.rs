@@ -36,7 +36,7 @@ use std::time::{Instant, SystemTime};
 use crate::store::TaskRecorder;
 use asap_proto::model::{Envelope, Manifest, Payload, PayloadKind, Skill, TaskRequest, UnixTime};
 use asap_proto::server::{
-    AgentCode, AgentParts, BodyBudget, BodyError, BodyGrant, BodyTimer, Exchange, FirstAnswer,
+    AgentCode, AgentParts, BodyBudget, BodyError, BodyShare, BodyTimer, Exchange, FirstAnswer,
     HandlerError, HandlerOutcome, HandlerRef, HealthReport, Invocation, Metrics, Now, Parking,
     PushSink, Reply, RequestHead, Server, ServerConfig, SkillResult, StateRequest, Step, Transport,
 };
@@ -432,10 +432,7 @@ pub(crate) async fn drive(
         ex: Some(ex),
     };
     // Held until the answer is built: the decoded request is as large as its body.
-    let mut grant = Grant {
-        budget: &inner.bodies,
-        grant: BodyGrant::default(),
-    };
+    let mut share = None;
     // A large body makes every later step large too: those run off the runtime.
     let mut heavy = false;
     loop {
@@ -447,7 +444,8 @@ pub(crate) async fn drive(
                 let raw = match body {
                     BodySource::Http(body) => {
                         let timer = BodyTimer::new(&ex.timeouts(), opened.monotonic);
-                        read_bounded(body, limit, timer, &mut grant)
+                        let share = share.insert(BodyShare::new(&inner.bodies, limit));
+                        read_bounded(body, timer, share)
                             .await
                             .map(axum::body::Bytes::from)
                     }
@@ -601,27 +599,6 @@ fn internal_error() -> Reply {
     }
 }
 
-/// A request's share of the body budget, given back when the request is answered.
-struct Grant<'a> {
-    budget: &'a Mutex<BodyBudget>,
-    grant: BodyGrant,
-}
-
-impl Grant<'_> {
-    fn reserve(&mut self, total: usize) -> Result<(), BodyError> {
-        lock(self.budget).handle_reserve(&mut self.grant, total)
-    }
-}
-
-impl Drop for Grant<'_> {
-    fn drop(&mut self) {
-        let grant = std::mem::take(&mut self.grant);
-        if grant.bytes() > 0 {
-            lock(self.budget).handle_release(grant);
-        }
-    }
-}
-
 /// The exchange being driven. Dropped unanswered (its HTTP client or
 /// WebSocket went away mid-handler), it settles its dedup admission so
 /// copies waiting on it are not left waiting.
@@ -759,24 +736,20 @@ async fn drain(mut body: Body, limit: usize) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), read).await;
 }
 
-/// Reservations of bodies of unknown length grow by at least this much, so a
-/// chunked body takes the budget's lock once per 64 KiB, not once per frame.
-const RESERVE_STEP: usize = 64 * 1024;
-
-/// Reads the body within `max` bytes, the body budget and the body timeouts.
+/// Reads the body within its share (the request size limit and the body
+/// budget) and the body timeouts.
 async fn read_bounded(
     body: &mut Body,
-    max: usize,
     mut timer: BodyTimer,
-    grant: &mut Grant<'_>,
+    share: &mut BodyShare<'_>,
 ) -> Result<Vec<u8>, BodyError> {
     use axum::body::HttpBody as _;
     let announced = body.size_hint().exact().map(|n| n as usize);
     if let Some(n) = announced {
         // Refuse before reading a byte when the whole body cannot fit.
-        grant.reserve(n.min(max + 1))?;
+        share.handle_announced(n)?;
     }
-    let mut out = Vec::with_capacity(announced.unwrap_or(0).min(max));
+    let mut out = Vec::with_capacity(announced.unwrap_or(0).min(share.limit()));
     loop {
         let deadline = timer.poll_timeout().unwrap_or_else(Instant::now);
         let frame = match tokio::time::timeout_at(deadline.into(), body.frame()).await {
@@ -790,17 +763,7 @@ async fn read_bounded(
         timer.handle_progress(Instant::now());
         let frame = frame.map_err(|e| BodyError::Unreadable(e.to_string()))?;
         if let Ok(data) = frame.into_data() {
-            let total = out.len() + data.len();
-            if total > max {
-                return Err(BodyError::TooLarge(total as u64));
-            }
-            if total > grant.grant.bytes() {
-                // A step ahead when it fits, else exactly what arrived.
-                let ahead = (grant.grant.bytes() + RESERVE_STEP).min(max + 1).max(total);
-                if grant.reserve(ahead).is_err() {
-                    grant.reserve(total)?;
-                }
-            }
+            share.handle_received(out.len() + data.len())?;
             out.extend_from_slice(&data);
         }
     }

@@ -29,6 +29,7 @@
 //! assert_eq!(budget.in_flight(), 0);
 //! ```
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::body::{BodyError, BodyTimeout};
@@ -117,6 +118,106 @@ impl BodyBudget {
     }
 }
 
+/// Reservations of bodies of unknown length grow by at least this much, so a
+/// chunked body takes the budget's lock once per 64 KiB, not once per frame.
+pub const RESERVE_STEP: usize = 64 * 1024;
+
+/// One request's body as it arrives: within the request size limit and its
+/// share of the server's [`BodyBudget`] (shared by all requests behind a
+/// lock), given back when this is dropped, once the answer is built.
+///
+/// The reservation rule every adapter follows: all of an announced
+/// `Content-Length` before a byte is read, else a [`RESERVE_STEP`] ahead as
+/// bytes arrive (exactly what arrived when a step does not fit).
+///
+/// ```
+/// use std::sync::Mutex;
+/// use asap_proto::server::{BodyBudget, BodyError, BodyShare};
+///
+/// let budget = Mutex::new(BodyBudget::new(100_000, 1));
+/// let mut share = BodyShare::new(&budget, 1_000);
+/// share.handle_received(600).unwrap(); // 600 bytes read so far: a step is reserved
+/// assert_eq!(budget.lock().unwrap().in_flight(), 1_001);
+/// assert!(matches!(share.handle_received(1_001), Err(BodyError::TooLarge(1_001))));
+/// drop(share); // the answer is written: the bytes go back
+/// assert_eq!(budget.lock().unwrap().in_flight(), 0);
+/// ```
+#[derive(Debug)]
+pub struct BodyShare<'a> {
+    budget: &'a Mutex<BodyBudget>,
+    grant: BodyGrant,
+    limit: usize,
+}
+
+impl<'a> BodyShare<'a> {
+    /// A share of nothing yet, for a body of at most `limit` bytes.
+    #[must_use]
+    pub fn new(budget: &'a Mutex<BodyBudget>, limit: usize) -> Self {
+        Self {
+            budget,
+            grant: BodyGrant::default(),
+            limit,
+        }
+    }
+
+    /// Input: the announced length, before reading: reserves all of it (at
+    /// most `limit + 1`, enough to tell that it is too large). An error is
+    /// the answer (503 when the budget is held by others).
+    pub fn handle_announced(&mut self, length: usize) -> Result<(), BodyError> {
+        let want = length.min(self.limit.saturating_add(1));
+        lock(self.budget).handle_reserve(&mut self.grant, want)
+    }
+
+    /// Input: the body has reached `total` bytes. An error is the answer:
+    /// [`BodyError::TooLarge`] past the limit (stop reading),
+    /// [`BodyError::OverBudget`] when the bytes cannot be held.
+    pub fn handle_received(&mut self, total: usize) -> Result<(), BodyError> {
+        if total > self.limit {
+            return Err(BodyError::TooLarge(total as u64));
+        }
+        if total > self.grant.bytes() {
+            let ahead = self
+                .grant
+                .bytes()
+                .saturating_add(RESERVE_STEP)
+                .min(self.limit.saturating_add(1))
+                .max(total);
+            let mut budget = lock(self.budget);
+            if budget.handle_reserve(&mut self.grant, ahead).is_err() {
+                budget.handle_reserve(&mut self.grant, total)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes held.
+    #[must_use]
+    pub fn bytes(&self) -> usize {
+        self.grant.bytes()
+    }
+
+    /// The request size limit this body is read within.
+    #[must_use]
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
+impl Drop for BodyShare<'_> {
+    fn drop(&mut self) {
+        let grant = std::mem::take(&mut self.grant);
+        if grant.bytes() > 0 {
+            lock(self.budget).handle_release(grant);
+        }
+    }
+}
+
+fn lock(m: &Mutex<BodyBudget>) -> std::sync::MutexGuard<'_, BodyBudget> {
+    // A budget is consistent between calls: a poisoned lock only means a
+    // request's thread panicked elsewhere.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The body timeouts of one request: silence longer than
 /// [`Timeouts::body`] and a body still incomplete [`Timeouts::request`] after
 /// the head are [`BodyError::TimedOut`] (408, connection closed).
@@ -197,6 +298,62 @@ mod tests {
         // One base for the whole test binary: tests compare instants built from it.
         static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
         *BASE.get_or_init(crate::test_clock::base)
+    }
+
+    #[test]
+    fn a_share_reserves_the_announced_length_or_a_step_ahead_and_gives_it_back() {
+        let budget = Mutex::new(BodyBudget::new(200_000, 1));
+        let in_flight = || budget.lock().unwrap().in_flight();
+        // Announced: all of it, capped at limit + 1.
+        let mut a = BodyShare::new(&budget, 100_000);
+        a.handle_announced(5_000).unwrap();
+        assert_eq!((a.bytes(), in_flight()), (5_000, 5_000));
+        a.handle_received(5_000).unwrap();
+        assert_eq!(in_flight(), 5_000, "covered: no new reservation");
+        let mut b = BodyShare::new(&budget, 100_000);
+        b.handle_announced(1 << 40).unwrap();
+        assert_eq!(b.bytes(), 100_001);
+        drop(b);
+        assert_eq!(in_flight(), 5_000);
+        // Unknown length: a step ahead, then exactly the limit + 1 at most.
+        let mut c = BodyShare::new(&budget, 100_000);
+        c.handle_received(10).unwrap();
+        assert_eq!(c.bytes(), RESERVE_STEP);
+        c.handle_received(RESERVE_STEP).unwrap();
+        assert_eq!(c.bytes(), RESERVE_STEP);
+        c.handle_received(RESERVE_STEP + 1).unwrap();
+        assert_eq!(c.bytes(), 100_001);
+        c.handle_received(100_000).unwrap();
+        assert_eq!(
+            c.handle_received(100_001),
+            Err(BodyError::TooLarge(100_001))
+        );
+        drop((a, c));
+        assert_eq!(in_flight(), 0);
+    }
+
+    #[test]
+    fn a_step_that_does_not_fit_falls_back_to_what_arrived_then_to_503() {
+        let budget = Mutex::new(BodyBudget::new(RESERVE_STEP + 100, 3));
+        let mut other = BodyShare::new(&budget, usize::MAX);
+        other.handle_announced(RESERVE_STEP).unwrap();
+        let mut s = BodyShare::new(&budget, usize::MAX);
+        s.handle_received(60).unwrap();
+        assert_eq!(s.bytes(), 60, "a step does not fit: exactly what arrived");
+        assert_eq!(
+            s.handle_received(101),
+            Err(BodyError::OverBudget {
+                in_flight: RESERVE_STEP,
+                wanted: 101,
+                budget: RESERVE_STEP + 100,
+                retry_after_secs: 3,
+            })
+        );
+        assert_eq!(s.bytes(), 60, "refused: the share is unchanged");
+        assert!(matches!(
+            s.handle_announced(RESERVE_STEP),
+            Err(BodyError::OverBudget { .. })
+        ));
     }
 
     #[test]
@@ -287,6 +444,45 @@ mod tests {
         let mut timer = BodyTimer::new(&t, t0());
         assert!(timer.poll_timeout().unwrap() > t0());
         assert!(timer.handle_timeout(t0() + Duration::from_secs(1)).is_ok());
+    }
+
+    proptest! {
+        /// Shares hold at least what they received (never more than the
+        /// limit + 1), the budget holds exactly what live shares hold, a
+        /// total past the limit is refused, and dropping gives all back.
+        #[test]
+        fn shares_account_for_every_byte(
+            ops in proptest::collection::vec((0usize..4, 0usize..70_000), 0..48),
+        ) {
+            let budget = Mutex::new(BodyBudget::new(150_000, 1));
+            let limit = 100_000;
+            let mut shares: Vec<(BodyShare<'_>, usize)> =
+                (0..4).map(|_| (BodyShare::new(&budget, limit), 0)).collect();
+            for (k, add) in ops {
+                let (share, received) = &mut shares[k];
+                let total = *received + add;
+                let before = share.bytes();
+                match share.handle_received(total) {
+                    Ok(()) => {
+                        *received = total;
+                        prop_assert!(share.bytes() >= total);
+                        prop_assert!(share.bytes() <= limit + 1);
+                    }
+                    Err(BodyError::TooLarge(n)) => {
+                        prop_assert!(total > limit);
+                        prop_assert_eq!(n, total as u64);
+                        prop_assert_eq!(share.bytes(), before);
+                    }
+                    Err(BodyError::OverBudget { .. }) => prop_assert_eq!(share.bytes(), before),
+                    Err(e) => prop_assert!(false, "unexpected {e:?}"),
+                }
+                let held: usize = shares.iter().map(|(s, _)| s.bytes()).sum();
+                prop_assert_eq!(budget.lock().unwrap().in_flight(), held);
+                prop_assert!(held <= 150_000);
+            }
+            drop(shares);
+            prop_assert_eq!(budget.lock().unwrap().in_flight(), 0);
+        }
     }
 
     proptest! {

@@ -143,7 +143,7 @@ pub use answer::{
 };
 pub use auth::{BearerCheck, BearerCheckFn, ServerAuth};
 pub use body::{check_depth, decode_body, BodyError, BodyPlan, BodyTimeout, ContentEncoding};
-pub use body_budget::{BodyBudget, BodyGrant, BodyTimer};
+pub use body_budget::{BodyBudget, BodyGrant, BodyShare, BodyTimer, RESERVE_STEP};
 pub use config::{
     ConnectionLimits, ServerConfig, SharedReplay, Timeouts, DEFAULT_BODY_TIMEOUT,
     DEFAULT_BUSY_RETRY_AFTER_SECS, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT,
