@@ -174,6 +174,8 @@ mod tests {
             panic!()
         };
         assert_ne!(a, b);
+        // Unique and increasing per machine: the first fetch is 0, the next 1.
+        assert_eq!((a.get(), b.get()), (0, 1));
         // Lost fetch: after the timeout it is forgotten, and counts as a failure.
         assert_eq!(slot.in_flight(t0 + s(21)), None);
         assert_eq!(slot.begin(t0 + s(22), Duration::ZERO), Begin::Refused);
@@ -184,6 +186,11 @@ mod tests {
         slot.succeed(b, 7, s(60), t0 + s(28));
         assert_eq!(slot.value().map(|v| **v), Some(7));
         assert!(slot.is_current(c));
+        assert!(!slot.is_current(b));
+        assert_eq!(slot.begin(t0 + s(28), Duration::ZERO), Begin::Joined(c));
+        // A late failure of `b` neither ends `c` nor starts a back-off.
+        slot.fail(b, t0 + s(28));
+        assert_eq!(slot.begin(t0 + s(28), Duration::ZERO), Begin::Joined(c));
         slot.succeed(c, 8, s(60), t0 + s(29));
         assert!(slot.is_fresh(t0 + s(88)));
         assert!(!slot.is_fresh(t0 + s(89)));
