@@ -296,6 +296,21 @@ mod form_tests {
     use super::*;
 
     #[test]
+    fn only_absolute_http_urls_with_a_host_are_fetched() {
+        assert_eq!(check_url("https://idp.example.com/jwks"), Ok(()));
+        assert_eq!(check_url("http://127.0.0.1:8080/token"), Ok(()));
+        // `http://:8080` parses, with an empty host.
+        for bad in [
+            "http://:8080/jwks",
+            "ftp://idp.example.com/jwks",
+            "/jwks",
+            "idp.example.com",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn form_encoding_matches_python() {
         assert_eq!(
             form_encode(&[
