@@ -317,6 +317,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_state_comparison_is_exact() {
+        assert!(constant_time_eq(b"st-1", b"st-1"));
+        assert!(constant_time_eq(b"", b""));
+        assert!(!constant_time_eq(b"st-1", b"st-2"), "one byte differs");
+        // Differences that cancel out under xor: every byte must match.
+        assert!(!constant_time_eq(b"ab", b"ba"));
+        assert!(!constant_time_eq(b"st-1", b"st-"), "a prefix");
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+
     fn flow(secret: Option<&str>) -> AuthorizationCode {
         AuthorizationCode::new(AuthorizationCodeConfig {
             authorization_endpoint: "https://idp.example.com/authorize".into(),
