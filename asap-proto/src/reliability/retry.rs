@@ -206,10 +206,16 @@ pub fn parse_http_date(s: &str) -> Option<i64> {
         Some((_, rest)) => rest,
         None => s,
     };
-    let tokens: Vec<&str> = s
-        .split(|c: char| c.is_ascii_whitespace() || c == '-')
-        .filter(|t| !t.is_empty())
-        .collect();
+    // RFC 850 joins the date with dashes (`06-Nov-94`), but the sign of a
+    // numeric zone (`-0500`) is not a separator.
+    let mut tokens: Vec<&str> = Vec::new();
+    for word in s.split_ascii_whitespace() {
+        if word.starts_with(['+', '-']) {
+            tokens.push(word);
+        } else {
+            tokens.extend(word.split('-').filter(|t| !t.is_empty()));
+        }
+    }
     let month_of = |t: &str| -> Option<i64> {
         let t = t.to_ascii_lowercase();
         MONTHS
@@ -385,6 +391,22 @@ mod tests {
         assert_eq!(
             retry_after_delay(date, Some("Sun, 06 Nov 1994 08:49:00 GMT")),
             Some(Duration::from_secs(37))
+        );
+    }
+
+    #[test]
+    fn numeric_zones_west_of_greenwich_are_parsed() {
+        // `-` also joins RFC 850 dates (`06-Nov-94`), but not a zone's sign.
+        let utc = Some(784_111_777);
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 03:49:37 -0500"), utc);
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 07:04:37 -0145"), utc);
+        assert_eq!(parse_http_date("Sunday, 06-Nov-94 03:49:37 -0500"), utc);
+        assert_eq!(
+            retry_after_delay(
+                "Sun, 06 Nov 1994 03:50:07 -0500",
+                Some("Sun, 06 Nov 1994 08:49:37 GMT")
+            ),
+            Some(Duration::from_secs(30))
         );
     }
 
