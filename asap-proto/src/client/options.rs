@@ -201,3 +201,57 @@ impl ClientOptions {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_setter_sets_its_own_field_and_nothing_else() {
+        let d = ClientOptions::default();
+        assert_eq!(DEFAULT_MAX_RESPONSE_SIZE, 10_485_760);
+        assert_eq!(d.max_response_size, DEFAULT_MAX_RESPONSE_SIZE);
+        let url = "https://agent.example.com";
+        let with_url = ClientOptions {
+            base_url: Some(url.into()),
+            ..d.clone()
+        };
+        assert_eq!(d.clone().base_url(url), with_url);
+        assert_eq!(ClientOptions::from(url), with_url);
+        assert_eq!(ClientOptions::from(&url.to_owned()), with_url);
+        assert_eq!(ClientOptions::from(url.to_owned()), with_url);
+
+        let five = Duration::from_secs(5);
+        let mut want = d.clone();
+        want.timeouts.request = five;
+        assert_eq!(d.clone().timeout(five), want);
+        let mut want = d.clone();
+        want.timeouts.connect = five;
+        assert_eq!(d.clone().connect_timeout(five), want);
+        let t = Timeouts {
+            request: Duration::from_secs(1),
+            connect: Duration::from_secs(2),
+            discovery: Duration::from_secs(3),
+            registry: Duration::from_secs(4),
+        };
+        assert_eq!(d.clone().timeouts(t).timeouts, t);
+
+        let insecure = d.clone().allow_insecure_http(true);
+        assert_eq!(insecure.request.http_policy, HttpPolicy::AllowInsecure);
+        assert_eq!(
+            insecure.allow_insecure_http(false).request.http_policy,
+            HttpPolicy::LoopbackOnly
+        );
+        let mut want = d.clone();
+        want.request.user_agent = Some("ua/1".into());
+        assert_eq!(d.clone().user_agent(Some("ua/1".into())), want);
+        assert_eq!(d.clone().user_agent(None).request.user_agent, None);
+
+        let no_retries = RetryPolicy::no_retries();
+        assert_eq!(d.clone().retry_policy(no_retries).retry, no_retries);
+        assert_eq!(d.clone().circuit_breaker(None).breaker, None);
+        let mut want = d.clone();
+        want.max_response_size = 1 << 20;
+        assert_eq!(d.max_response_size(1 << 20), want);
+    }
+}

@@ -419,4 +419,122 @@ mod tests {
         assert!(!b.is_https());
         assert_eq!(b.host(), "[::1]");
     }
+
+    #[test]
+    fn websocket_urls_and_accessors_are_exact() {
+        let ws = BaseUrl::parse(
+            "ws://127.0.0.1:8000/prefix/asap/ws",
+            HttpPolicy::LoopbackOnly,
+        )
+        .unwrap();
+        assert!(ws.is_websocket());
+        assert!(!ws.is_https());
+        assert_eq!(ws.as_str(), "http://127.0.0.1:8000/prefix");
+        assert_eq!(ws.websocket_url(), "ws://127.0.0.1:8000/prefix/asap/ws");
+        assert_eq!(ws.asap_url(), "http://127.0.0.1:8000/prefix/asap");
+        let wss =
+            BaseUrl::parse("WSS://Agent.Example.com/asap/ws/", HttpPolicy::LoopbackOnly).unwrap();
+        assert!(wss.is_websocket());
+        assert!(wss.is_https());
+        assert_eq!(wss.as_str(), "https://Agent.Example.com");
+        assert_eq!(wss.host(), "agent.example.com");
+        assert_eq!(wss.websocket_url(), "wss://Agent.Example.com/asap/ws");
+        let https =
+            BaseUrl::parse(" https://agent.example.com/p/ ", HttpPolicy::LoopbackOnly).unwrap();
+        assert!(!https.is_websocket());
+        assert!(https.is_https());
+        assert!(!https.is_loopback());
+        assert_eq!(https.as_str(), "https://agent.example.com/p");
+        assert_eq!(https.asap_url(), "https://agent.example.com/p/asap");
+        assert_eq!(https.websocket_url(), "wss://agent.example.com/p/asap/ws");
+        let http = BaseUrl::parse("http://localhost:8000/", HttpPolicy::LoopbackOnly).unwrap();
+        assert!(!http.is_websocket());
+        assert!(http.is_loopback());
+        assert_eq!(http.websocket_url(), "ws://localhost:8000/asap/ws");
+        // Opted in, any http host is fine.
+        let insecure = BaseUrl::parse("http://example.com", HttpPolicy::AllowInsecure).unwrap();
+        assert!(!insecure.is_loopback());
+        assert_eq!(insecure.as_str(), "http://example.com");
+    }
+
+    #[test]
+    fn prepared_sends_carry_the_reference_headers_and_body() {
+        let env = Envelope::new(
+            "01KDXZ0000ENVREQ0000000001".into(),
+            crate::model::Timestamp::from_unix(crate::model::UnixTime::from_secs(1_767_225_600)),
+            crate::model::AgentUrn::new("urn:asap:agent:client").unwrap(),
+            crate::model::AgentUrn::new("urn:asap:agent:echo-server").unwrap(),
+            crate::model::Payload::TaskRequest(crate::model::TaskRequest::new(
+                "c",
+                "echo",
+                Default::default(),
+            )),
+        );
+        let config = ClientConfig {
+            http_policy: HttpPolicy::AllowInsecure,
+            accept_encoding: "gzip".into(),
+            user_agent: Some("ua/1".into()),
+        };
+        let mut core = ClientCore::new("http://example.com:8000/p/", config.clone()).unwrap();
+        assert_eq!(core.config(), &config);
+        assert_eq!(core.base_url().as_str(), "http://example.com:8000/p");
+        let key = Ulid::new(crate::model::UnixTime::from_secs(1_767_225_600), 7);
+        let p = core.prepare_send(&env, key);
+        let key_text = key.to_string();
+        assert_eq!(p.request_id(), &RequestId::Str("req-1".into()));
+        assert_eq!(p.idempotency_key(), key_text);
+        assert_eq!(p.envelope_id(), "01KDXZ0000ENVREQ0000000001");
+        assert_eq!(p.url(), "http://example.com:8000/p/asap");
+        let body = std::str::from_utf8(p.body()).unwrap();
+        assert!(
+            body.starts_with(r#"{"jsonrpc": "2.0", "method": "asap.send", "params": {"envelope": {"id": "01KDXZ0000ENVREQ0000000001""#),
+            "{body}"
+        );
+        assert!(
+            body.ends_with(&format!(
+                r#""idempotency_key": "{key_text}"}}, "id": "req-1"}}"#
+            )),
+            "{body}"
+        );
+        let req = p.http_request();
+        assert_eq!(req.method(), http::Method::POST);
+        assert_eq!(req.uri(), "http://example.com:8000/p/asap");
+        assert_eq!(req.body().as_slice(), p.body());
+        let h = req.headers();
+        assert_eq!(h[CONTENT_TYPE], "application/json");
+        assert_eq!(h[IDEMPOTENCY_KEY_HEADER], key_text.as_str());
+        assert_eq!(h[ACCEPT_ENCODING], "gzip");
+        assert_eq!(h[ACCEPT], "*/*");
+        assert_eq!(h[USER_AGENT], "ua/1");
+        assert_eq!(h.len(), 5);
+        // The counter moves on; without a User-Agent none is sent.
+        let mut plain = ClientCore::new(
+            "https://a.example",
+            ClientConfig {
+                user_agent: None,
+                ..ClientConfig::default()
+            },
+        )
+        .unwrap();
+        plain.prepare_send(&env, key);
+        let second = plain.prepare_send(&env, key);
+        assert_eq!(second.request_id(), &RequestId::Str("req-2".into()));
+        let h = second.http_request().headers().clone();
+        assert!(h.get(USER_AGENT).is_none());
+        assert_eq!(h[ACCEPT_ENCODING], DEFAULT_ACCEPT_ENCODING);
+    }
+
+    #[test]
+    fn well_known_gets_ask_for_json_with_the_etag() {
+        let r = get_request("https://a.example/.well-known/asap/health", Some("\"v1\"")).unwrap();
+        assert_eq!(r.method(), http::Method::GET);
+        assert_eq!(r.uri(), "https://a.example/.well-known/asap/health");
+        assert_eq!(r.headers()[ACCEPT], "application/json");
+        assert_eq!(r.headers()[http::header::IF_NONE_MATCH], "\"v1\"");
+        assert!(r.body().is_empty());
+        let r = get_request("https://a.example/x", None).unwrap();
+        assert!(r.headers().get(http::header::IF_NONE_MATCH).is_none());
+        assert_eq!(r.headers().len(), 1);
+        assert!(get_request("not a url", None).is_err());
+    }
 }

@@ -302,6 +302,61 @@ mod tests {
     }
 
     #[test]
+    fn transport_failures_keep_their_kind_and_remote_data_is_kept() {
+        let kinds = [
+            (
+                TransportErrorKind::Connect,
+                AttemptOutcome::ConnectFailed,
+                Fault::Network,
+            ),
+            (
+                TransportErrorKind::Timeout,
+                AttemptOutcome::TimedOut,
+                Fault::Network,
+            ),
+            (
+                TransportErrorKind::Other,
+                AttemptOutcome::TransportFailed,
+                Fault::Network,
+            ),
+            (
+                TransportErrorKind::ResponseTooLarge { limit: 10 },
+                AttemptOutcome::Rejected,
+                Fault::Peer,
+            ),
+        ];
+        for (kind, outcome, fault) in kinds {
+            let e = SendError::Transport(TransportError::new(kind, "x"));
+            assert_eq!(
+                (e.attempt_outcome(), e.fault(), e.remote_code()),
+                (outcome, fault, None),
+                "{kind:?}"
+            );
+        }
+        let e = interpret_send_response(&resp(
+            200,
+            &[],
+            r#"{"error":{"code":-32001,"message":"busy","data":{"retry":true}}}"#,
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e,
+            SendError::Remote {
+                code: -32001,
+                message: "busy".into(),
+                data: Some(serde_json::json!({"retry": true}))
+            }
+        );
+        let e = interpret_send_response(&resp(
+            200,
+            &[],
+            r#"{"error":{"code":1,"message":"m","data":null}}"#,
+        ))
+        .unwrap_err();
+        assert!(matches!(e, SendError::Remote { data: None, .. }), "{e:?}");
+    }
+
+    #[test]
     fn malformed_bodies() {
         let cases = [
             ("not json", "InvalidJson"),

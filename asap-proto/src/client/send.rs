@@ -451,6 +451,35 @@ mod tests {
         assert_eq!(call.prepared().envelope_id(), "01KDXZ0000ENVREQ0000000001");
     }
 
+    #[test]
+    fn attempts_and_done_are_reported_as_the_call_goes_and_a_zero_delay_sets_no_deadline() {
+        let policy = RetryPolicy {
+            backoff: Backoff {
+                base: Duration::ZERO,
+                ..Backoff::default()
+            },
+            max_attempts: 2,
+            ..RetryPolicy::default()
+        };
+        let mut call = SendCall::new(prepared(), policy, 0);
+        let now = base();
+        assert!(!call.is_done());
+        assert!(call.poll_transmit(now).is_some());
+        assert_eq!(call.attempts(), 1);
+        assert!(!call.is_done());
+        // A retry due at once: ready now, with no deadline to sleep until.
+        call.handle_response(status(500, &[]), now);
+        assert_eq!(call.poll_timeout(), None);
+        assert!(!call.is_done());
+        assert!(call.poll_transmit(now).is_some());
+        assert_eq!(call.attempts(), 2);
+        call.handle_response(status(500, &[]), now);
+        assert!(call.is_done());
+        let outcome = call.poll_outcome().unwrap();
+        assert_eq!(outcome.attempts, 2);
+        assert!(call.poll_outcome().is_none(), "given once");
+    }
+
     proptest::proptest! {
         /// Whatever the peer answers and whenever the driver wakes up: the
         /// deadline is always after the last `now`, attempts never exceed the

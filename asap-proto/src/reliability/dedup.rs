@@ -843,6 +843,77 @@ mod tests {
     }
 
     #[test]
+    fn completing_at_the_expiry_instant_keeps_the_entry_and_a_late_one_evicts_nothing() {
+        let mut w: DedupWindow<u64> = DedupWindow::new(DedupConfig {
+            max_completed: 1,
+            ..Default::default()
+        });
+        assert!(w.is_empty());
+        let (late, edge, kept) = (key("c", "late"), key("c", "edge"), key("c", "kept"));
+        let t_late = new_ticket(&mut w, &late, at(0)); // expires at 330 000 ms
+        assert!(!w.is_empty());
+        assert_eq!(w.len(), 1);
+        let t_edge = new_ticket(&mut w, &edge, at(5)); // 330 005
+        let t_kept = new_ticket(&mut w, &kept, at(10)); // 330 010
+        w.handle_completed(&t_kept, b"k".to_vec(), at(330_001))
+            .unwrap();
+        // Finished after its expiry: nothing is stored, so nothing (not the one
+        // completed entry the cap allows) makes room for it.
+        assert_eq!(
+            w.handle_completed(&t_late, b"l".to_vec(), at(330_002)),
+            Ok(vec![])
+        );
+        assert_eq!((w.stats().evicted, w.stats().completed), (0, 1));
+        assert_eq!(duplicate(&mut w, &kept, at(330_003)), Some(b"k".to_vec()));
+        new_ticket(&mut w, &late, at(330_003));
+        // Finished at the very instant it expires: still covered, so kept.
+        w.handle_completed(&t_edge, b"e".to_vec(), at(330_005))
+            .unwrap();
+        assert_eq!(duplicate(&mut w, &edge, at(330_005)), Some(b"e".to_vec()));
+        assert_eq!(w.stats().evicted, 1, "kept made room for edge");
+    }
+
+    #[test]
+    fn a_response_filling_the_budget_exactly_is_kept() {
+        let kb = key("s", "a").held_bytes();
+        let mut w: DedupWindow<u64> = DedupWindow::new(DedupConfig {
+            max_bytes: kb + 10,
+            ..Default::default()
+        });
+        let a = new_ticket(&mut w, &key("s", "a"), at(0));
+        w.handle_completed(&a, vec![7; 10], at(0)).unwrap();
+        assert_eq!(duplicate(&mut w, &key("s", "a"), at(1)), Some(vec![7; 10]));
+        assert_eq!(w.stats().held_bytes, kb + 10);
+        assert_eq!(w.stats().responses_dropped, 0);
+    }
+
+    #[test]
+    fn responses_give_way_oldest_first_exactly_as_far_as_needed() {
+        let kb = key("s", "a").held_bytes(); // every key here is as long
+        let mut w: DedupWindow<u64> = DedupWindow::new(DedupConfig {
+            max_bytes: 3 * kb + 10,
+            ..Default::default()
+        });
+        let a = new_ticket(&mut w, &key("s", "a"), at(0));
+        w.handle_completed(&a, vec![1; 4], at(0)).unwrap();
+        let b = new_ticket(&mut w, &key("s", "b"), at(1));
+        let c = new_ticket(&mut w, &key("s", "c"), at(1));
+        // b's response fills the budget to the byte (c's key is reserved): a's stays.
+        w.handle_completed(&b, vec![2; 6], at(2)).unwrap();
+        assert_eq!(w.stats().held_bytes, 3 * kb + 10);
+        assert_eq!(w.stats().responses_dropped, 0);
+        assert_eq!(duplicate(&mut w, &key("s", "a"), at(2)), Some(vec![1; 4]));
+        // c's 10 bytes need both older responses gone, not only the oldest.
+        w.handle_completed(&c, vec![3; 10], at(3)).unwrap();
+        assert_eq!(w.stats().held_bytes, 3 * kb + 10);
+        assert_eq!(w.stats().responses_dropped, 2);
+        assert_eq!(duplicate(&mut w, &key("s", "a"), at(4)), None);
+        assert_eq!(duplicate(&mut w, &key("s", "b"), at(4)), None);
+        assert_eq!(duplicate(&mut w, &key("s", "c"), at(4)), Some(vec![3; 10]));
+        assert_eq!(w.stats().evicted, 0);
+    }
+
+    #[test]
     fn in_flight_entries_never_expire() {
         let mut w = DedupWindow::default();
         let k = key("client", "slow");

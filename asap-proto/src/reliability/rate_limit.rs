@@ -594,6 +594,85 @@ mod tests {
         );
     }
 
+    #[test]
+    fn every_unit_has_its_exact_length_and_name() {
+        let want = [
+            (Granularity::Second, 1, "second"),
+            (Granularity::Minute, 60, "minute"),
+            (Granularity::Hour, 3_600, "hour"),
+            (Granularity::Day, 86_400, "day"),
+            (Granularity::Month, 2_592_000, "month"),
+            (Granularity::Year, 31_104_000, "year"),
+        ];
+        for (g, secs, name) in want {
+            assert_eq!((g.seconds(), g.name()), (secs, name), "{g:?}");
+            let item = RateLimitItem {
+                amount: 1,
+                multiples: 2,
+                granularity: g,
+            };
+            assert_eq!(item.window(), Duration::from_secs(2 * secs), "{g:?}");
+            // Parsed by its name, its plural and in capitals.
+            for word in [name.to_owned(), format!("{name}s"), name.to_uppercase()] {
+                assert_eq!(
+                    spec(&format!("1/{word}")).items()[0].granularity,
+                    g,
+                    "{word}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn per_must_be_spelled_and_specs_render_with_separators() {
+        // Three letters after the number that are not `per` are refused.
+        for bad in ["10 xyz second", "10 pe second", "10 p"] {
+            let e = RateLimitSpec::parse(bad).unwrap_err();
+            assert_eq!(
+                e.reason, "item 1: expected '/' or 'per' after the number",
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            spec("10/second;100/2 minutes|1 per day").to_string(),
+            "10 per 1 second; 100 per 2 minute; 1 per 1 day"
+        );
+        assert_eq!(spec("7/hour").to_string(), "7 per 1 hour");
+        assert!(!spec("7/hour").is_unlimited());
+        assert!(RateLimitSpec::unlimited().is_unlimited());
+    }
+
+    #[test]
+    fn tracked_keys_counts_and_prune_keeps_keys_inside_their_window() {
+        let t0 = base();
+        let mut l = SlidingWindowLimiter::new(spec("1/second;5/minute"));
+        assert_eq!(l.tracked_keys(), 0);
+        assert!(l.check("a", t0).is_allowed());
+        assert!(l.check("b", t0 + Duration::from_secs(30)).is_allowed());
+        assert!(l.check("c", t0 + Duration::from_secs(59)).is_allowed());
+        assert_eq!(l.tracked_keys(), 3);
+        // At t0 + 60 s: a's last request is exactly a minute old (gone), b's and
+        // c's are still inside the minute window (and outside the second one).
+        l.prune(t0 + Duration::from_secs(60));
+        assert_eq!(l.tracked_keys(), 2);
+        // b's request of t0 + 30 s still counts against 5/minute.
+        for i in 1..5 {
+            assert!(l.check("b", t0 + Duration::from_secs(60 + i)).is_allowed());
+        }
+        assert_eq!(
+            l.check("b", t0 + Duration::from_secs(80)),
+            RateDecision::Limited {
+                retry_after_secs: 10,
+                limit_text: "5 per 1 minute".into()
+            }
+        );
+        // c's last request (t0 + 59 s) is a minute old, b's (t0 + 64 s) is not.
+        l.prune(t0 + Duration::from_secs(119));
+        assert_eq!(l.tracked_keys(), 1);
+        l.prune(t0 + Duration::from_secs(200));
+        assert_eq!(l.tracked_keys(), 0);
+    }
+
     proptest! {
         #[test]
         fn never_more_than_n_in_any_window(

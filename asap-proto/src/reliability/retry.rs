@@ -206,10 +206,16 @@ pub fn parse_http_date(s: &str) -> Option<i64> {
         Some((_, rest)) => rest,
         None => s,
     };
-    let tokens: Vec<&str> = s
-        .split(|c: char| c.is_ascii_whitespace() || c == '-')
-        .filter(|t| !t.is_empty())
-        .collect();
+    // RFC 850 joins the date with dashes (`06-Nov-94`), but the sign of a
+    // numeric zone (`-0500`) is not a separator.
+    let mut tokens: Vec<&str> = Vec::new();
+    for word in s.split_ascii_whitespace() {
+        if word.starts_with(['+', '-']) {
+            tokens.push(word);
+        } else {
+            tokens.extend(word.split('-').filter(|t| !t.is_empty()));
+        }
+    }
     let month_of = |t: &str| -> Option<i64> {
         let t = t.to_ascii_lowercase();
         MONTHS
@@ -388,7 +394,153 @@ mod tests {
         );
     }
 
+    /// Unix seconds of a UTC date and time, from the crate's own calendar code.
+    fn unix(y: i64, m: u32, d: u32, h: i64, mi: i64, s: i64) -> i64 {
+        crate::model::timestamp_calendar::days_from_civil(y, m, d) * 86_400 + h * 3600 + mi * 60 + s
+    }
+
+    #[test]
+    fn a_retry_after_of_exactly_the_cap_is_honoured() {
+        let p = RetryPolicy::default();
+        let at_cap = AttemptOutcome::RateLimited {
+            retry_after: Some(Duration::from_secs(300)),
+        };
+        assert_eq!(
+            p.decide(0, at_cap, 0.0),
+            RetryDecision::RetryAfter(Duration::from_secs(300))
+        );
+        // A date equal to the response's own Date is no wait at all: fall back.
+        let date = "Sun, 06 Nov 1994 08:49:37 GMT";
+        assert_eq!(retry_after_delay(date, Some(date)), None);
+        assert_eq!(
+            retry_after_delay(date, Some("Sun, 06 Nov 1994 08:49:36 GMT")),
+            Some(Duration::from_secs(1))
+        );
+    }
+
+    #[test]
+    fn http_date_fields_are_range_checked_one_by_one() {
+        let ok = |s: &str| parse_http_date(s);
+        assert_eq!(ok("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
+        // Without a zone (GMT), and without seconds.
+        assert_eq!(ok("06 Nov 1994 08:49:37"), Some(784_111_777));
+        assert_eq!(ok("Sun, 06 Nov 1994 08:49"), Some(784_111_740));
+        // Each field at its bounds, the others valid.
+        assert_eq!(
+            ok("01 Jan 1994 00:00:00 GMT"),
+            Some(unix(1994, 1, 1, 0, 0, 0))
+        );
+        assert_eq!(
+            ok("31 Dec 1994 23:59:60 GMT"),
+            Some(unix(1994, 12, 31, 23, 59, 60))
+        );
+        assert_eq!(
+            ok("31 Dec 9999 23:59:59 GMT"),
+            Some(unix(9999, 12, 31, 23, 59, 59))
+        );
+        for bad in [
+            "Sun, 00 Nov 1994 08:49:37 GMT",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 24:49:37 GMT",
+            "Sun, 06 Nov 1994 08:60:37 GMT",
+            "Sun, 06 Nov 1994 08:49:61 GMT",
+            "Sun, 06 Nov 10000 08:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49:37:00 GMT",
+            "Sun, 06 Nov 1994 08 GMT",
+            "Sun, 06 Nov 1994 08:49:37 EST",
+            "Sun, 06 Nov 1994 08:49:37 +02",
+            "Sun, 06 Nov 1994 08:49:37 +020000",
+            "Sun, 06 Nov 1994 08:49:37 01234",
+            "Sun, 06 Nov 1994 08:49:37 +02x0",
+            "+6 Nov 1994 08:49:37",
+            "+6 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Xyz 1994 08:49:37 GMT",
+        ] {
+            assert_eq!(ok(bad), None, "{bad}");
+        }
+        // Two-digit years: 69..=99 are 19xx, 0..=68 are 20xx; 100 is itself.
+        assert_eq!(ok("Thursday, 01-Jan-70 00:00:00 GMT"), Some(0));
+        assert_eq!(
+            ok("Wednesday, 01-Jan-69 00:00:00 GMT"),
+            Some(unix(1969, 1, 1, 0, 0, 0))
+        );
+        assert_eq!(
+            ok("Sunday, 01-Jan-68 00:00:00 GMT"),
+            Some(unix(2068, 1, 1, 0, 0, 0))
+        );
+        assert_eq!(
+            ok("Saturday, 01-Jan-00 00:00:00 GMT"),
+            Some(unix(2000, 1, 1, 0, 0, 0))
+        );
+        assert_eq!(
+            ok("01 Jan 0099 00:00:00 GMT"),
+            Some(unix(1999, 1, 1, 0, 0, 0))
+        );
+        assert_eq!(
+            ok("01 Jan 0100 00:00:00 GMT"),
+            Some(unix(100, 1, 1, 0, 0, 0))
+        );
+        // Numeric zones with minutes, both signs; the named zones.
+        let utc = 784_111_777;
+        assert_eq!(ok("Sun, 06 Nov 1994 14:19:37 +0530"), Some(utc));
+        assert_eq!(ok("Sun, 06 Nov 1994 08:49:37 +0000"), Some(utc));
+        for zone in ["UT", "UTC", "Z", "gmt"] {
+            assert_eq!(
+                ok(&format!("Sun, 06 Nov 1994 08:49:37 {zone}")),
+                Some(utc),
+                "{zone}"
+            );
+        }
+        // Every month by its abbreviation.
+        for (i, mon) in MONTHS.iter().enumerate() {
+            let m = u32::try_from(i + 1).unwrap();
+            assert_eq!(
+                ok(&format!("15 {mon} 2024 12:00:00 GMT")),
+                Some(unix(2024, m, 15, 12, 0, 0)),
+                "{mon}"
+            );
+        }
+        assert_eq!(
+            ok("Fri Feb 29 12:00:00 2008"),
+            Some(unix(2008, 2, 29, 12, 0, 0))
+        );
+    }
+
+    #[test]
+    fn numeric_zones_west_of_greenwich_are_parsed() {
+        // `-` also joins RFC 850 dates (`06-Nov-94`), but not a zone's sign.
+        let utc = Some(784_111_777);
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 03:49:37 -0500"), utc);
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 07:04:37 -0145"), utc);
+        assert_eq!(parse_http_date("Sunday, 06-Nov-94 03:49:37 -0500"), utc);
+        assert_eq!(
+            retry_after_delay(
+                "Sun, 06 Nov 1994 03:50:07 -0500",
+                Some("Sun, 06 Nov 1994 08:49:37 GMT")
+            ),
+            Some(Duration::from_secs(30))
+        );
+    }
+
     proptest! {
+        /// Every date of years 100..=9999 in all three forms, against the
+        /// calendar code of `model::Timestamp`.
+        #[test]
+        fn http_dates_match_the_calendar(
+            y in 100i64..=9999,
+            m in 1u32..=12,
+            d in 1u32..=28,
+            secs in 0i64..86_400,
+        ) {
+            let (h, mi, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+            let want = unix(y, m, d, h, mi, s);
+            let mon = MONTHS[(m - 1) as usize];
+            let imf = format!("Mon, {d:02} {mon} {y:04} {h:02}:{mi:02}:{s:02} GMT");
+            let asctime = format!("Mon {mon} {d:2} {h:02}:{mi:02}:{s:02} {y}");
+            prop_assert_eq!(parse_http_date(&imf), Some(want), "{}", imf);
+            prop_assert_eq!(parse_http_date(&asctime), Some(want), "{}", asctime);
+        }
+
         #[test]
         fn http_date_never_panics(s in ".{0,64}") {
             let _ = parse_http_date(&s);

@@ -672,6 +672,118 @@ mod tests {
         assert_eq!(s.poll_output(), None);
     }
 
+    fn error_answer(frame_id: &str) -> String {
+        format!(
+            r#"{{"jsonrpc":"2.0","error":{{"code":-32601,"message":"Method not found"}},"id":"{frame_id}"}}"#
+        )
+    }
+
+    fn responses(s: &mut ClientSession) -> Vec<(RequestHandle, bool)> {
+        std::iter::from_fn(|| s.poll_output())
+            .filter_map(|o| match o {
+                ClientOutput::Event(ClientEvent::Response { request, result }) => {
+                    Some((request, result.is_ok()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_request_times_out_at_its_own_deadline_and_answers_settle_only_theirs() {
+        let t0 = crate::test_clock::base();
+        let mut s = ClientSession::new(ClientSessionConfig::default());
+        assert!(!s.is_connected());
+        s.handle_connected(t0);
+        assert!(s.is_connected());
+        let h1 = s.send(env("u1", "update"), t0, wall()).unwrap();
+        let h2 = s
+            .send(env("u2", "update"), t0 + Duration::from_secs(10), wall())
+            .unwrap();
+        let h3 = s
+            .send(env("u3", "update"), t0 + Duration::from_secs(20), wall())
+            .unwrap();
+        assert_eq!(transmitted(&mut s).len(), 3);
+        assert_eq!(s.pending_requests(), 3);
+        assert_eq!(s.pending_acks(), 0);
+        // The answer to the second frame settles h2 alone; h1 and h3 keep their frames.
+        s.handle_frame(
+            Incoming::Text(&error_answer("ws-req-2")),
+            t0 + Duration::from_secs(30),
+        );
+        assert_eq!(responses(&mut s), [(h2, false)]);
+        assert_eq!(s.pending_requests(), 2);
+        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+        // h1's deadline: h1 times out, h3 (due 20 s later) does not.
+        s.handle_timeout(t0 + Duration::from_secs(60));
+        assert_eq!(responses(&mut s), [(h1, false)]);
+        assert_eq!(s.pending_requests(), 1);
+        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(80)));
+        s.handle_frame(
+            Incoming::Text(&error_answer("ws-req-3")),
+            t0 + Duration::from_secs(61),
+        );
+        assert_eq!(responses(&mut s), [(h3, false)]);
+        assert_eq!(s.pending_requests(), 0);
+        assert_eq!(s.poll_timeout(), None);
+        s.handle_disconnect(t0 + Duration::from_secs(62));
+        assert!(!s.is_connected());
+    }
+
+    #[test]
+    fn a_retransmitted_request_times_out_by_its_newest_frame_only() {
+        let t0 = crate::test_clock::base();
+        let mut s = ClientSession::new(ClientSessionConfig::default());
+        s.handle_connected(t0);
+        let h = s.send(env("e1", "request"), t0, wall()).unwrap();
+        let _ = transmitted(&mut s);
+        // No ack: the envelope goes again at 30 s in frame ws-req-2 (due at 90 s).
+        s.handle_timeout(t0 + Duration::from_secs(30));
+        assert_eq!(transmitted(&mut s).len(), 1);
+        // The first frame's deadline passes: the request still waits for ws-req-2.
+        s.handle_timeout(t0 + Duration::from_secs(60));
+        assert_eq!(responses(&mut s), []);
+        assert_eq!(s.pending_requests(), 1);
+        s.handle_frame(
+            Incoming::Text(&error_answer("ws-req-2")),
+            t0 + Duration::from_secs(61),
+        );
+        assert_eq!(responses(&mut s), [(h, false)]);
+    }
+
+    #[test]
+    fn poll_timeout_is_after_the_latest_now_seen() {
+        let t0 = crate::test_clock::base();
+        let mut s = ClientSession::new(ClientSessionConfig::default());
+        s.handle_connected(t0);
+        s.send(env("u1", "update"), t0, wall()).unwrap();
+        let _ = transmitted(&mut s);
+        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+        // A frame handled long after the deadline, before any timeout call.
+        let late = t0 + Duration::from_secs(100);
+        s.handle_frame(Incoming::Text(frame::PING_TEXT), late);
+        assert_eq!(s.poll_timeout(), Some(late + Duration::from_nanos(1)));
+    }
+
+    #[test]
+    fn a_server_send_with_an_id_is_not_a_push_and_ack_frames_decode() {
+        let t0 = crate::test_clock::base();
+        let mut s = ClientSession::new(ClientSessionConfig::default());
+        s.handle_connected(t0);
+        let push = frame::push_text(&env("p1", "update"));
+        let request = format!("{},\"id\":\"srv-1\"}}", push.strip_suffix('}').unwrap());
+        assert!(serde_json::from_str::<Value>(&request).is_ok(), "{request}");
+        s.handle_frame(Incoming::Text(&request), t0);
+        assert_eq!(s.poll_output(), None);
+        let ack = decode_ack_frame(&ack_text("e1", "processed")).unwrap();
+        assert_eq!(ack.original_envelope_id, "e1");
+        assert_eq!(ack.status, AckStatus::Processed);
+        assert_eq!(decode_ack_frame(&push), None);
+        let not_an_ack = ack_text("e1", "processed").replace("\"MessageAck\"", "\"task.update\"");
+        assert_eq!(decode_ack_frame(&not_an_ack), None);
+        assert_eq!(decode_ack_frame("nope"), None);
+    }
+
     #[test]
     fn a_silent_server_times_requests_out() {
         let t0 = crate::test_clock::base();
