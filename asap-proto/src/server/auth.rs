@@ -483,6 +483,52 @@ mod tests {
     }
 
     #[test]
+    fn after_the_last_fetch_round_a_definite_answer_still_stands() {
+        let manifest = crate::model::Manifest::new(
+            crate::model::AgentUrn::new("urn:asap:agent:a").unwrap(),
+            "a",
+            "1.0.0",
+            "a",
+            "http://127.0.0.1/asap",
+        );
+        let t0 = crate::test_clock::base();
+        let mut server = Server::new(manifest, super::super::ServerConfig::default(), t0, 1);
+        server.set_auth(jwks_auth());
+        let now = Now {
+            monotonic: t0,
+            wall: UnixTime::from_secs(1_800_000_000),
+        };
+        let none = http::HeaderMap::new();
+        let mut token = http::HeaderMap::new();
+        token.insert(
+            header::AUTHORIZATION,
+            "Bearer eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.e30.c2ln"
+                .parse()
+                .unwrap(),
+        );
+        let head = |headers| RequestHead {
+            method: &Method::POST,
+            path: "/asap",
+            headers,
+            peer: None,
+            transport: Transport::Http,
+        };
+        // No token: refused as such, whatever the round.
+        for rounds in [0, MAX_AUTH_ROUNDS] {
+            let gate = server.authenticate(&head(&none), t0, rounds, now);
+            assert!(
+                matches!(gate, Gate::Refuse(AuthRejection::MissingToken)),
+                "round {rounds}"
+            );
+        }
+        // A token whose keys are not here: fetched, until the rounds run out.
+        let gate = server.authenticate(&head(&token), t0, MAX_AUTH_ROUNDS - 1, now);
+        assert!(matches!(gate, Gate::Fetch(..)));
+        let gate = server.authenticate(&head(&token), t0, MAX_AUTH_ROUNDS, now);
+        assert!(matches!(gate, Gate::Refuse(AuthRejection::KeysUnavailable)));
+    }
+
+    #[test]
     fn a_server_with_auth_set_reports_it() {
         let manifest = crate::model::Manifest::new(
             crate::model::AgentUrn::new("urn:asap:agent:a").unwrap(),
