@@ -39,6 +39,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# A server left on one of the ports would be measured instead of ours: refuse to start.
+for port in $P_NULL $P_REF $P_MEM $P_SQL; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "$(basename "$0"): port $port is already in use on 127.0.0.1; stop that server or set BENCH_PORT" >&2
+    exit 1
+  fi
+done
+
 "$BIN/examples/ws_null_responder" "127.0.0.1:$P_NULL" 2>"$TMP/null.log" &
 PIDS+=($!)
 "$PY" "$KIT/ref_server.py" --port "$P_REF" --ws-rate-limit 0 >"$TMP/reference.log" 2>&1 &
