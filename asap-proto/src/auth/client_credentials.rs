@@ -339,6 +339,16 @@ mod tests {
         .unwrap()
     }
 
+    /// `now` `d` seconds after one base, on both clocks.
+    fn clock() -> impl Fn(u64) -> Now {
+        let t0 = crate::test_clock::base();
+        let w0 = UnixTime::from_secs(1_800_000_000);
+        move |d| Now {
+            monotonic: t0 + Duration::from_secs(d),
+            wall: w0.saturating_add(Duration::from_secs(d)),
+        }
+    }
+
     #[test]
     fn request_matches_the_reference_vector() {
         let r = machine().request();
@@ -361,13 +371,7 @@ mod tests {
 
     #[test]
     fn refreshes_30s_early_single_flight() {
-        let t0 = crate::test_clock::base();
-        let s = Duration::from_secs;
-        let w0 = UnixTime::from_secs(1_800_000_000);
-        let at = |d: u64| Now {
-            monotonic: t0 + s(d),
-            wall: w0.saturating_add(s(d)),
-        };
+        let at = clock();
         let mut cc = machine();
         let TokenLookup::Fetch(f) = cc.token(at(0)) else {
             panic!()
@@ -408,13 +412,8 @@ mod tests {
 
     #[test]
     fn a_token_stops_serving_at_its_expiry_second_while_a_refresh_is_out() {
-        let t0 = crate::test_clock::base();
         let s = Duration::from_secs;
-        let w0 = UnixTime::from_secs(1_800_000_000);
-        let at = |d: u64| Now {
-            monotonic: t0 + s(d),
-            wall: w0.saturating_add(s(d)),
-        };
+        let at = clock();
         // Refreshing 10 s early keeps the refresh within its 15 s fetch timeout.
         let mut cc = ClientCredentials::new(ClientCredentialsConfig {
             refresh_early: s(10),

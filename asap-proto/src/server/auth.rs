@@ -414,6 +414,17 @@ mod tests {
         )
     }
 
+    fn server(t0: Instant) -> Server {
+        let manifest = crate::model::Manifest::new(
+            crate::model::AgentUrn::new("urn:asap:agent:a").unwrap(),
+            "a",
+            "1.0.0",
+            "a",
+            "http://127.0.0.1/asap",
+        );
+        Server::new(manifest, super::super::ServerConfig::default(), t0, 1)
+    }
+
     fn custom_auth() -> ServerAuth {
         ServerAuth::custom(|_, _, _| Err(AuthRejection::MissingToken))
     }
@@ -484,15 +495,8 @@ mod tests {
 
     #[test]
     fn after_the_last_fetch_round_a_definite_answer_still_stands() {
-        let manifest = crate::model::Manifest::new(
-            crate::model::AgentUrn::new("urn:asap:agent:a").unwrap(),
-            "a",
-            "1.0.0",
-            "a",
-            "http://127.0.0.1/asap",
-        );
         let t0 = crate::test_clock::base();
-        let mut server = Server::new(manifest, super::super::ServerConfig::default(), t0, 1);
+        let mut server = server(t0);
         server.set_auth(jwks_auth());
         let now = Now {
             monotonic: t0,
@@ -530,19 +534,7 @@ mod tests {
 
     #[test]
     fn a_server_with_auth_set_reports_it() {
-        let manifest = crate::model::Manifest::new(
-            crate::model::AgentUrn::new("urn:asap:agent:a").unwrap(),
-            "a",
-            "1.0.0",
-            "a",
-            "http://127.0.0.1/asap",
-        );
-        let mut server = Server::new(
-            manifest,
-            super::super::ServerConfig::default(),
-            crate::test_clock::base(),
-            1,
-        );
+        let mut server = server(crate::test_clock::base());
         assert!(!server.auth_enabled());
         assert!(server.auth_mut().is_none());
         server.set_auth(jwks_auth());
