@@ -122,4 +122,17 @@ mod tests {
         m.clear();
         assert_eq!(m.len(), 0);
     }
+
+    #[test]
+    fn retained_entries_keep_their_place_in_the_eviction_order() {
+        let mut m = LruMap::new(3);
+        for (k, v) in [("a", 1), ("b", 2), ("c", 3)] {
+            assert!(m.insert(k.into(), v).is_none());
+        }
+        m.retain(|_, v| *v != 2);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m.pop_oldest(), Some(("a".into(), 1)));
+        assert_eq!(m.pop_oldest(), Some(("c".into(), 3)));
+        assert_eq!(m.pop_oldest(), None);
+    }
 }
