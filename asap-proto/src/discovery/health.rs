@@ -300,6 +300,33 @@ mod tests {
     }
 
     #[test]
+    fn without_the_manifest_a_verdict_is_fresh_for_the_manifest_default() {
+        let mut c = HealthCache::new(HealthCacheConfig { capacity: 2 });
+        let t0 = base();
+        let ttl = Duration::from_secs(DEFAULT_MANIFEST_TTL_SECONDS);
+        c.handle_response("http://a", &resp(200, HEALTHY), t0)
+            .unwrap();
+        let just_before = t0 + ttl - Duration::from_nanos(1);
+        assert!(matches!(
+            c.lookup("http://a", just_before).unwrap(),
+            Lookup::Fresh(_)
+        ));
+        assert!(matches!(
+            c.lookup("http://a", t0 + ttl).unwrap(),
+            Lookup::Transmit(_)
+        ));
+    }
+
+    #[test]
+    fn a_document_without_a_version_speaks_the_envelope_version() {
+        let h: HealthStatus = serde_json::from_str(
+            r#"{"status":"healthy","agent_id":"a","version":"1","uptime_seconds":1.0}"#,
+        )
+        .unwrap();
+        assert_eq!(h.asap_version, "0.1");
+    }
+
+    #[test]
     fn verdict_expires_exactly_at_ttl() {
         let mut c = HealthCache::new(HealthCacheConfig { capacity: 2 });
         let t0 = base();

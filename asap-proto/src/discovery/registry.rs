@@ -288,6 +288,36 @@ impl CacheDocument for LiteRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_keep_document_order_and_the_last_value_of_a_kind() {
+        let mut e = RegistryEndpoints::default();
+        assert!(e.is_empty());
+        assert_eq!(e.get("http"), None);
+        e.insert("http", "https://a.example/asap");
+        e.insert("ws", "wss://a.example/asap/ws");
+        e.insert("http", "https://b.example/asap");
+        assert_eq!(e.get("http"), Some("https://b.example/asap"));
+        assert_eq!(e.get("ws"), Some("wss://a.example/asap/ws"));
+        assert_eq!(e.get("manifest"), None);
+        assert_eq!(e.len(), 2);
+        assert_eq!(
+            e.iter().collect::<Vec<_>>(),
+            [
+                ("http", "https://b.example/asap"),
+                ("ws", "wss://a.example/asap/ws")
+            ]
+        );
+        let collected: RegistryEndpoints = [("http", "h"), ("http", "h2")].into_iter().collect();
+        assert_eq!(collected.iter().collect::<Vec<_>>(), [("http", "h2")]);
+        // Not an object: the error says what was expected.
+        let err = serde_json::from_str::<RegistryEndpoints>("[1]").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("an object of endpoint kind to URL strings"),
+            "{err}"
+        );
+    }
     use crate::discovery::Lookup;
     use std::sync::Arc;
     use std::time::Instant;
